@@ -1,0 +1,1 @@
+"""qpu-k8s: QPUs as first-class Kubernetes resources, over QRMI."""
