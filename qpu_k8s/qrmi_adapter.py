@@ -1,0 +1,238 @@
+"""One interface over the QRMI lifecycle, implemented by the real ``qrmi`` package.
+
+Every vendor call runs under our own deadline (see :mod:`qpu_k8s.deadline`), is timed into
+the shared metrics, and turns qrmi's exceptions into :mod:`qpu_k8s.errors` with redacted
+messages. Resources are built with ``QuantumResource.from_config``, so the process
+environment is never read or changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import qrmi as _qrmi_module
+
+from qpu_k8s import errors
+from qpu_k8s.credentials import REDACTOR, redact
+from qpu_k8s.deadline import DeadlineExceeded, abandoned_calls, call_with_deadline
+from qpu_k8s.metrics import ABANDONED_CALLS, VENDOR_CALL_SECONDS, VENDOR_ERRORS
+from qpu_k8s.model import QuantumBackend
+from qpu_k8s.resource_types import ResourceType
+
+log = logging.getLogger(__name__)
+# qrmi re-exports its Rust core with a star import that type checkers cannot follow.
+qrmi: Any = _qrmi_module
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 30.0
+
+_QRMI_TYPE_NAMES: dict[ResourceType, str] = {
+    ResourceType.IBM_QUANTUM_COMPUTE_SERVICE: "IBMQuantumComputeService",
+    ResourceType.QISKIT_RUNTIME_SERVICE: "IBMQiskitRuntimeService",
+    ResourceType.IBM_QUANTUM_SYSTEM: "IBMQuantumSystem",
+    ResourceType.PASQAL_CLOUD: "PasqalCloud",
+    ResourceType.PASQAL_LOCAL: "PasqalLocal",
+    ResourceType.ALICE_BOB_FELIS: "AliceBobFelis",
+    ResourceType.IQM_SERVER: "IQMServer",
+    ResourceType.OQTOPUS: "OQTOPUS",
+}
+
+
+class TaskState(StrEnum):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+@dataclass(frozen=True)
+class Health:
+    """The answer of one health probe. ``healthy`` is what schedulers act on."""
+
+    healthy: bool
+    status: str  # online | offline | paused | unreachable | timeout | auth | error
+    reason: str = ""
+    pending_jobs: int | None = None
+    checked_at: float = field(default_factory=time.time)
+
+
+@runtime_checkable
+class QuantumResourceClient(Protocol):
+    """The QRMI lifecycle as every agent sees it (real vendors and test doubles alike)."""
+
+    backend: QuantumBackend
+
+    def acquire(self) -> str: ...
+    def release(self, token: str) -> None: ...
+    def health(self) -> Health: ...
+    def target(self) -> dict[str, Any]: ...
+    def metadata(self) -> dict[str, str]: ...
+    def task_start(self, payload: Any, token: str | None = None) -> str: ...
+    def task_status(self, task_id: str, token: str | None = None) -> TaskState: ...
+    def task_result(self, task_id: str, token: str | None = None) -> str: ...
+    def task_stop(self, task_id: str, token: str | None = None) -> None: ...
+
+
+def _map_error(backend: str, op: str, exc: BaseException) -> errors.QpuError:
+    msg = redact(str(exc)) or type(exc).__name__
+    checks: list[tuple[str, type[errors.QpuError]]] = [
+        ("AuthenticationFailedError", errors.QpuAuthError),
+        ("ResourceNotFoundError", errors.QpuNotFoundError),
+        ("TaskNotFoundError", errors.QpuNotFoundError),
+        ("TaskNotReadyError", errors.QpuTaskNotReadyError),
+        ("ConfigError", errors.QpuConfigError),
+        ("EnvVarNotSetError", errors.QpuConfigError),
+        ("InvalidInputError", errors.QpuConfigError),
+        ("UnsupportedPayloadError", errors.QpuConfigError),
+        ("UnsupportedFunctionError", errors.QpuConfigError),
+        ("UnsupportedResourceTypeError", errors.QpuConfigError),
+    ]
+    for name, cls in checks:
+        qcls = getattr(qrmi, name, None)
+        if qcls is not None and isinstance(exc, qcls):
+            return cls(backend, op, msg)
+    low = msg.lower()
+    if any(s in low for s in ("401", "403", "unauthorized", "forbidden", "authentication")):
+        return errors.QpuAuthError(backend, op, msg)
+    return errors.QpuUnavailableError(backend, op, msg)
+
+
+class QrmiClient:
+    """:class:`QuantumResourceClient` backed by ``qrmi.QuantumResource``.
+
+    A qrmi resource object caches its vendor token, so idle objects are pooled for the
+    read-only calls; an object whose call timed out is dropped (its thread may still hold
+    it). ``acquire`` always uses a fresh object so two acquisitions never share session
+    state. Task calls with a token use an object bound to that acquisition.
+    """
+
+    def __init__(
+        self,
+        backend: QuantumBackend,
+        credentials: Mapping[str, str] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.backend = backend
+        self.timeout = timeout
+        self._config = {**backend.spec.config, **(credentials or {})}
+        REDACTOR.register((credentials or {}).values())
+        self._qrmi_type = getattr(qrmi.ResourceType, _QRMI_TYPE_NAMES[backend.spec.type])
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    # -- resource objects ---------------------------------------------------------------
+    def _new(self, token: str | None = None) -> Any:
+        cfg = dict(self._config)
+        if token is not None:
+            cfg["QRMI_JOB_ACQUISITION_TOKEN"] = token
+        return qrmi.QuantumResource.from_config(self.backend.spec.resource_id, self._qrmi_type, cfg)
+
+    def _checkout(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return None
+
+    def _checkin(self, res: Any) -> None:
+        with self._lock:
+            if len(self._idle) < 4:
+                self._idle.append(res)
+
+    def _call(
+        self,
+        op: str,
+        fn: Callable[[Any], T],
+        *,
+        token: str | None = None,
+        pooled: bool = True,
+        timeout: float | None = None,
+    ) -> T:
+        res = self._checkout() if pooled and token is None else None
+        name = self.backend.name
+        start = time.perf_counter()
+
+        def run() -> T:
+            obj = res if res is not None else self._new(token)
+            holder.append(obj)
+            return fn(obj)
+
+        holder: list[Any] = []
+        try:
+            out = call_with_deadline(run, timeout or self.timeout, name=f"qrmi-{op}")
+        except DeadlineExceeded as exc:
+            VENDOR_ERRORS.labels(name, op, "timeout").inc()
+            ABANDONED_CALLS.set(abandoned_calls())
+            raise errors.QpuTimeoutError(name, op, str(exc)) from None
+        except Exception as exc:
+            mapped = _map_error(name, op, exc)
+            VENDOR_ERRORS.labels(name, op, mapped.kind).inc()
+            if pooled and token is None and holder:
+                self._checkin(holder[0])
+            raise mapped from None
+        finally:
+            VENDOR_CALL_SECONDS.labels(name, op).observe(time.perf_counter() - start)
+        if pooled and token is None and holder:
+            self._checkin(holder[0])
+        return out
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def acquire(self) -> str:
+        token: str = self._call("acquire", lambda r: r.acquire(), pooled=False)
+        log.info("acquired", extra={"backend": self.backend.name})
+        return token
+
+    def release(self, token: str) -> None:
+        self._call("release", lambda r: r.release(token))
+        log.info("released", extra={"backend": self.backend.name})
+
+    def health(self) -> Health:
+        """Probe the backend; never raises: failures are an unhealthy answer with a reason."""
+        try:
+            st = self._call("status", lambda r: r.status())
+        except errors.QpuTimeoutError as exc:
+            return Health(False, "timeout", exc.message)
+        except errors.QpuAuthError as exc:
+            return Health(False, "auth", exc.message)
+        except errors.QpuError as exc:
+            return Health(
+                False, "unreachable" if exc.kind == "unavailable" else "error", exc.message
+            )
+        code = str(st.status).rsplit(".", 1)[-1].lower()
+        reason = redact(st.status_reason or "")
+        return Health(code == "online", code, reason, st.pending_job_count)
+
+    def target(self) -> dict[str, Any]:
+        raw = self._call("target", lambda r: r.target().value)
+        try:
+            value = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            return {"raw": raw}
+        return value if isinstance(value, dict) else {"value": value}
+
+    def metadata(self) -> dict[str, str]:
+        md: dict[str, str] = self._call("metadata", lambda r: dict(r.metadata()))
+        return md
+
+    def task_start(self, payload: Any, token: str | None = None) -> str:
+        task_id: str = self._call("task_start", lambda r: r.task_start(payload), token=token)
+        return task_id
+
+    def task_status(self, task_id: str, token: str | None = None) -> TaskState:
+        st = self._call("task_status", lambda r: r.task_status(task_id), token=token)
+        return TaskState(str(st).rsplit(".", 1)[-1])
+
+    def task_result(self, task_id: str, token: str | None = None) -> str:
+        value: str = self._call("task_result", lambda r: r.task_result(task_id).value, token=token)
+        return value
+
+    def task_stop(self, task_id: str, token: str | None = None) -> None:
+        self._call("task_stop", lambda r: r.task_stop(task_id), token=token)
