@@ -1,0 +1,1 @@
+"""Kubelet API package qpu_k8s.proto.dra_health.v1alpha1."""

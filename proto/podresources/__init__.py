@@ -1,0 +1,1 @@
+"""Kubelet API package qpu_k8s.proto.podresources."""
