@@ -9,6 +9,7 @@ It behaves like a current kubelet's device manager, over real gRPC on real unix 
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -189,10 +190,17 @@ class FakeDevicePluginKubelet:
             self._generation += 1
         self._server.start()
 
-    def stop(self) -> None:
-        """Stop like a clean kubelet exit: streams cancelled, kubelet.sock removed."""
+    def stop(self, *, remove_socket: bool = True) -> None:
+        """Stop like a clean kubelet exit: streams cancelled, kubelet.sock removed.
+
+        ``remove_socket=False`` leaves a socket file nobody listens on, as a crashed kubelet
+        does (gRPC removes its own socket on shutdown, so a dead one is bound in its place).
+        """
         self._server.stop()
         self._disconnect_all()
+        if not remove_socket and not self.socket_path.exists():
+            with socket.socket(socket.AF_UNIX) as dead:
+                dead.bind(str(self.socket_path))
 
     def restart(self) -> None:
         """Simulate a kubelet restart: stop, remove every file in the directory (sockets

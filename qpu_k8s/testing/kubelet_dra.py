@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,7 +348,9 @@ class FakeDRAKubelet:
     """Watches ``registry_dir`` for DRA registration sockets and registers them.
 
     ``start()`` starts a background scanner (a directory poll every ``poll_interval``);
-    ``stop()`` ends it and closes every plugin connection.
+    ``stop()`` ends it and closes every plugin connection. ``stop()`` then ``start()`` is a
+    kubelet restart: sockets still present are registered again. A socket nobody serves is
+    retried every ``retry_interval``.
     """
 
     def __init__(
@@ -357,11 +360,13 @@ class FakeDRAKubelet:
         poll_interval: float = POLL_INTERVAL,
         call_timeout: float = 5.0,
         dial_timeout: float = 1.0,
+        retry_interval: float = 0.1,
     ) -> None:
         self.registry_dir = Path(registry_dir).absolute()
         self.poll_interval = poll_interval
         self.call_timeout = call_timeout
         self.dial_timeout = dial_timeout
+        self.retry_interval = retry_interval
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -373,6 +378,7 @@ class FakeDRAKubelet:
         self._rejections: list[DRARejection] = []
         self._deregistrations: list[DRARegistration] = []
         self._last_dial_error: dict[Path, str] = {}
+        self._retry_at: dict[tuple[Path, int], float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -432,7 +438,7 @@ class FakeDRAKubelet:
             present.add(key)
             with self._cond:
                 known = key in self._handled
-            if not known:
+            if not known and self._retry_at.get(key, 0.0) <= time.monotonic():
                 self._try_register(path, key)
         to_close: list[DRAPluginClient] = []
         with self._cond:
@@ -456,11 +462,12 @@ class FakeDRAKubelet:
         try:
             stub = reg_grpc.RegistrationStub(channel)
             try:
-                grpc.channel_ready_future(channel).result(timeout=self.dial_timeout)
-                info = stub.GetInfo(reg_pb2.InfoRequest(), timeout=self.call_timeout)
-            except (grpc.FutureTimeoutError, grpc.RpcError) as exc:
-                # Not served yet or broken: the kubelet retries later, so do we.
+                # Fails fast (UNAVAILABLE) while nothing listens on the socket.
+                info = stub.GetInfo(reg_pb2.InfoRequest(), timeout=self.dial_timeout)
+            except grpc.RpcError as exc:
+                # Not served yet, or a stale socket: the kubelet retries later, so do we.
                 self._last_dial_error[socket_path] = describe_rpc_error(exc)
+                self._retry_at[key] = time.monotonic() + self.retry_interval
                 return
             endpoint = info.endpoint or str(socket_path)
             versions = tuple(info.supported_versions)

@@ -176,3 +176,20 @@ def test_stop_removes_socket_and_leaves_no_threads(
     leaked = [t.name for t in threading.enumerate() if t.name.startswith("fake-kubelet")]
     assert leaked == []
     assert not any(t.name.startswith("fake-kubelet.sock") for t in threading.enumerate())
+
+
+def test_crash_leaves_a_dead_socket_and_start_replaces_it(
+    dp_dir: Path, tiny_plugin: TinyDevicePlugin
+) -> None:
+    kubelet = FakeDevicePluginKubelet(dp_dir)
+    kubelet.start()
+    try:
+        kubelet.stop(remove_socket=False)
+        assert (dp_dir / "kubelet.sock").is_socket()
+        with pytest.raises(grpc.RpcError):
+            tiny_plugin.register()
+        kubelet.start()
+        tiny_plugin.register()
+        assert kubelet.wait_for_registration().generation == 2
+    finally:
+        kubelet.stop()

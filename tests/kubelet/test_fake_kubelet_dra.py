@@ -3,6 +3,8 @@ versions, rejection, deregistration and the health stream, against a tiny real p
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +167,21 @@ def test_health_v1_unimplemented_is_reported(
 def test_choose_service_prefers_plugin_order() -> None:
     assert choose_service(["v1beta1.DRAPlugin", "v1.DRAPlugin"]) == "v1beta1"
     assert choose_service(["x", "v1.DRAPlugin"]) == "v1"
+
+
+def test_stale_socket_does_not_hold_up_a_live_plugin(dra_dirs: tuple[Path, Path]) -> None:
+    registry = dra_dirs[0]
+    registry.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(registry / "aaa-dead.sock"))  # bound, never listening: connection refused
+    stale.close()
+    with FakeDRAKubelet(registry, retry_interval=0.05) as kubelet:
+        p = TinyDRAPlugin(*dra_dirs)
+        p.start()
+        try:
+            start = time.monotonic()
+            kubelet.wait_for_registration(DRIVER, timeout=5)
+            assert time.monotonic() - start < 2.0
+            assert kubelet.rejections == []
+        finally:
+            p.stop()
