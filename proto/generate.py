@@ -5,7 +5,9 @@ build step; `--check` keeps it honest (run by `make test`). Each `<api>/<version
 is staged into a temporary tree shaped like `qpu_k8s/proto/<api>/<version>/api.proto` and
 compiled with that tree as the include root, so protoc itself writes package-qualified
 imports (`from qpu_k8s.proto.dra.v1 import api_pb2`) and registers a unique file name per
-API in protobuf's default descriptor pool. No text rewriting afterwards.
+API in protobuf's default descriptor pool. No text rewriting afterwards. protoc's gRPC
+plugin writes no type stubs, so `api_pb2_grpc.pyi` is written here from protoc's descriptor
+set (and laid out by `ruff format`) for mypy --strict callers.
 
 Usage: python -m qpu_k8s.proto.generate [--check] [--root DIR]
 """
