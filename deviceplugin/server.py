@@ -1,0 +1,120 @@
+"""The ``v1beta1.DevicePlugin`` gRPC service the kubelet calls.
+
+Options we advertise (GetDevicePluginOptions, also sent in Register):
+
+* ``get_preferred_allocation_available = true``: the kubelet otherwise picks lanes
+  arbitrarily; we spread a container's devices over distinct backends, least-loaded first
+  (see :meth:`DeviceBoard.preferred`).
+* ``pre_start_required = false``: everything happens in Allocate (acquire + env); a
+  PreStartContainer hook would add a blocking call to every container (re)start and has
+  nothing to do. It is still answered (empty) for kubelets that call it anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+import grpc
+
+from qpu_k8s.deviceplugin.allocator import AllocateError, Allocator
+from qpu_k8s.deviceplugin.devices import Device, DeviceBoard
+from qpu_k8s.proto.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+OPTIONS = api_pb2.DevicePluginOptions(
+    pre_start_required=False, get_preferred_allocation_available=True
+)
+
+
+def list_response(devices: Iterable[Device]) -> api_pb2.ListAndWatchResponse:
+    return api_pb2.ListAndWatchResponse(
+        devices=[api_pb2.Device(ID=d.id, health=d.health) for d in devices]
+    )
+
+
+class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
+    """One instance per served socket; ``stop()`` ends its ListAndWatch streams."""
+
+    def __init__(
+        self,
+        board: DeviceBoard,
+        allocator: Allocator,
+        *,
+        after_allocate: Callable[[], None] | None = None,
+    ) -> None:
+        self.board = board
+        self.allocator = allocator
+        self.after_allocate = after_allocate
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.board.wake()
+
+    def GetDevicePluginOptions(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> api_pb2.DevicePluginOptions:
+        return OPTIONS
+
+    def ListAndWatch(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.ListAndWatchResponse]:
+        done = threading.Event()
+
+        def gone() -> None:
+            done.set()
+            self.board.wake()
+
+        context.add_callback(gone)
+        version, devices = self.board.current()
+        log.info("ListAndWatch opened", extra={"devices": len(devices), "version": version})
+        yield list_response(devices)
+        while True:
+            update = self.board.wait_newer(
+                version, stop=lambda: done.is_set() or self._stopping.is_set()
+            )
+            if update is None:
+                log.info("ListAndWatch closed")
+                return
+            version, devices = update
+            yield list_response(devices)
+
+    def GetPreferredAllocation(
+        self, request: api_pb2.PreferredAllocationRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PreferredAllocationResponse:
+        return api_pb2.PreferredAllocationResponse(
+            container_responses=[
+                api_pb2.ContainerPreferredAllocationResponse(
+                    deviceIDs=self.board.preferred(
+                        list(r.available_deviceIDs),
+                        list(r.must_include_deviceIDs),
+                        r.allocation_size,
+                    )
+                )
+                for r in request.container_requests
+            ]
+        )
+
+    def Allocate(
+        self, request: api_pb2.AllocateRequest, context: grpc.ServicerContext
+    ) -> api_pb2.AllocateResponse:
+        try:
+            envs = self.allocator.allocate(
+                [list(r.devices_ids) for r in request.container_requests]
+            )
+        except AllocateError as err:
+            context.abort(err.code, err.message)
+        finally:
+            if self.after_allocate is not None:
+                self.after_allocate()
+        return api_pb2.AllocateResponse(
+            container_responses=[api_pb2.ContainerAllocateResponse(envs=e.env) for e in envs]
+        )
+
+    def PreStartContainer(
+        self, request: api_pb2.PreStartContainerRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PreStartContainerResponse:
+        return api_pb2.PreStartContainerResponse()
