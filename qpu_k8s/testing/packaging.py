@@ -1,0 +1,259 @@
+"""The chart is the one source of truth: render it, and keep what is derived from it in sync.
+
+Derived files, each checked by ``tests/packaging`` and rewritten by ``render``:
+- ``manifests/install/*.yaml``: the chart rendered for ``kubectl apply`` (plus the Namespace),
+- ``manifests/examples/pods/*.yaml``, ``manifests/examples/jobs/*.yaml``: example workloads
+  whose scripts are the files in ``examples/`` (mounted from a ConfigMap), so the YAML runs
+  exactly the code the tests run,
+- ``charts/qpu-k8s/crds/quantumbackends.yaml``: a byte copy of the operator's generated CRD
+  ``manifests/crd/quantumbackends.yaml`` (Helm cannot read files outside the chart),
+- ``docker/constraints.txt``: every Python package of the images pinned (``lock``).
+
+``python -m qpu_k8s.testing.packaging render|check|lock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qpu_k8s.testing import example_workloads, tools
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "qpu-k8s"
+MANIFESTS = REPO / "manifests"
+INSTALL_DIR = MANIFESTS / "install"
+CRD_SOURCE = MANIFESTS / "crd" / "quantumbackends.yaml"
+CRD_CHART_COPY = CHART / "crds" / "quantumbackends.yaml"
+CONSTRAINTS = REPO / "docker" / "constraints.txt"
+
+RELEASE = "qpu-k8s"
+NAMESPACE = "qpu-k8s"
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    """A named set of Helm values the chart must render and validate with."""
+
+    name: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+VALUE_SETS: tuple[ValueSet, ...] = (
+    ValueSet("defaults", {}, "operator, device plugin and DRA driver"),
+    ValueSet("dra-only", {"devicePlugin": {"enabled": False}}, "DRA driver, no device plugin"),
+    ValueSet(
+        "device-plugin-only",
+        {"dra": {"enabled": False}},
+        "device plugin only (clusters before 1.34)",
+    ),
+    ValueSet(
+        "emulator",
+        {
+            "emulator": {"enabled": True},
+            "serviceMonitor": {"enabled": True},
+            "credentials": {"secrets": ["emulator-ibm", "emulator-pasqal"]},
+        },
+        "everything plus the emulator, ServiceMonitors and mounted credentials",
+    ),
+    ValueSet(
+        "custom",
+        {
+            "fullnameOverride": "qpu",
+            "resourceName": "qpu.acme.io/qpu",
+            "driverName": "qpu.acme.io",
+            "kubeletDir": "/var/snap/microk8s/common/var/lib/kubelet",
+            "image": {"repository": "registry.acme.io/qpu-k8s", "tag": "1.2.3"},
+            "operator": {"extraArgs": ["--log-level=debug"]},
+            "nodeAgents": {"nodeSelector": {"acme.io/quantum": "true"}, "tolerations": []},
+        },
+        "another domain, kubelet dir, image and node selection",
+    ),
+)
+
+# Plain manifests for `kubectl apply`: file name -> value set rendered into it.
+INSTALL_FILES: dict[str, str] = {
+    "qpu-k8s.yaml": "defaults",
+    "qpu-k8s-with-emulator.yaml": "emulator-plain",
+}
+_PLAIN_SETS = {
+    "defaults": ValueSet("defaults"),
+    "emulator-plain": ValueSet("emulator-plain", {"emulator": {"enabled": True}}),
+}
+
+_HEADER = """\
+# Generated from charts/qpu-k8s by `python -m qpu_k8s.testing.packaging render`
+# ({description}); do not edit: change the chart, then re-render. A test fails on drift.
+# Release "{release}" in namespace "{namespace}". Apply: kubectl apply -f {path}
+"""
+
+
+def value_set(name: str) -> ValueSet:
+    for vs in VALUE_SETS:
+        if vs.name == name:
+            return vs
+    if name in _PLAIN_SETS:
+        return _PLAIN_SETS[name]
+    raise KeyError(f"unknown value set {name!r}")
+
+
+class RenderError(RuntimeError):
+    """helm refused the chart or the values; the message is helm's."""
+
+
+def helm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(tools.helm()), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def render(
+    values: Mapping[str, Any] | None = None,
+    *,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+    include_crds: bool = True,
+    extra_args: Sequence[str] = (),
+) -> str:
+    """``helm template`` the chart with ``values``; raises RenderError with helm's message."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        json.dump(dict(values or {}), f)
+        f.flush()
+        args = ["template", release, str(CHART), "--namespace", namespace, "-f", f.name]
+        if include_crds:
+            args.append("--include-crds")
+        proc = helm(*args, *extra_args)
+    if proc.returncode != 0:
+        raise RenderError(proc.stderr.strip())
+    return proc.stdout
+
+
+def objects(text: str) -> list[dict[str, Any]]:
+    """The non-empty YAML documents of ``text``."""
+    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d]
+
+
+WORKLOAD_KINDS = frozenset({"Deployment", "DaemonSet", "StatefulSet", "Job"})
+
+
+def workloads(objs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objs if o.get("kind") in WORKLOAD_KINDS]
+
+
+def component(obj: Mapping[str, Any]) -> str:
+    """The ``app.kubernetes.io/component`` label: operator, device-plugin, dra, emulator."""
+    labels: dict[str, str] = obj.get("metadata", {}).get("labels", {})
+    return labels.get("app.kubernetes.io/component", "")
+
+
+def namespace_object(namespace: str = NAMESPACE) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "qpu-k8s"}},
+    }
+
+
+def install_manifest(filename: str) -> str:
+    """The plain manifest ``manifests/install/<filename>``, as it should be."""
+    vs = value_set(INSTALL_FILES[filename])
+    rendered = render(vs.values)
+    header = _HEADER.format(
+        description=vs.description or f"values: {json.dumps(dict(vs.values), sort_keys=True)}",
+        release=RELEASE,
+        namespace=NAMESPACE,
+        path=f"manifests/install/{filename}",
+    )
+    ns = yaml.safe_dump(namespace_object(), sort_keys=False)
+    return f"{header}---\n{ns}{rendered}"
+
+
+def expected_files() -> Iterator[tuple[Path, bytes]]:
+    """Every derived file and the content it must have."""
+    if CRD_SOURCE.exists():
+        yield CRD_CHART_COPY, CRD_SOURCE.read_bytes()
+    for name in INSTALL_FILES:
+        yield INSTALL_DIR / name, install_manifest(name).encode()
+    for path, text in example_workloads.files().items():
+        yield path, text.encode()
+
+
+def write_all() -> list[Path]:
+    changed = []
+    for path, content in expected_files():
+        if not path.exists() or path.read_bytes() != content:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            changed.append(path)
+    return changed
+
+
+def drifted() -> list[Path]:
+    """Derived files whose content differs from what the sources give."""
+    return [p for p, c in expected_files() if not p.exists() or p.read_bytes() != c]
+
+
+def lock(extra: str = "emulator") -> str:
+    """Resolve ``.[extra]`` for this Python and platform; one ``name==version`` a line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed"]
+        cmd += ["--disable-pip-version-check", "-q", "--report", str(report), f".[{extra}]"]
+        proc = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=900, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"pip could not resolve .[{extra}]: {proc.stderr[-2000:]}")
+        data = json.loads(report.read_text())
+    pins = sorted(
+        (m["metadata"]["name"].lower(), m["metadata"]["version"])
+        for m in data["install"]
+        if m["metadata"]["name"].lower() != "qpu-k8s"
+    )
+    head = (
+        "# Pins for the container images (Dockerfile: PIP_CONSTRAINT); covers the `emulator`\n"
+        f"# extra, so both targets. Resolved for CPython {sys.version_info.major}."
+        f"{sys.version_info.minor} on linux x86_64 by\n"
+        "# `python -m qpu_k8s.testing.packaging lock`; re-run it after changing pyproject.toml.\n"
+    )
+    return head + "".join(f"{n}=={v}\n" for n, v in pins)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m qpu_k8s.testing.packaging", description=__doc__
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("render", help="rewrite the derived files from the chart and the CRD")
+    sub.add_parser("check", help="exit 1 when a derived file is out of date")
+    sub.add_parser("lock", help="rewrite docker/constraints.txt (needs the package index)")
+    args = parser.parse_args(argv)
+    if args.cmd == "render":
+        for path in write_all():
+            print(f"wrote {path.relative_to(REPO)}")
+    elif args.cmd == "check":
+        stale = drifted()
+        for path in stale:
+            print(f"out of date: {path.relative_to(REPO)}", file=sys.stderr)
+        if stale:
+            print("run: python -m qpu_k8s.testing.packaging render", file=sys.stderr)
+            return 1
+    else:
+        CONSTRAINTS.parent.mkdir(parents=True, exist_ok=True)
+        CONSTRAINTS.write_text(lock())
+        print(f"wrote {CONSTRAINTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
