@@ -1,0 +1,84 @@
+"""Emulator settings: which credentials it accepts, which backends it serves, timings.
+
+The credential defaults are fake and public, yet handled as secrets: they are excluded
+from ``repr`` and never logged, so the code paths that carry real keys are exercised too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import catalog
+
+DEFAULT_API_KEY = "emulator-apikey"
+DEFAULT_SERVICE_CRN = (
+    "crn:v1:bluemix:public:quantum-computing:us-east:a/emulator:qpu-k8s-emulator::"
+)
+DEFAULT_PASQAL_TOKEN = "emulator-pasqal-token"  # noqa: S105
+DEFAULT_PASQAL_CLIENT_ID = "emulator-client"
+DEFAULT_PASQAL_CLIENT_SECRET = "emulator-client-secret"  # noqa: S105
+DEFAULT_PASQAL_USERNAME = "emulator-user"
+DEFAULT_PASQAL_PASSWORD = "emulator-password"  # noqa: S105
+DEFAULT_PASQAL_PROJECT = "emulator-project"
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Everything the server needs; ``port=0`` picks a free port."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    # IBM: IAM API keys accepted at /identity/token, and the one service instance served.
+    api_keys: frozenset[str] = field(default=frozenset({DEFAULT_API_KEY}), repr=False)
+    service_crn: str = DEFAULT_SERVICE_CRN
+    # Pasqal: static bearer tokens, client-credential pairs, username/password pairs.
+    pasqal_tokens: frozenset[str] = field(default=frozenset({DEFAULT_PASQAL_TOKEN}), repr=False)
+    pasqal_clients: tuple[tuple[str, str], ...] = field(
+        default=((DEFAULT_PASQAL_CLIENT_ID, DEFAULT_PASQAL_CLIENT_SECRET),), repr=False
+    )
+    pasqal_users: tuple[tuple[str, str], ...] = field(
+        default=((DEFAULT_PASQAL_USERNAME, DEFAULT_PASQAL_PASSWORD),), repr=False
+    )
+    pasqal_projects: frozenset[str] = frozenset({DEFAULT_PASQAL_PROJECT})
+    # Served backends (names from the catalogue); None serves them all.
+    backends: tuple[str, ...] | None = None
+    # Simulate IBM backends with their calibrated noise (False: ideal simulation).
+    noise: bool = True
+    # Lifetime of issued access tokens.
+    token_ttl_seconds: int = 3600
+    # A status poll of an unfinished job waits up to this long for it to finish before it
+    # answers (clients poll every 1-2 s; this keeps short jobs from paying a full interval).
+    settle_seconds: float = 0.5
+    # Simulations running at once (each backend runs one job at a time, like a QPU).
+    max_workers: int = 2
+    # Size limits the simulators can hold on a small machine; bigger jobs fail cleanly.
+    max_sim_qubits: int = 24
+    max_sim_atoms: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if not self.api_keys:
+            raise ValueError("api_keys must hold at least one accepted IAM API key")
+        if self.backends is not None:
+            for name in self.backends:
+                catalog.get(name)
+        if self.settle_seconds < 0 or self.max_workers < 1:
+            raise ValueError("settle_seconds must be >= 0 and max_workers >= 1")
+
+    def served(self) -> tuple[catalog.BackendSpec, ...]:
+        return catalog.select(
+            catalog.CATALOG, list(self.backends) if self.backends is not None else None
+        )
+
+    @property
+    def first_api_key(self) -> str:
+        return sorted(self.api_keys)[0]
+
+    @property
+    def first_pasqal_token(self) -> str:
+        return sorted(self.pasqal_tokens)[0] if self.pasqal_tokens else ""
+
+    @property
+    def first_project(self) -> str:
+        return sorted(self.pasqal_projects)[0]

@@ -1,0 +1,79 @@
+"""Helpers for the emulator tests (clients pointed at the emulator, deadline waits)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from qpu_k8s.emulator import Emulator
+
+
+def qrmi_resource(
+    emu: Emulator, name: str, resource_type: str | None = None, **overrides: str
+) -> Any:
+    """A real ``qrmi.QuantumResource`` pointed at the emulator via ``from_config``."""
+    import qrmi
+
+    from qpu_k8s.emulator import catalog
+
+    rtype = resource_type or catalog.get(name).default_resource_type
+    types = {
+        "ibm-quantum-compute-service": qrmi.ResourceType.IBMQuantumComputeService,
+        "qiskit-runtime-service": qrmi.ResourceType.IBMQiskitRuntimeService,
+        "pasqal-cloud": qrmi.ResourceType.PasqalCloud,
+    }
+    config = {**emu.qrmi_config(name, rtype), **overrides}
+    return qrmi.QuantumResource.from_config(name, types[rtype], config)
+
+
+def bell_isa(backend: Any, measure: bool = True) -> Any:
+    """A Bell-pair circuit transpiled for ``backend`` (an ISA circuit)."""
+    from qiskit import QuantumCircuit
+    from qiskit.transpiler import generate_preset_pass_manager
+
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    if measure:
+        qc.measure_all()
+    return generate_preset_pass_manager(optimization_level=1, backend=backend).run(qc)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, step: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(step)
+
+
+class Call:
+    """Runs a (possibly hanging) blocking call in a daemon thread, like the lead's adapter.
+
+    A daemon thread because a qrmi call stuck on a silent server never returns and would
+    otherwise keep the interpreter from exiting.
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+        def run() -> None:
+            try:
+                self.result = fn()
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self.done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def wait(self, timeout: float) -> bool:
+        return self.done.wait(timeout)

@@ -1,0 +1,76 @@
+"""The real qiskit-ibm-runtime ``QiskitRuntimeService`` against the emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from emulator_support import bell_isa
+
+from qpu_k8s.emulator import Emulator, JobStatus, SessionState
+
+
+@pytest.fixture
+def service(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for key, value in emu.runtime_service_env().items():
+        monkeypatch.setenv(key, value)
+    from qiskit_ibm_runtime import QiskitRuntimeService
+
+    return QiskitRuntimeService(**emu.runtime_service_kwargs())
+
+
+def test_backends_and_calibration(service: Any) -> None:
+    assert {b.name for b in service.backends()} == {
+        "fake_manila",
+        "fake_nairobi",
+        "fake_lagos",
+        "fake_torino",
+    }
+    backend = service.backend("fake_torino")
+    assert backend.num_qubits == 133
+    assert backend.status().operational
+    assert backend.properties().t1(0) > 0
+    assert backend.target.instruction_supported("cz", (0, 1))
+
+
+def test_session_mode_sampler_and_estimator(emu: Emulator, service: Any) -> None:
+    from qiskit.quantum_info import SparsePauliOp
+    from qiskit_ibm_runtime import EstimatorV2, SamplerV2, Session
+
+    backend = service.backend("fake_manila")
+    with Session(backend=backend) as session:
+        [opened] = emu.state.open_sessions("fake_manila")
+        assert opened.id == session.session_id
+        counts = SamplerV2(mode=session).run([bell_isa(backend)], shots=600).result()[0]
+        counts = counts.data.meas.get_counts()
+        isa = bell_isa(backend, measure=False)
+        zz = SparsePauliOp("ZZ").apply_layout(isa.layout)
+        evs = EstimatorV2(mode=session).run([(isa, zz)]).result()[0].data.evs
+    assert sum(counts.values()) == 600
+    assert counts.get("00", 0) + counts.get("11", 0) > 0.85 * 600
+    assert float(evs) > 0.75
+    [closed] = emu.state.sessions("fake_manila")
+    assert closed.state == SessionState.CLOSED
+    assert closed.closed_by == "release"
+    jobs = emu.state.jobs(session_id=closed.id)
+    assert sorted(j.program for j in jobs) == ["estimator", "sampler"]
+    assert all(j.status == JobStatus.COMPLETED for j in jobs)
+
+
+def test_job_mode_and_failed_job_message(emu: Emulator, service: Any) -> None:
+    from qiskit import QuantumCircuit
+    from qiskit_ibm_runtime import SamplerV2
+    from qiskit_ibm_runtime.exceptions import RuntimeJobFailureError
+
+    backend = service.backend("fake_nairobi")
+    job = SamplerV2(mode=backend).run([bell_isa(backend)], shots=200)
+    assert sum(job.result()[0].data.meas.get_counts().values()) == 200
+    assert emu.state.job(job.job_id()).session_id is None
+
+    emu.set_fault("job-fail", "fake_nairobi", reason="cryostat warming up")
+    qc = QuantumCircuit(1)
+    qc.measure_all()
+    failing = SamplerV2(mode=backend).run([qc], shots=10)
+    with pytest.raises(RuntimeJobFailureError, match="cryostat warming up"):
+        failing.result()
