@@ -73,20 +73,28 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Env every agent gets: logging, and the pod's namespace. */}}
+{{/* Env every agent gets: logging, unbuffered output, a writable HOME. */}}
 {{- define "qpu-k8s.commonEnv" -}}
 - name: QPU_K8S_LOG_LEVEL
   value: {{ .Values.log.level | quote }}
 - name: QPU_K8S_LOG_FORMAT
   value: {{ .Values.log.format | quote }}
-- name: QPU_K8S_NAMESPACE
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.namespace
 - name: PYTHONUNBUFFERED
   value: "1"
 - name: HOME
   value: /tmp
+{{- end }}
+
+{{/* The Secret with the emulator's public fake credentials (emulator backends only). */}}
+{{- define "qpu-k8s.emulatorSecretName" -}}qpu-emulator-credentials{{- end }}
+
+{{/* Secrets the node agents mount: credentials.secrets, plus the emulator's when it makes backends. */}}
+{{- define "qpu-k8s.credentialSecrets" -}}
+{{- $secrets := .Values.credentials.secrets }}
+{{- if and .Values.emulator.enabled .Values.emulator.backends.create }}
+{{- $secrets = append $secrets (include "qpu-k8s.emulatorSecretName" .) | uniq }}
+{{- end }}
+{{- toJson $secrets }}
 {{- end }}
 
 {{/* Image pull secrets, when any. */}}
