@@ -158,7 +158,7 @@ class Ledger:
         *,
         release_grace: float = 10.0,
         tombstone_ttl: float = 600.0,
-        max_tombstones: int = 100,
+        max_tombstones: int = 32,
         backoff: Backoff | None = None,
     ) -> None:
         self.path = path
