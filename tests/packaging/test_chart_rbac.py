@@ -1,0 +1,307 @@
+"""Least-privilege RBAC: every rule the chart can render, listed one verb per test case.
+
+``pytest -v tests/packaging/test_chart_rbac.py`` prints the listing
+(``test_rule_is_used[<component> <Kind> <group>/<resource> <verb>]``). Each verb must have an
+entry in ``USES`` that names the code calling it, and that code must still be there; a
+wildcard, a non-resource URL, an escalation verb or a rule without a comment fails.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import pytest
+
+from qpu_k8s.testing import packaging, tools
+
+# Value sets that together switch on every optional rule.
+RBAC_VALUE_SETS = ("custom", "emulator")
+
+
+@dataclass(frozen=True)
+class Use:
+    """Why a verb is granted: every (file, regex) must match; ``absent`` must not."""
+
+    why: str
+    evidence: tuple[tuple[str, str], ...]
+    absent: tuple[tuple[str, str], ...] = ()
+
+
+def _kopf_handles(what: str) -> tuple[str, str]:
+    return ("operator/handlers.py", what)
+
+
+KOPF_HANDLERS = _kopf_handles(r"@kopf\.on\.(resume|create|update|delete)\(\*backends")
+SLICES = "qpu_k8s/slices.py"
+
+# (component, apiGroup, resource, verb) -> the code that needs it.
+USES: dict[tuple[str, str, str, str], Use] = {
+    ("operator", "quantum.example.com", "quantumbackends", "list"): Use(
+        "Kopf lists before watching; Kube.list_backends renders the node config",
+        (KOPF_HANDLERS, ("operator/kube.py", r"list_cluster_custom_object,\s*API_GROUP")),
+    ),
+    ("operator", "quantum.example.com", "quantumbackends", "watch"): Use(
+        "Kopf watches the resource its handlers are registered for", (KOPF_HANDLERS,)
+    ),
+    ("operator", "quantum.example.com", "quantumbackends", "patch"): Use(
+        "Kopf's finalizer and annotation progress storage are patched onto the object",
+        (
+            ("operator/handlers.py", r"persistence\.finalizer\s*="),
+            ("operator/handlers.py", r"AnnotationsProgressStorage"),
+        ),
+    ),
+    ("operator", "quantum.example.com", "quantumbackends/status", "patch"): Use(
+        "Kube.patch_backend_status",
+        (("operator/kube.py", r"patch_cluster_custom_object_status"),),
+    ),
+    ("operator", "apiextensions.k8s.io", "customresourcedefinitions", "list"): Use(
+        "Kopf's resource scanning (kept on: settings.scanning.disabled is not set)",
+        (("operator/cli.py", r"kopf\.operator\("),),
+        absent=(("operator/handlers.py", r"scanning\.disabled\s*=\s*True"),),
+    ),
+    ("operator", "apiextensions.k8s.io", "customresourcedefinitions", "watch"): Use(
+        "Kopf's resource scanning watches CRDs",
+        (("operator/cli.py", r"kopf\.operator\("),),
+        absent=(("operator/handlers.py", r"scanning\.disabled\s*=\s*True"),),
+    ),
+    ("operator", "", "events", "create"): Use(
+        "Kube.create_event (health changes), Kopf's posted warnings",
+        (("operator/kube.py", r"create_namespaced_event"),),
+    ),
+    ("operator", "resource.k8s.io", "resourceslices", "list"): Use(
+        "SlicePublisher reconciles its pool against the listed slices",
+        (("operator/slices.py", r"SlicePublisher\("), (SLICES, r"list_cluster_custom_object")),
+    ),
+    ("operator", "resource.k8s.io", "resourceslices", "create"): Use(
+        "SlicePublisher creates missing slices",
+        (("operator/slices.py", r"SlicePublisher\("), (SLICES, r"create_cluster_custom_object")),
+    ),
+    ("operator", "resource.k8s.io", "resourceslices", "update"): Use(
+        "SlicePublisher replaces changed slices",
+        (("operator/slices.py", r"SlicePublisher\("), (SLICES, r"replace_cluster_custom_object")),
+    ),
+    ("operator", "resource.k8s.io", "resourceslices", "delete"): Use(
+        "SlicePublisher deletes slices of removed pools",
+        (("operator/slices.py", r"SlicePublisher\("), (SLICES, r"delete_cluster_custom_object")),
+    ),
+    ("operator", "resource.k8s.io", "resourceclaims", "list"): Use(
+        "Kube.list_claims; Kopf lists before watching",
+        (("operator/kube.py", r"list_cluster_custom_object,\s*RESOURCE_GROUP"),),
+    ),
+    ("operator", "resource.k8s.io", "resourceclaims", "watch"): Use(
+        "Kopf event handler on the operator's shared claims",
+        (
+            _kopf_handles(
+                r'kopf\.on\.event\(\s*RESOURCE_GROUP,\s*RESOURCE_VERSION,\s*"resourceclaims"'
+            ),
+        ),
+    ),
+    ("operator", "resource.k8s.io", "resourceclaims", "create"): Use(
+        "Kube.create_claim",
+        (("operator/kube.py", r"create_namespaced_custom_object,\s*RESOURCE_GROUP"),),
+    ),
+    ("operator", "resource.k8s.io", "resourceclaims", "delete"): Use(
+        "Kube.delete_claim",
+        (("operator/kube.py", r"delete_namespaced_custom_object,\s*RESOURCE_GROUP"),),
+    ),
+    ("operator", "", "namespaces", "list"): Use(
+        "Kube.list_namespaces; Kopf lists before watching",
+        (("operator/kube.py", r"core\.list_namespace\b"),),
+    ),
+    ("operator", "", "namespaces", "watch"): Use(
+        "Kopf event handler on namespaces",
+        (_kopf_handles(r'kopf\.on\.event\("", "v1", "namespaces"'),),
+    ),
+    ("operator", "", "secrets", "get"): Use(
+        "Kube.secret_data reads a backend's credentialsSecretRef",
+        (("operator/kube.py", r"core\.read_namespaced_secret"),),
+    ),
+    ("operator", "", "configmaps", "get"): Use(
+        "Kube.read_config_map", (("operator/kube.py", r"core\.read_namespaced_config_map"),)
+    ),
+    ("operator", "", "configmaps", "create"): Use(
+        "Kube.write_config_map, first write",
+        (("operator/kube.py", r"core\.create_namespaced_config_map"),),
+    ),
+    ("operator", "", "configmaps", "update"): Use(
+        "Kube.write_config_map, later writes",
+        (("operator/kube.py", r"core\.replace_namespaced_config_map"),),
+    ),
+    ("dra", "resource.k8s.io", "resourceclaims", "get"): Use(
+        "NodePrepareResources reads the claim's allocation",
+        (("dra/claims.py", r"get_namespaced_custom_object"),),
+    ),
+    ("dra", "resource.k8s.io", "resourceslices", "list"): Use(
+        "SlicePublisher reconciles the node's pool",
+        (("dra/agent.py", r"SlicePublisher\("), (SLICES, r"list_cluster_custom_object")),
+    ),
+    ("dra", "resource.k8s.io", "resourceslices", "watch"): Use(
+        "the driver republishes at once when its slices are changed or deleted",
+        (("dra/agent.py", r"publisher\.watch\("), (SLICES, r"watch\.Watch\(")),
+    ),
+    ("dra", "resource.k8s.io", "resourceslices", "create"): Use(
+        "SlicePublisher creates missing slices",
+        (("dra/agent.py", r"SlicePublisher\("), (SLICES, r"create_cluster_custom_object")),
+    ),
+    ("dra", "resource.k8s.io", "resourceslices", "update"): Use(
+        "SlicePublisher replaces changed slices",
+        (("dra/agent.py", r"SlicePublisher\("), (SLICES, r"replace_cluster_custom_object")),
+    ),
+    ("dra", "resource.k8s.io", "resourceslices", "delete"): Use(
+        "SlicePublisher deletes slices it no longer needs",
+        (("dra/agent.py", r"SlicePublisher\("), (SLICES, r"delete_cluster_custom_object")),
+    ),
+    ("dra", "", "nodes", "get"): Use(
+        "node labels and the owner reference of the node's slices",
+        (("dra/agent.py", r"read_node\("),),
+    ),
+    ("dra", "", "secrets", "get"): Use(
+        "per-claim credentials (QPUClaimParameters.credentialsSecretRef), opt-in",
+        (("dra/claims.py", r"read_namespaced_secret"),),
+    ),
+    ("device-plugin", "", "nodes", "get"): Use(
+        "node labels for node-bound backends", (("deviceplugin/node.py", r"read_node\("),)
+    ),
+}
+
+FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
+
+
+@cache
+def _rendered() -> tuple[list[dict[str, Any]], str]:
+    objs: list[dict[str, Any]] = []
+    text = ""
+    for name in RBAC_VALUE_SETS:
+        out = packaging.render(packaging.value_set(name).values, include_crds=False)
+        objs += packaging.objects(out)
+        text += out
+    return objs, text
+
+
+def roles() -> list[dict[str, Any]]:
+    return [o for o in _rendered()[0] if o["kind"] in {"Role", "ClusterRole"}]
+
+
+def granted() -> dict[tuple[str, str, str, str], list[str]]:
+    """(component, group, resource, verb) -> where it is granted (Kind/name)."""
+    out: dict[tuple[str, str, str, str], list[str]] = {}
+    for role in roles():
+        comp = packaging.component(role)
+        for rule in role.get("rules", []):
+            for group in rule.get("apiGroups", []):
+                for resource in rule.get("resources", []):
+                    for verb in rule.get("verbs", []):
+                        key = (comp, group, resource, verb)
+                        out.setdefault(key, []).append(f"{role['kind']}/{role['metadata']['name']}")
+    return out
+
+
+def _listing() -> list[Any]:
+    try:
+        keys = sorted(granted())
+    except (tools.ToolError, packaging.RenderError) as err:
+        return [
+            pytest.param(
+                None, id="render-failed", marks=pytest.mark.xfail(reason=str(err), strict=True)
+            )
+        ]
+    return [pytest.param(k, id=f"{k[0]} {k[1] or 'core'}/{k[2]} {k[3]}") for k in keys]
+
+
+def _evidence_problems(key: tuple[str, str, str, str], use: Use) -> list[str]:
+    problems = []
+    for rel, pattern in use.evidence:
+        path = packaging.REPO / rel
+        if not path.exists():
+            problems.append(f"{rel} does not exist")
+        elif not re.search(pattern, path.read_text()):
+            problems.append(f"{rel} no longer matches {pattern!r}")
+    for rel, pattern in use.absent:
+        path = packaging.REPO / rel
+        if path.exists() and re.search(pattern, path.read_text()):
+            problems.append(f"{rel} matches {pattern!r}, so the verb is not needed")
+    return [f"{key}: {p} ({use.why})" for p in problems]
+
+
+@pytest.mark.parametrize("key", _listing())
+def test_rule_is_used(key: tuple[str, str, str, str]) -> None:
+    assert key is not None
+    use = USES.get(key)
+    assert use is not None, f"{key} is granted by {granted()[key]} but no code is known to use it"
+    problems = _evidence_problems(key, use)
+    assert not problems, "\n".join(problems)
+
+
+def test_no_stale_justifications(helm_bin: Any) -> None:
+    stale = sorted(set(USES) - set(granted()))
+    assert not stale, f"USES lists verbs the chart no longer grants: {stale}"
+
+
+def test_no_wildcards_nonresource_urls_or_escalation(helm_bin: Any) -> None:
+    problems = []
+    for role in roles():
+        where = f"{role['kind']}/{role['metadata']['name']}"
+        for rule in role.get("rules", []):
+            if "nonResourceURLs" in rule:
+                problems.append(f"{where}: nonResourceURLs")
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                if any("*" in str(v) for v in rule.get(field, [])):
+                    problems.append(f"{where}: wildcard in {field}")
+            if FORBIDDEN_VERBS & set(rule.get("verbs", [])):
+                problems.append(f"{where}: {FORBIDDEN_VERBS & set(rule['verbs'])}")
+            if "secrets" in rule.get("resources", []) and set(rule["verbs"]) - {"get"}:
+                problems.append(f"{where}: secrets may only be read one by one (get)")
+        if "aggregationRule" in role:
+            problems.append(f"{where}: aggregationRule")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_rule_has_a_justifying_comment(helm_bin: Any) -> None:
+    text = _rendered()[1]
+    lines = text.splitlines()
+    uncommented = []
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups:") and "rules:" in "\n".join(
+            lines[max(0, i - 40) : i]
+        ):
+            j = i - 1
+            while j >= 0 and lines[j].strip().startswith("#"):
+                j -= 1
+            if j == i - 1:
+                uncommented.append(f"line {i + 1}: {line.strip()} {lines[i + 1].strip()}")
+    assert not uncommented, "rules without a comment above them:\n" + "\n".join(uncommented)
+
+
+def test_each_service_account_is_bound_only_to_its_own_roles(helm_bin: Any) -> None:
+    objs = _rendered()[0]
+    for binding in (o for o in objs if o["kind"] in {"RoleBinding", "ClusterRoleBinding"}):
+        comp = packaging.component(binding)
+        (subject,) = binding["subjects"]
+        assert subject["kind"] == "ServiceAccount"
+        assert subject["name"].endswith(f"-{comp}"), binding["metadata"]["name"]
+        assert binding["roleRef"]["name"].startswith(subject["name"])
+
+
+def test_emulator_has_no_api_access(renders: dict[str, list[dict[str, Any]]]) -> None:
+    objs = renders["emulator"]
+    (sa,) = [
+        o for o in objs if o["kind"] == "ServiceAccount" and packaging.component(o) == "emulator"
+    ]
+    assert sa["automountServiceAccountToken"] is False
+    assert not [
+        o for o in objs if o["kind"].endswith("Binding") and packaging.component(o) == "emulator"
+    ]
+
+
+def test_secret_access_is_opt_in(renders: dict[str, list[dict[str, Any]]]) -> None:
+    """By default only the operator reads Secrets, and only in its own namespace."""
+    for obj in renders["defaults"]:
+        if obj["kind"] not in {"Role", "ClusterRole"}:
+            continue
+        for rule in obj["rules"]:
+            if "secrets" in rule["resources"]:
+                assert obj["kind"] == "Role", obj["metadata"]["name"]
+                assert packaging.component(obj) == "operator"
