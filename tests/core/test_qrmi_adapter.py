@@ -1,0 +1,180 @@
+"""The QRMI adapter over the real qrmi client against the emulator: the paper's lifecycle,
+deadlines, typed errors and health, with no credential in any message."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import qrmi
+
+from qpu_k8s import errors
+from qpu_k8s.emulator import Emulator, running_emulator
+from qpu_k8s.model import QuantumBackend, parse_backend
+from qpu_k8s.qrmi_adapter import QrmiClient, TaskState
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Emulator]:
+    with running_emulator(noise=False) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(emulator: Emulator) -> Iterator[Emulator]:
+    yield emulator
+    emulator.reset()
+
+
+def ibm_backend(emu: Emulator, name: str = "fake_manila") -> QuantumBackend:
+    return parse_backend(
+        {
+            "name": name.replace("_", "-"),
+            "spec": {
+                "resourceId": name,
+                "type": "ibm-quantum-compute-service",
+                "config": emu.ibm_config(name),
+                "credentialsSecretRef": {"name": "ibm"},
+            },
+        }
+    )
+
+
+def sampler_payload(client: QrmiClient, shots: int = 200) -> object:
+    from qiskit import QuantumCircuit, qasm3
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qrmi.primitives.ibm import get_backend
+
+    res = qrmi.QuantumResource.from_config(
+        client.backend.spec.resource_id,
+        qrmi.ResourceType.IBMQuantumComputeService,
+        client._config,
+    )
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    isa = generate_preset_pass_manager(1, backend=get_backend(res)).run(qc)
+    pub = qasm3.dumps(isa, disable_constants=True, allow_aliasing=True)
+    body = {
+        "pubs": [[pub, None, shots]],
+        "shots": shots,
+        "options": {},
+        "version": 2,
+        "support_qiskit": True,
+    }
+    return qrmi.Payload.QiskitPrimitive(input=json.dumps(body), program_id="sampler")
+
+
+def test_lifecycle_acquire_task_release(emu: Emulator) -> None:
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeout=20)
+    assert client.health().healthy
+    token = client.acquire()
+    (session,) = emu.state.open_sessions("fake_manila")
+    assert session.id == token
+    task = client.task_start(sampler_payload(client), token=token)
+    deadline = time.monotonic() + 60
+    while (state := client.task_status(task, token=token)) not in {
+        TaskState.COMPLETED,
+        TaskState.FAILED,
+    }:
+        assert time.monotonic() < deadline, f"task stuck in {state}"
+        time.sleep(0.05)
+    assert state is TaskState.COMPLETED
+    result = client.task_result(task, token=token)
+    assert "results" in result or "__type__" in result
+    assert emu.state.job(task) is not None
+    assert emu.state.job(task).session_id == token  # type: ignore[union-attr]
+    client.release(token)
+    assert emu.state.open_sessions("fake_manila") == []
+    assert emu.state.session(token).closed_by == "release"  # type: ignore[union-attr]
+
+
+def test_target_and_metadata(emu: Emulator) -> None:
+    client = QrmiClient(ibm_backend(emu, "fake_nairobi"), emu.ibm_credentials())
+    target = client.target()
+    assert target["configuration"]["n_qubits"] == 7
+    assert client.metadata()["backend_name"] == "fake_nairobi"
+
+
+def test_hang_fails_within_deadline(emu: Emulator) -> None:
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeout=0.5)
+    emu.set_fault("hang")
+    t0 = time.monotonic()
+    with pytest.raises(errors.QpuTimeoutError, match="acquire"):
+        client.acquire()
+    assert time.monotonic() - t0 < 2.5
+    health = client.health()
+    assert (health.healthy, health.status) == (False, "timeout")
+    assert time.monotonic() - t0 < 5
+    emu.clear_faults()
+    assert client.health().healthy, "a new call after a timeout must not reuse the stuck object"
+
+
+def test_bad_credentials_are_a_clear_auth_error(emu: Emulator) -> None:
+    bad = "definitely-wrong-apikey"
+    client = QrmiClient(ibm_backend(emu), {"QRMI_IBM_QCS_IAM_APIKEY": bad}, timeout=10)
+    with pytest.raises(errors.QpuAuthError) as err:
+        client.acquire()
+    assert bad not in str(err.value)
+    health = client.health()
+    assert (health.healthy, health.status) == (False, "auth")
+    assert bad not in health.reason
+    assert emu.state.open_sessions() == []
+
+
+def test_vendor_5xx_and_offline(emu: Emulator) -> None:
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeout=10)
+    emu.set_fault("error5xx", "fake_manila")
+    with pytest.raises(errors.QpuUnavailableError):
+        client.acquire()
+    assert not client.health().healthy
+    emu.clear_faults()
+    emu.set_online("fake_manila", False, reason="calibration")
+    health = client.health()
+    assert (health.healthy, health.status) == (False, "offline")
+    assert "calibration" in health.reason
+    emu.set_online("fake_manila", True)
+    assert client.health().healthy
+
+
+def test_unreachable_vendor(emu: Emulator) -> None:
+    backend = parse_backend(
+        {
+            "name": "nowhere",
+            "spec": {
+                "resourceId": "fake_manila",
+                "type": "ibm-quantum-compute-service",
+                "config": {
+                    **emu.ibm_config("fake_manila"),
+                    "QRMI_IBM_QCS_ENDPOINT": "http://127.0.0.1:9/api/v1",
+                },
+                "credentialsSecretRef": {"name": "ibm"},
+            },
+        }
+    )
+    client = QrmiClient(backend, emu.ibm_credentials(), timeout=5)
+    health = client.health()
+    assert (health.healthy, health.status) == (False, "unreachable")
+
+
+def test_pasqal_lifecycle(emu: Emulator) -> None:
+    backend = parse_backend(
+        {
+            "name": "fresnel",
+            "spec": {
+                "resourceId": "FRESNEL",
+                "type": "pasqal-cloud",
+                "config": emu.pasqal_config("FRESNEL"),
+                "credentialsSecretRef": {"name": "pasqal"},
+            },
+        }
+    )
+    client = QrmiClient(backend, emu.pasqal_credentials(), timeout=10)
+    assert client.health().healthy
+    token = client.acquire()  # pasqal-cloud has no sessions: a dummy token, no HTTP call
+    assert token
+    assert "specs" in json.dumps(client.target()) or client.target()
+    client.release(token)
