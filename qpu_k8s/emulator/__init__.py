@@ -58,6 +58,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module  # noqa: PLC0415 - cold path
+    from importlib import import_module
 
     return getattr(import_module(f".{module}", __name__), name)

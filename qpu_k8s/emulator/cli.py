@@ -143,7 +143,7 @@ def _is_loopback(host: str) -> bool:
 
 async def serve(config: EmulatorConfig, ready_file: Path | None = None) -> None:
     """Serve until SIGTERM/SIGINT."""
-    from .server import EmulatorServer  # noqa: PLC0415 - aiohttp loads only when serving
+    from .server import EmulatorServer
 
     server = EmulatorServer(config)
     stop = asyncio.Event()

@@ -24,7 +24,7 @@ API_PREFIXES = ("/api/v1", "/experimental/api/v1")
 AUDIENCE = "ibm-quantum"
 # Versions at or after this date get device objects from GET /backends; older get names.
 DEVICES_V2_API_VERSION = "2025-01-01"
-PROGRAMS = ("sampler", "estimator")
+PROGRAMS = ("sampler", "estimator", "executor")
 SESSION_MODES = ("dedicated", "batch")
 
 
@@ -196,6 +196,12 @@ def _expire(ctx: ServerContext, rec: SessionRecord) -> SessionRecord:
             closed_by="expired",
         )
     return rec
+
+
+def expire_sessions(ctx: ServerContext) -> None:
+    """Close every session past its max_ttl (the server runs this periodically)."""
+    for rec in ctx.state.open_sessions():
+        _expire(ctx, rec)
 
 
 def _session_body(ctx: ServerContext, rec: SessionRecord) -> dict[str, Any]:
@@ -370,8 +376,10 @@ async def create_job(request: web.Request) -> web.Response:
             f"job field 'program_id' must be one of {list(PROGRAMS)} (emulator), got {program!r}",
         )
     params = body.get("params")
-    if not isinstance(params, dict) or "pubs" not in params:
-        raise VendorError(400, "job field 'params' must be an object with 'pubs'")
+    if not isinstance(params, dict):
+        raise VendorError(400, "job field 'params' must be an object")
+    if program != "executor" and "pubs" not in params:
+        raise VendorError(400, "job field 'params' must hold 'pubs'")
     off = ctx.offline_reason(spec.name)
     if off is not None:
         raise VendorError(400, f"Backend {spec.name} is {off[0]}: {off[1]}")
@@ -395,7 +403,7 @@ async def create_job(request: web.Request) -> web.Response:
     noise, limit = ctx.config.noise, ctx.config.max_sim_qubits
 
     def work() -> str:
-        from .sim_qiskit import run_primitive  # noqa: PLC0415 - qiskit loads on first job
+        from .sim_qiskit import run_primitive
 
         return run_primitive(
             str(program),

@@ -31,6 +31,8 @@ log = logging.getLogger("qpu_k8s.emulator")
 
 # aiohttp waits this long for in-flight handlers when stopping, then cancels them.
 SHUTDOWN_GRACE_SECONDS = 1.0
+# How often expired sessions are closed.
+REAP_INTERVAL_SECONDS = 0.25
 
 
 def _vendor_of(path: str) -> str:
@@ -99,6 +101,7 @@ class EmulatorServer:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._ctx: ServerContext | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port."""
@@ -112,7 +115,8 @@ class EmulatorServer:
             runner=runner,
             stopping=stopping,
         )
-        runner.on_final(lambda job: ibm.on_job_final(self._ctx, job))  # type: ignore[arg-type]
+        ctx = self._ctx
+        runner.on_final(lambda job: ibm.on_job_final(ctx, job))
         app = build_app(self._ctx)
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handle_signals=False
@@ -124,8 +128,16 @@ class EmulatorServer:
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.config.port
         self._ctx.base_url = f"http://{_url_host(self.config.host)}:{self.port}"
+        self._reaper = asyncio.get_running_loop().create_task(self._reap(ctx))
         log.info("emulator listening on %s", self._ctx.base_url)
         return self.port
+
+    async def _reap(self, ctx: ServerContext) -> None:
+        """Close sessions whose max_ttl ran out, as the vendor does, even if nobody asks."""
+        while not ctx.stopping.is_set():
+            ibm.expire_sessions(ctx)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stopping.wait(), REAP_INTERVAL_SECONDS)
 
     async def reset(self) -> None:
         if self._ctx is not None:
@@ -137,6 +149,9 @@ class EmulatorServer:
         if self._ctx is not None:
             self._ctx.stopping.set()
             await self._ctx.runner.cancel_all()
+        if self._reaper is not None:
+            await self._reaper
+            self._reaper = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

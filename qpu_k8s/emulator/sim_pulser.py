@@ -4,7 +4,6 @@ Imports of pulser happen inside the functions (about 2 s), on a worker thread.
 """
 
 # The simulators load inside the functions, on worker threads: importing this module is cheap.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 

@@ -57,3 +57,12 @@ def test_pulser_bell(emu: Emulator) -> None:
     assert sum(counts.values()) == 500
     assert counts.get("01", 0) + counts.get("10", 0) > 450
     assert min(counts.get("01", 0), counts.get("10", 0)) > 150
+
+
+def test_qiskit_estimator(emu: Emulator) -> None:
+    out = run_example("qiskit_estimator.py", emu.job_env(["fake_nairobi"]))
+    assert out["resource"] == "fake_nairobi"
+    assert 0.75 < out["evs"]["ZZ"] <= 1.05
+    assert 0.75 < out["evs"]["XX"] <= 1.05
+    [job] = emu.state.jobs()
+    assert job.program == "estimator"

@@ -197,3 +197,11 @@ def test_samplerv2_and_estimatorv2_primitives(emu: Emulator) -> None:
     evs = list(result[0].data.evs)
     assert evs[0] > 0.75
     assert evs[1] > 0.75
+
+
+def test_resource_provider_discovers_the_catalogue(emu: Emulator) -> None:
+    provider = qrmi.ResourceProvider(
+        qrmi.ResourceType.IBMQuantumComputeService, emu.qrmi_config("fake_manila")
+    )
+    names = [r.resource_id() for r in provider.resources()]
+    assert names == ["fake_manila", "fake_nairobi", "fake_lagos", "fake_torino"]

@@ -10,6 +10,9 @@ from emulator_support import bell_isa
 
 from qpu_k8s.emulator import Emulator, JobStatus, SessionState
 
+# SamplerV2/EstimatorV2 are deprecated since qiskit-ibm-runtime 0.50 and tested on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 
 @pytest.fixture
 def service(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
@@ -74,3 +77,23 @@ def test_job_mode_and_failed_job_message(emu: Emulator, service: Any) -> None:
     failing = SamplerV2(mode=backend).run([qc], shots=10)
     with pytest.raises(RuntimeJobFailureError, match="cryostat warming up"):
         failing.result()
+
+
+def test_client_side_executor_primitives(emu: Emulator, service: Any) -> None:
+    """qiskit-ibm-runtime >= 0.50's replacements for SamplerV2/EstimatorV2 (program 'executor')."""
+    from qiskit.quantum_info import SparsePauliOp
+    from qiskit_ibm_runtime import Session
+    from qiskit_ibm_runtime.executor_estimator import Estimator
+    from qiskit_ibm_runtime.executor_sampler import Sampler
+
+    backend = service.backend("fake_manila")
+    counts = Sampler(mode=backend).run([bell_isa(backend)], shots=500).result()[0]
+    counts = counts.data.meas.get_counts()
+    assert sum(counts.values()) == 500
+    assert counts.get("00", 0) + counts.get("11", 0) > 0.85 * 500
+    isa = bell_isa(backend, measure=False)
+    with Session(backend=backend) as session:
+        evs = Estimator(mode=session).run([(isa, SparsePauliOp("ZZ").apply_layout(isa.layout))])
+        zz = float(evs.result()[0].data.evs)
+    assert zz > 0.8
+    assert {j.program for j in emu.state.jobs()} == {"executor"}
