@@ -107,20 +107,32 @@ def test_wrong_token(emu: Emulator) -> None:
     assert emu.state.batches() == []
 
 
-def test_client_credentials_grant(emu: Emulator) -> None:
-    from qpu_k8s.emulator.config import DEFAULT_PASQAL_CLIENT_ID, DEFAULT_PASQAL_CLIENT_SECRET
+@pytest.mark.parametrize("grant", ["client_credentials", "password"])
+def test_oauth_grants(emu: Emulator, grant: str) -> None:
+    from qpu_k8s.emulator import config as c
 
-    config = {
-        **emu.pasqal_config("FRESNEL"),
-        "QRMI_PASQAL_CLOUD_CLIENT_ID": DEFAULT_PASQAL_CLIENT_ID,
-        "QRMI_PASQAL_CLOUD_CLIENT_SECRET": DEFAULT_PASQAL_CLIENT_SECRET,
-    }
+    if grant == "client_credentials":
+        creds = {
+            "QRMI_PASQAL_CLOUD_CLIENT_ID": c.DEFAULT_PASQAL_CLIENT_ID,
+            "QRMI_PASQAL_CLOUD_CLIENT_SECRET": c.DEFAULT_PASQAL_CLIENT_SECRET,
+        }
+    else:
+        creds = {
+            "PASQAL_USERNAME": c.DEFAULT_PASQAL_USERNAME,
+            "PASQAL_PASSWORD": c.DEFAULT_PASQAL_PASSWORD,
+        }
+    config = {**emu.pasqal_config("FRESNEL"), **creds}
     res = qrmi.QuantumResource.from_config("FRESNEL", qrmi.ResourceType.PasqalCloud, config)
     task = res.task_start(
         qrmi.Payload.PasqalCloud(sequence=bell_sequence().to_abstract_repr(), job_runs=50)
     )
     assert emu.state.batch(task) is not None
     assert [r.status for r in emu.state.requests("/oauth/token")] == [200]
+
+    wrong = {k: v + "-wrong" if "SECRET" in k or "PASSWORD" in k else v for k, v in config.items()}
+    bad = qrmi.QuantumResource.from_config("FRESNEL", qrmi.ResourceType.PasqalCloud, wrong)
+    with pytest.raises(qrmi.QrmiError, match="401"):
+        bad.target()
 
 
 def test_pasqal_cloud_sdk_create_batch(emu: Emulator) -> None:

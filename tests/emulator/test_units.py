@@ -129,3 +129,38 @@ def test_no_credential_in_debug_logs(emu: Emulator, caplog: pytest.LogCaptureFix
     assert "POST /api/v1/sessions" in text
     for secret in (emu.config.first_api_key, emu.config.first_pasqal_token, "wrong-key-123"):
         assert secret not in text
+
+
+def test_backends_list_shape_follows_the_api_version(emu: Emulator) -> None:
+    status, text = _post(
+        f"{emu.url}/identity/token",
+        f"apikey={emu.config.first_api_key}".encode(),
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 200
+    headers = {
+        "Authorization": f"Bearer {json.loads(text)['access_token']}",
+        "Service-CRN": emu.config.service_crn,
+    }
+
+    def devices(extra: dict[str, str]) -> list[object]:
+        req = urllib.request.Request(f"{emu.url}/api/v1/backends", headers={**headers, **extra})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            result: list[object] = json.loads(resp.read())["devices"]
+            return result
+
+    assert devices({}) == ["fake_manila", "fake_nairobi", "fake_lagos", "fake_torino"]
+    [first, *_] = devices({"IBM-API-Version": "2025-01-01"})
+    assert first == {
+        "name": "fake_manila",
+        "status": {"name": "online", "reason": "available"},
+        "is_simulator": False,
+        "qubits": 5,
+        "processor_type": {"family": "Falcon", "revision": "5.11"},
+        "queue_length": 0,
+        "wait_time_seconds": {"p50": 0, "p95": 0},
+    }
+    req = urllib.request.Request(f"{emu.url}/api/v1/backends")  # no token
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=5)
+    assert info.value.code == 401
