@@ -214,6 +214,9 @@ class Agent:
         self._lock.acquire(self.cfg.lock_timeout)
         try:
             self.ledger.load(time.time())
+            # The kubelet may have (re)started with us (node reboot) and list no pods until
+            # it has synced them: decide no release before the hold has passed.
+            self.ledger.interrupt(time.time(), self.cfg.restart_hold, "plugin started")
             self.registry.node_labels = self.node_labels.load()
             self.registry.start()
             self.board.refresh()

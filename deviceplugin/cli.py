@@ -97,9 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (grpc, qrmi, pydantic models) only when the command runs.
-    from qpu_k8s import logs  # noqa: PLC0415
-    from qpu_k8s.deviceplugin.agent import Agent, AgentConfig  # noqa: PLC0415
-    from qpu_k8s.deviceplugin.node import NodeLabelsError, parse_labels  # noqa: PLC0415
+    from qpu_k8s import logs
+    from qpu_k8s.deviceplugin.agent import Agent, AgentConfig
+    from qpu_k8s.deviceplugin.node import NodeLabelsError, parse_labels
 
     logs.setup(args.log_level, args.log_format)
     try:

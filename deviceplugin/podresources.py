@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import grpc
@@ -102,17 +102,26 @@ class Reconciler:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="release")
         self._thread: threading.Thread | None = None
         self._list_ok: bool | None = None
+        self._running: set[Future[None]] = set()
+        self._running_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop listing and releasing; live acquisitions stay held (pods still run)."""
+    def stop(self, drain: float = 5.0) -> None:
+        """Stop listing and releasing; live acquisitions stay held (pods still run).
+
+        Releases already talking to the vendor get up to ``drain`` seconds to finish, so
+        their outcome is checkpointed rather than retried (and maybe repeated) next start.
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with self._running_lock:
+            running = list(self._running)
+        wait(running, timeout=drain)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def poke(self) -> None:
@@ -145,7 +154,16 @@ class Reconciler:
             metrics.RECONCILES.labels("ok").inc()
             self.ledger.reconcile(held_devices(resp, self.resource_name), time.time())
         for acq in self.ledger.due_releases(time.time()):
-            self._pool.submit(self._release, acq)
+            if self._stop.is_set():
+                break
+            fut = self._pool.submit(self._release, acq)
+            with self._running_lock:
+                self._running.add(fut)
+            fut.add_done_callback(self._done)
+
+    def _done(self, fut: Future[None]) -> None:
+        with self._running_lock:
+            self._running.discard(fut)
 
     def _release(self, acq: Acquisition) -> None:
         try:

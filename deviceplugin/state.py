@@ -26,7 +26,8 @@ Rules, and why:
 * Grace: an acquisition is released only after successful Lists have not shown it held for
   ``release_grace`` seconds without a break. A failed List, a kubelet restart (whose pod
   list is empty until it has synced its pods) and our own start restart that clock, and a
-  kubelet restart also holds every release back for ``restart_hold`` seconds. An
+  kubelet restart or our own start (the kubelet may have restarted with us, e.g. after a
+  node reboot) also holds every release back for ``restart_hold`` seconds. An
   ``Allocate`` that the kubelet has not listed yet is therefore never released too early.
 * Superseded: when several live acquisitions of one backend share a ``request`` set (the
   kubelet re-ran ``Allocate`` for the same devices, e.g. after its own crash), only the

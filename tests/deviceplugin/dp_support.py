@@ -149,6 +149,7 @@ class PluginProcess:
     _log_file: Any = None
 
     def argv(self) -> list[str]:
+        """Fast test settings; ``extra`` flags given later override them (argparse: last wins)."""
         lay = self.layout
         return [
             sys.executable,

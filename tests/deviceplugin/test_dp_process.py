@@ -214,7 +214,16 @@ def test_no_secret_in_logs_metrics_checkpoint_or_errors(
     logged = {r.get("msg") for r in plugin.records()}
     # The paths that handle credentials really ran and logged.
     assert {"allocated", "allocate failed", "released", "backend health changed"} <= logged
-    assert "acquisitions_live" in metrics_text
+    for family in (
+        "qpu_k8s_deviceplugin_allocations_total",
+        "qpu_k8s_deviceplugin_acquisitions_live",
+        "qpu_k8s_deviceplugin_acquire_duration_seconds_bucket",
+        "qpu_k8s_deviceplugin_release_duration_seconds_bucket",
+        "qpu_k8s_deviceplugin_device_healthy",
+        "qpu_k8s_vendor_errors_total",
+    ):
+        assert family in metrics_text, f"/metrics has no {family}"
+    assert 'qpu_k8s_deviceplugin_allocations_total{result="auth"} 1.0' in metrics_text
     for where, text in places.items():
         for secret in (api_key, pasqal_token):
             assert secret not in text, f"a credential leaked into the {where}"
