@@ -38,6 +38,7 @@ guard with ``has()`` or match nothing (Kubernetes treats a missing key as a CEL 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -197,8 +198,38 @@ def pulser_specs(specs: Mapping[str, Any]) -> dict[str, AttrValue]:
     return out
 
 
-def target_attributes(target: Mapping[str, Any] | None) -> dict[str, AttrValue]:
-    """Attributes derived from a ``QrmiClient.target()`` answer of any known vendor shape."""
+def _pulser_device(target: Any, resource_id: str | None) -> Mapping[str, Any] | None:
+    """The pulser device dict inside a Pasqal ``target()`` answer, whatever the wrapping.
+
+    qrmi 0.26 hands back the vendor's ``data``: a ``{"device_type", "specs"}`` record (or a
+    list of them, from the public-specs route), where ``specs`` is a JSON *string*.
+    """
+    if isinstance(target, str):
+        try:
+            target = json.loads(target)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(target, list):
+        records = [r for r in target if isinstance(r, Mapping)]
+        chosen = [r for r in records if r.get("device_type") == resource_id] or records[:1]
+        return _pulser_device(chosen[0], resource_id) if chosen else None
+    if not isinstance(target, Mapping):
+        return None
+    if "max_atom_num" in target or "channels" in target:
+        return target
+    for key in ("specs", "value", "data"):
+        if key in target:
+            return _pulser_device(target[key], resource_id)
+    return None
+
+
+def target_attributes(
+    target: Mapping[str, Any] | None, resource_id: str | None = None
+) -> dict[str, AttrValue]:
+    """Attributes derived from a ``QrmiClient.target()`` answer of any known vendor shape.
+
+    ``resource_id`` picks the right record when a Pasqal answer lists several devices.
+    """
     if not target:
         return {}
     out: dict[str, AttrValue] = {}
@@ -211,11 +242,11 @@ def target_attributes(target: Mapping[str, Any] | None) -> dict[str, AttrValue]:
             out.update(ibm_quality(props))
             if "qubits" not in out and isinstance(props.get("qubits"), list):
                 out["qubits"] = len(props["qubits"])
-    elif "max_atom_num" in target or "channels" in target:
-        out.update(pulser_specs(target))
     elif isinstance(target.get("qubits"), list) and isinstance(target.get("gates"), list):
         out.update(ibm_quality(target))  # bare IBM properties
         out.setdefault("qubits", len(target["qubits"]))
+    elif (device := _pulser_device(target, resource_id)) is not None:
+        out.update(pulser_specs(device))
     return out
 
 
@@ -237,7 +268,7 @@ def device_attributes(
     attrs: dict[str, AttrValue] = {"vendor": t.vendor, "technology": t.technology}
     if t.vendor == "pasqal":
         attrs["simulator"] = spec.resource_id.startswith("EMU_")
-    attrs.update(target_attributes(target))
+    attrs.update(target_attributes(target, spec.resource_id))
     attrs.update(metadata_attributes(metadata))
     attrs.setdefault("simulator", False)
     attrs.update({k: v for k, v in spec.attributes.items() if k not in IDENTITY})

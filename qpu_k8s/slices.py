@@ -273,6 +273,7 @@ class SlicePublisher:
         self.generation = 0
         self._lock = threading.Lock()
         self._last: list[Device] | None = None
+        self._watch: watch.Watch | None = None
 
     # -- reading ---------------------------------------------------------------------------
     def list(self) -> list[dict[str, Any]]:
@@ -399,9 +400,11 @@ class SlicePublisher:
 
         Meant for a daemon thread: a DELETED event from the kubelet wiping the node's slices
         should trigger :meth:`publish`. Watch errors are logged and the watch restarted.
+        Set ``stop`` and call :meth:`stop_watch` to end it at once.
         """
         while not stop.is_set():
             w = watch.Watch()  # type: ignore[no-untyped-call]
+            self._watch = w
             try:
                 for ev in w.stream(  # type: ignore[no-untyped-call]
                     self.custom.list_cluster_custom_object,
@@ -415,7 +418,15 @@ class SlicePublisher:
                         break
                     on_event(str(ev.get("type")), ev.get("object") or {})
             except Exception as err:  # the apiserver went away, a 410 Gone...
+                if stop.is_set():
+                    break
                 log.warning("slice watch restarting", extra={"pool": self.pool, "error": str(err)})
                 stop.wait(1.0)
             finally:
                 w.stop()  # type: ignore[no-untyped-call]
+
+    def stop_watch(self) -> None:
+        """Unblock a running :meth:`watch` (shuts its connection down)."""
+        w = self._watch
+        if w is not None:
+            w.stop()  # type: ignore[no-untyped-call]

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client, config
 
+from qpu_k8s.dra.agent import AgentConfig
 from qpu_k8s.testing import k8s_cluster, resource_api
+from qpu_k8s.testing.kubelet import FakeDRAKubelet
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +67,104 @@ def namespace(k8s_api: client.ApiClient) -> Iterator[str]:
 def pool_name() -> str:
     """A pool of its own per test: slices are cluster-scoped and the cluster is shared."""
     return f"pool-{uuid.uuid4().hex[:8]}"
+
+
+# -- the driver on a test node -----------------------------------------------------------
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Any]:
+    from dra_builders import ALICE_KEY, IBM_KEY, PASQAL_TOKEN
+
+    from qpu_k8s.emulator import running_emulator
+
+    with running_emulator(
+        api_keys=frozenset({IBM_KEY, ALICE_KEY}),
+        pasqal_tokens=frozenset({PASQAL_TOKEN}),
+        noise=False,
+    ) as emu:
+        yield emu
+
+
+@dataclass
+class NodeEnv:
+    """Directories and files of one simulated node (short paths: unix sockets)."""
+
+    root: Path
+    node: str
+    emu: Any
+
+    @property
+    def config(self) -> Path:
+        return self.root / "backends.yaml"
+
+    @property
+    def boot_id_file(self) -> Path:
+        return self.root / "boot_id"
+
+    def write_backends(self, backends: list[dict[str, Any]]) -> None:
+        tmp = self.root / ".backends.tmp"
+        tmp.write_text(yaml.safe_dump({"backends": backends}))
+        tmp.replace(self.config)
+
+    def reboot(self) -> None:
+        self.boot_id_file.write_text(str(uuid.uuid4()))
+
+    def agent_config(self, **overrides: Any) -> AgentConfig:
+        values: dict[str, Any] = {
+            "node_name": self.node,
+            "config_path": self.config,
+            "plugins_dir": self.root / "plugins",
+            "registry_dir": self.root / "registry",
+            "cdi_dir": self.root / "cdi",
+            "state_dir": self.root / "state",
+            "credentials_dir": self.root / "creds",
+            "boot_id_file": self.boot_id_file,
+            "node_labels": {NODE_LABEL_KEY: self.node},
+            "reload_interval": 0.2,
+            "resync_seconds": 5.0,
+        }
+        values.update(overrides)
+        return AgentConfig(**values)
+
+
+NODE_LABEL_KEY = "qpu-k8s.test/node"
+
+
+@pytest.fixture
+def node_env(emulator: Any) -> Iterator[NodeEnv]:
+    from dra_builders import IBM_KEY, PASQAL_TOKEN, node_backends
+
+    root = Path(tempfile.mkdtemp(prefix="dra-", dir="/tmp"))
+    env = NodeEnv(root, f"dra-node-{uuid.uuid4().hex[:8]}", emulator)
+    for name, key, value in (
+        ("ibm-creds", "QRMI_IBM_QCS_IAM_APIKEY", IBM_KEY),
+        ("pasqal-creds", "QRMI_PASQAL_CLOUD_AUTH_TOKEN", PASQAL_TOKEN),
+    ):
+        (root / "creds" / name).mkdir(parents=True)
+        (root / "creds" / name / key).write_text(value)
+    env.boot_id_file.write_text(str(uuid.uuid4()))
+    env.write_backends(node_backends(emulator, env.node))
+    yield env
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def kubelet(node_env: NodeEnv) -> Iterator[FakeDRAKubelet]:
+    with FakeDRAKubelet(node_env.root / "registry") as k:
+        yield k
+
+
+@pytest.fixture
+def k8s_node(k8s_api: client.ApiClient, node_env: NodeEnv) -> Iterator[str]:
+    """A Node object of its own (its name is the pool name), labelled for the test backends.
+
+    Only its object exists (no kubelet behind it): the driver reads its labels and UID, and
+    its slices are owned by it, so deleting it at the end garbage-collects them.
+    """
+    core = client.CoreV1Api(k8s_api)
+    core.create_node(
+        client.V1Node(
+            metadata=client.V1ObjectMeta(name=node_env.node, labels={NODE_LABEL_KEY: node_env.node})
+        )
+    )
+    yield node_env.node
+    core.delete_node(node_env.node)

@@ -84,3 +84,93 @@ def pulser_target(device: str) -> dict[str, Any]:
 def validate(obj: dict[str, Any], k8s_version: str = "1.34.0") -> None:
     """Validate against the real (strict) OpenAPI schema of that Kubernetes version."""
     kubernetes_validate.validate(obj, k8s_version, strict=True)
+
+
+# -- a node for the driver ---------------------------------------------------------------
+IBM_KEY = "ibm-apikey-for-the-backend-0001"  # the backend's own credentials
+ALICE_KEY = "alice-personal-apikey-0002"  # a user's credentials, from a claim's Secret
+PASQAL_TOKEN = "pasqal-token-for-the-backend-0003"
+SECRET_VALUES = (IBM_KEY, ALICE_KEY, PASQAL_TOKEN)
+DRIVER = "qpu.quantum.example.com"
+NODE_LABEL = "qpu-k8s.test/node"
+
+
+def node_backends(emu: Any, node: str) -> list[dict[str, Any]]:
+    """The backends of one test node: node-bound IBM and Pasqal, plus one shared."""
+
+    def ibm(name: str, rid: str, lanes: int = 1, access: str = "node-bound") -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "resourceId": rid,
+            "type": "ibm-quantum-compute-service",
+            "config": emu.ibm_config(rid),
+            "credentialsSecretRef": {"name": "ibm-creds"},
+            "lanes": lanes,
+            "access": access,
+        }
+        if access == "node-bound":
+            spec["nodeSelector"] = {NODE_LABEL: node}
+        return {"name": name, "spec": spec}
+
+    def pasqal(name: str, rid: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "spec": {
+                "resourceId": rid,
+                "type": "pasqal-cloud",
+                "config": emu.pasqal_config(rid),
+                "credentialsSecretRef": {"name": "pasqal-creds"},
+                "access": "node-bound",
+                "nodeSelector": {NODE_LABEL: node},
+            },
+        }
+
+    return [
+        ibm("ibm-torino", "fake_torino", lanes=2),
+        ibm("ibm-manila", "fake_manila"),
+        pasqal("pasqal-fresnel", "FRESNEL"),
+        pasqal("pasqal-emu-free", "EMU_FREE"),
+        ibm("ibm-shared", "fake_nairobi", access="shared"),
+    ]
+
+
+def allocated_claim(  # noqa: PLR0917
+    namespace: str,
+    name: str,
+    uid: str,
+    devices: list[tuple[str, str]],
+    pool: str,
+    config: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A claim as the scheduler leaves it: ``devices`` are (request, device) pairs."""
+    alloc: dict[str, Any] = {
+        "devices": {
+            "results": [
+                {"request": r, "driver": DRIVER, "pool": pool, "device": d} for r, d in devices
+            ],
+            "config": config or [],
+        }
+    }
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"namespace": namespace, "name": name, "uid": uid},
+        "spec": {"devices": {"requests": [{"name": r} for r, _ in devices]}},
+        "status": {"allocation": alloc},
+    }
+
+
+def params_config(request: str | None = None, **params: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "source": "FromClaim",
+        "opaque": {
+            "driver": DRIVER,
+            "parameters": {
+                "apiVersion": "qpu.quantum.example.com/v1alpha1",
+                "kind": "QPUClaimParameters",
+                **params,
+            },
+        },
+    }
+    if request:
+        cfg["requests"] = [request]
+    return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from typing import Any
 
@@ -145,3 +146,18 @@ def test_limits_are_checked_with_the_reason() -> None:
         check_attributes({"site": "x" * 65})
     with pytest.raises(InvalidAttributesError, match="C identifier"):
         check_attributes({"bad-name": 1})
+
+
+def test_pasqal_target_as_qrmi_returns_it() -> None:
+    """qrmi 0.26 returns the vendor's records with the specs as a JSON string."""
+    specs = json.dumps(pulser_target("DigitalAnalogDevice"))
+    wrapped = {
+        "value": [
+            {"device_type": "FRESNEL", "specs": json.dumps(pulser_target("AnalogDevice"))},
+            {"device_type": "EMU_FREE", "specs": specs},
+        ]
+    }
+    assert target_attributes(wrapped, "EMU_FREE")["qubits"] == 100
+    assert target_attributes(wrapped, "FRESNEL")["qubits"] == 80
+    assert target_attributes({"device_type": "FRESNEL", "specs": specs})["qubits"] == 100
+    assert target_attributes({"value": "not json"}) == {}

@@ -113,4 +113,6 @@ def test_watch_reports_a_wipe(k8s_api: client.ApiClient, pool_name: str) -> None
         wait_on(cond, lambda: True if "DELETED" in events else None, 10, lambda: str(events))
     finally:
         stop.set()
+        pub.stop_watch()
         t.join(10)
+    assert not t.is_alive()

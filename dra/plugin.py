@@ -1,0 +1,197 @@
+"""The kubelet-facing gRPC side: ``v1.DRAPlugin`` and ``v1beta1.DRAPlugin`` on one socket.
+
+The two versions are wire-identical except v1's optional ``Device.share_id`` (unused: one
+device per lane, no shared devices), so both servicers translate into the same
+:class:`~.prepare.Preparer` calls. A claim's failure is reported in its own ``error``
+field, so one bad claim does not fail the others of the same call; the kubelet retries it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from qpu_k8s.proto.dra.v1 import api_pb2 as v1
+from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
+from qpu_k8s.proto.dra.v1beta1 import api_pb2 as v1beta1
+from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
+
+from . import metrics
+from .prepare import PreparedDevice, PrepareError, Preparer
+
+log = logging.getLogger(__name__)
+
+
+class _ClaimMsg(Protocol):
+    namespace: str
+    uid: str
+    name: str
+
+
+def _outcome(fn: Callable[[], object], op: str, claim: _ClaimMsg) -> tuple[object, str]:
+    """Run one claim's operation; returns (value, error text) and counts it."""
+    try:
+        value = fn()
+    except PrepareError as err:
+        metrics.CLAIMS.labels(op, err.kind).inc()
+        log.error(
+            f"{op} failed",
+            extra={"claim": f"{claim.namespace}/{claim.name}", "uid": claim.uid, "error": str(err)},
+        )
+        return None, str(err)
+    except Exception as err:  # an apiserver error, a bug: reported per claim, never a crash
+        metrics.CLAIMS.labels(op, "internal").inc()
+        log.exception(f"{op} failed", extra={"claim": f"{claim.namespace}/{claim.name}"})
+        return None, f"{op} of claim {claim.namespace}/{claim.name}: {type(err).__name__}: {err}"
+    metrics.CLAIMS.labels(op, "ok").inc()
+    return value, ""
+
+
+class DRAHandler:
+    """Version-independent handling of one call's claims."""
+
+    def __init__(self, preparer: Preparer) -> None:
+        self.preparer = preparer
+
+    def prepare(self, claims: Sequence[_ClaimMsg]) -> dict[str, tuple[list[PreparedDevice], str]]:
+        out: dict[str, tuple[list[PreparedDevice], str]] = {}
+        for c in claims:
+            value, error = _outcome(
+                partial(self.preparer.prepare, c.namespace, c.name, c.uid), "prepare", c
+            )
+            out[c.uid] = (value if isinstance(value, list) else [], error)
+        metrics.PREPARED_CLAIMS.set(self.preparer.prepared_count())
+        return out
+
+    def unprepare(self, claims: Sequence[_ClaimMsg]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for c in claims:
+            _, error = _outcome(
+                partial(self.preparer.unprepare, c.namespace, c.name, c.uid), "unprepare", c
+            )
+            out[c.uid] = error
+        metrics.PREPARED_CLAIMS.set(self.preparer.prepared_count())
+        return out
+
+
+class DRAPluginV1(v1_grpc.DRAPluginServicer):
+    def __init__(self, handler: DRAHandler) -> None:
+        self.handler = handler
+
+    def NodePrepareResources(
+        self, request: v1.NodePrepareResourcesRequest, context: grpc.ServicerContext
+    ) -> v1.NodePrepareResourcesResponse:
+        with metrics.CALL_SECONDS.labels("prepare", "v1").time():
+            results = self.handler.prepare(list(request.claims))
+            return v1.NodePrepareResourcesResponse(
+                claims={
+                    uid: v1.NodePrepareResourceResponse(
+                        devices=[
+                            v1.Device(
+                                request_names=[d.request],
+                                pool_name=d.pool,
+                                device_name=d.device,
+                                cdi_device_ids=[d.cdi_device_id],
+                            )
+                            for d in devices
+                        ],
+                        error=error,
+                    )
+                    for uid, (devices, error) in results.items()
+                }
+            )
+
+    def NodeUnprepareResources(
+        self, request: v1.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
+    ) -> v1.NodeUnprepareResourcesResponse:
+        with metrics.CALL_SECONDS.labels("unprepare", "v1").time():
+            errors = self.handler.unprepare(list(request.claims))
+            return v1.NodeUnprepareResourcesResponse(
+                claims={uid: v1.NodeUnprepareResourceResponse(error=e) for uid, e in errors.items()}
+            )
+
+
+class DRAPluginV1Beta1(v1beta1_grpc.DRAPluginServicer):
+    def __init__(self, handler: DRAHandler) -> None:
+        self.handler = handler
+
+    def NodePrepareResources(
+        self, request: v1beta1.NodePrepareResourcesRequest, context: grpc.ServicerContext
+    ) -> v1beta1.NodePrepareResourcesResponse:
+        with metrics.CALL_SECONDS.labels("prepare", "v1beta1").time():
+            results = self.handler.prepare(list(request.claims))
+            return v1beta1.NodePrepareResourcesResponse(
+                claims={
+                    uid: v1beta1.NodePrepareResourceResponse(
+                        devices=[
+                            v1beta1.Device(
+                                request_names=[d.request],
+                                pool_name=d.pool,
+                                device_name=d.device,
+                                cdi_device_ids=[d.cdi_device_id],
+                            )
+                            for d in devices
+                        ],
+                        error=error,
+                    )
+                    for uid, (devices, error) in results.items()
+                }
+            )
+
+    def NodeUnprepareResources(
+        self, request: v1beta1.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
+    ) -> v1beta1.NodeUnprepareResourcesResponse:
+        with metrics.CALL_SECONDS.labels("unprepare", "v1beta1").time():
+            errors = self.handler.unprepare(list(request.claims))
+            return v1beta1.NodeUnprepareResourcesResponse(
+                claims={
+                    uid: v1beta1.NodeUnprepareResourceResponse(error=e) for uid, e in errors.items()
+                }
+            )
+
+
+class UnixServer:
+    """A gRPC server on one unix socket (0600 in a 0750 dir), removed again on stop."""
+
+    def __init__(
+        self, path: Path, register: Callable[[grpc.Server], None], workers: int = 8
+    ) -> None:
+        self.path = path
+        self._register = register
+        self._workers = workers
+        self._server: grpc.Server | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()  # a stale socket of a crashed earlier run of *this* instance id
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"grpc-{self.path.stem}")
+        server = grpc.server(self._pool)
+        self._register(server)
+        server.add_insecure_port(f"unix://{self.path.absolute()}")
+        server.start()
+        os.chmod(self.path, 0o600)  # only root (the kubelet) may call us
+        self._server = server
+
+    def stop(self, grace: float = 1.0) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(grace).wait(grace + 5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None

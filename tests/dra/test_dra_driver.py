@@ -1,0 +1,488 @@
+"""The DRA driver over real gRPC with the fake kubelet and the emulator (no apiserver).
+
+Claims come from an in-memory source shaped like the apiserver's answers; the apiserver
+tier (test_dra_k8s.py) repeats the main paths with claims read from the real apiserver.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import NodeEnv
+from dra_builders import (
+    ALICE_KEY,
+    DRIVER,
+    IBM_KEY,
+    SECRET_VALUES,
+    allocated_claim,
+    params_config,
+)
+from prometheus_client import REGISTRY
+
+from qpu_k8s.checkpoint import read_boot_id
+from qpu_k8s.dra.agent import DraAgent
+from qpu_k8s.dra.claims import StaticClaims
+from qpu_k8s.dra.registration import SERVICES
+from qpu_k8s.dra.state import CHECKPOINT_NAME, ClaimPhase, ClaimRecord, DeviceRecord, StateStore
+from qpu_k8s.testing.kubelet import ClaimRef, FakeDRAKubelet
+
+NS = "team-a"
+
+
+@pytest.fixture
+def claims() -> StaticClaims:
+    return StaticClaims()
+
+
+def start(node_env: NodeEnv, claims: StaticClaims, **overrides: Any) -> DraAgent:
+    agent = DraAgent(node_env.agent_config(**overrides), claims=claims, publish_slices=False)
+    agent.start()
+    return agent
+
+
+@pytest.fixture
+def agent(node_env: NodeEnv, claims: StaticClaims) -> Iterator[DraAgent]:
+    a = start(node_env, claims)
+    yield a
+    a.stop()
+
+
+def _claim(
+    claims: StaticClaims,
+    node_env: NodeEnv,
+    devices: list[tuple[str, str]],
+    config: list[dict[str, Any]] | None = None,
+) -> ClaimRef:
+    uid = str(uuid.uuid4())
+    name = f"claim-{uid[:8]}"
+    claims.put_claim(allocated_claim(NS, name, uid, devices, node_env.node, config))
+    return ClaimRef(NS, uid, name)
+
+
+def _open_sessions(emu: Any, backend: str) -> list[Any]:
+    return list(emu.state.open_sessions(backend))
+
+
+def _session(emu: Any, token: str) -> Any:
+    return emu.state.session(token)
+
+
+def test_registration_sockets_and_both_api_versions(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+) -> None:
+    agent = start(node_env, claims, instance="abc123")
+    try:
+        reg = kubelet.wait_for_registration(DRIVER)
+        assert reg.supported_versions == SERVICES
+        assert reg.chosen_version == "v1"
+        assert reg.health_versions == ("v1", "v1alpha1")
+        assert reg.endpoint == str(node_env.root / "plugins" / DRIVER / "dra-abc123.sock")
+        assert reg.socket_path == node_env.root / "registry" / f"{DRIVER}-abc123-reg.sock"
+        assert agent.registration is not None
+        assert agent.registration.wait_registered(5)
+        assert stat.S_IMODE(agent.paths.endpoint.stat().st_mode) == 0o600
+        ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+        for version in ("v1", "v1beta1"):
+            out = kubelet.node_prepare_resources([ref], version)
+            assert out[ref.uid].error == ""
+            assert out[ref.uid].devices[0].device_name == "ibm-manila-lane-0"
+            assert kubelet.node_unprepare_resources([ref], version) == {ref.uid: ""}
+    finally:
+        agent.stop()
+    kubelet.wait_for_deregistration(DRIVER)
+    assert not agent.paths.endpoint.exists()
+    assert not agent.paths.registration.exists()
+
+
+def test_rolling_update_two_instances_side_by_side(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+) -> None:
+    old = start(node_env, claims, instance="old")
+    new: DraAgent | None = None
+    try:
+        kubelet.wait_for_registration(DRIVER)
+        new = start(node_env, claims, instance="new")
+        reg = kubelet.wait_for_registration(DRIVER, count=2)
+        assert reg.endpoint.endswith("dra-new.sock")
+        old.stop()
+        assert new.paths.endpoint.exists()
+        assert new.paths.registration.exists()
+        ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+        assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
+        assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+    finally:
+        old.stop()
+        if new is not None:
+            new.stop()
+
+
+@pytest.mark.parametrize("version", ["v1", "v1beta1"])
+def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent, version: str
+) -> None:
+    emu = node_env.emu
+    kubelet.wait_for_registration(DRIVER)
+    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-1")])
+    result = kubelet.node_prepare_resources([ref], version)  # type: ignore[arg-type]
+    (dev,) = result[ref.uid].devices
+    assert result[ref.uid].error == ""
+    assert dev.request_names == ("qpu",)
+    assert (dev.pool_name, dev.device_name) == (node_env.node, "ibm-torino-lane-1")
+    assert dev.cdi_device_ids == (f"quantum.example.com/qpu={ref.uid}",)
+    spec_file = agent.cdi.path(ref.uid)
+    assert stat.S_IMODE(spec_file.stat().st_mode) == 0o600
+    spec = json.loads(spec_file.read_text())
+    assert spec["kind"] == "quantum.example.com/qpu"
+    assert spec["devices"][0]["name"] == ref.uid
+    env = agent.cdi.read_env(ref.uid)
+    assert env["QRMI_JOB_QPU_RESOURCES"] == "fake_torino"
+    assert env["QRMI_JOB_QPU_TYPES"] == "ibm-quantum-compute-service"
+    assert env["SLURM_JOB_QPU_RESOURCES"] == "fake_torino"
+    assert env["fake_torino_QRMI_IBM_QCS_IAM_APIKEY"] == IBM_KEY
+    token = env["fake_torino_QRMI_JOB_ACQUISITION_TOKEN"]
+    session = _session(emu, token)
+    assert session is not None
+    assert session.is_open
+    # The checkpoint holds the token but no credential.
+    checkpoint = (node_env.root / "state" / CHECKPOINT_NAME).read_text()
+    assert token in checkpoint
+    assert not any(secret in checkpoint for secret in SECRET_VALUES)
+
+    assert kubelet.node_unprepare_resources([ref], version) == {ref.uid: ""}  # type: ignore[arg-type]
+    assert not _session(emu, token).is_open
+    assert _session(emu, token).closed_by == "release"
+    assert not spec_file.exists()
+    assert agent.store is not None
+    assert agent.store.claims() == []
+    # Unprepare again (kubelet retry): nothing to do, still success, no second release.
+    releases = len(emu.state.requests(f"sessions/{token}"))
+    assert kubelet.node_unprepare_resources([ref], version) == {ref.uid: ""}  # type: ignore[arg-type]
+    assert len(emu.state.requests(f"sessions/{token}")) == releases
+
+
+def test_shared_claim_is_acquired_once_and_released_once(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+) -> None:
+    emu = node_env.emu
+    kubelet.wait_for_registration(DRIVER)
+    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")])
+    before = len(emu.state.sessions("fake_torino"))
+    answers: list[Any] = []
+
+    def prepare() -> None:
+        answers.append(kubelet.node_prepare_resources([ref])[ref.uid])
+
+    threads = [threading.Thread(target=prepare) for _ in range(4)]  # two pods, retries
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(answers) == 4
+    assert {a.error for a in answers} == {""}
+    assert len({a.devices for a in answers}) == 1
+    created = emu.state.sessions("fake_torino")[before:]
+    assert len(created) == 1
+    assert created[0].is_open
+    assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+    assert not _session(emu, created[0].id).is_open
+
+
+def test_plugin_restart_keeps_prepared_claims(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+) -> None:
+    emu = node_env.emu
+    first = start(node_env, claims)
+    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    try:
+        kubelet.wait_for_registration(DRIVER)
+        prepared = kubelet.node_prepare_resources([ref])[ref.uid]
+    finally:
+        first.stop()
+    token = first.cdi.read_env(ref.uid)["fake_manila_QRMI_JOB_ACQUISITION_TOKEN"]
+    second = start(node_env, claims)
+    try:
+        kubelet.wait_for_registration(DRIVER, count=2)
+        assert second.recovered["stale_boot"] == 0
+        assert _session(emu, token).is_open
+        again = kubelet.node_prepare_resources([ref])[ref.uid]
+        assert again == prepared
+        assert second.cdi.read_env(ref.uid)["fake_manila_QRMI_JOB_ACQUISITION_TOKEN"] == token
+        assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+        assert not _session(emu, token).is_open
+    finally:
+        second.stop()
+
+
+def test_new_boot_id_releases_stale_acquisitions_and_cdi(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+) -> None:
+    emu = node_env.emu
+    first = start(node_env, claims)
+    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    try:
+        kubelet.wait_for_registration(DRIVER)
+        assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
+    finally:
+        first.stop()
+    token = first.cdi.read_env(ref.uid)["fake_manila_QRMI_JOB_ACQUISITION_TOKEN"]
+    # An orphan CDI spec (written, then the node crashed before the checkpoint) goes too.
+    first.cdi.write("orphan-uid", {"A": "b"})
+    node_env.reboot()
+    second = start(node_env, claims)
+    try:
+        assert second.recovered["stale_boot"] == 1
+        assert second.recovered["cdi_orphans"] == 1
+        assert not _session(emu, token).is_open
+        assert second.cdi.claims() == set()
+        assert second.store is not None
+        assert second.store.claims() == []
+        saved = StateStore(node_env.root / "state", "x").file.load()
+        assert saved is not None
+        assert saved.boot_id == read_boot_id(node_env.boot_id_file)
+        assert saved.claims == {}
+    finally:
+        second.stop()
+
+
+def test_half_prepared_claim_from_a_crash_is_released_at_start(
+    node_env: NodeEnv, claims: StaticClaims
+) -> None:
+    emu = node_env.emu
+    warm = start(node_env, claims)
+    try:
+        assert warm.registry is not None
+        client = warm.registry.get("ibm-manila")
+        assert client is not None
+        assert client.client is not None
+        token = client.client.acquire()  # what a crashed prepare left behind
+    finally:
+        warm.stop()
+    store = StateStore(node_env.root / "state", read_boot_id(node_env.boot_id_file))
+    store.load()
+    store.put(
+        ClaimRecord(
+            uid="crashed",
+            namespace=NS,
+            name="c",
+            phase=ClaimPhase.PREPARING,
+            devices=[
+                DeviceRecord(
+                    request="qpu",
+                    pool=node_env.node,
+                    device="ibm-manila-lane-0",
+                    backend="ibm-manila",
+                    token=token,
+                )
+            ],
+        )
+    )
+    agent = start(node_env, claims)
+    try:
+        assert agent.recovered["half_prepared"] == 1
+        assert not _session(emu, token).is_open
+        assert agent.store is not None
+        assert agent.store.claims() == []
+    finally:
+        agent.stop()
+
+
+def test_failures_name_the_problem_and_leave_nothing_behind(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+) -> None:
+    emu = node_env.emu
+    kubelet.wait_for_registration(DRIVER)
+    open_before = len(emu.state.open_sessions())
+    cases = {
+        "not configured on this node": [("qpu", "ibm-unknown-lane-0")],
+        "has 2 lanes": [("qpu", "ibm-torino-lane-7")],
+        "not a qpu-k8s device ID": [("qpu", "gpu-0")],
+        "both QRMI resource 'fake_torino'": [
+            ("a", "ibm-torino-lane-0"),
+            ("b", "ibm-torino-lane-1"),
+        ],
+    }
+    for needle, devices in cases.items():
+        ref = _claim(claims, node_env, devices)
+        assert needle in kubelet.node_prepare_resources([ref])[ref.uid].error
+    missing = ClaimRef(NS, str(uuid.uuid4()), "missing")
+    assert "not found" in kubelet.node_prepare_resources([missing])[missing.uid].error
+    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    recreated = ClaimRef(NS, str(uuid.uuid4()), ref.name)
+    assert "recreated" in kubelet.node_prepare_resources([recreated])[recreated.uid].error
+    # Vendor failure at acquire: rolled back, the error names the device.
+    emu.set_fault("error5xx", "fake_manila")
+    try:
+        ref = _claim(claims, node_env, [("a", "ibm-torino-lane-0"), ("b", "ibm-manila-lane-0")])
+        error = kubelet.node_prepare_resources([ref])[ref.uid].error
+        assert "device ibm-manila-lane-0" in error
+    finally:
+        emu.clear_faults()
+    assert len(emu.state.open_sessions()) == open_before  # torino's session was released
+    assert agent.cdi.claims() == set()
+    assert agent.store is not None
+    assert agent.store.claims() == []
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"sessionMode": "exclusive"}, "parameters.sessionMode: Input should be 'dedicated'"),
+        ({"sessionMaxTtlSeconds": "600"}, "parameters.sessionMaxTtlSeconds: Input should be"),
+        ({"sessionMaxTtlSeconds": 10}, "sessionMaxTtlSeconds: Input should be greater"),
+        ({"sesionMode": "batch"}, "parameters.sesionMode: unknown field"),
+        ({"credentialsSecretRef": {"name": "a", "namespace": "b"}}, "namespace: unknown field"),
+    ],
+)
+def test_bad_parameters_fail_prepare_naming_the_field(  # noqa: PLR0917
+    node_env: NodeEnv,
+    claims: StaticClaims,
+    kubelet: FakeDRAKubelet,
+    agent: DraAgent,
+    params: dict[str, Any],
+    needle: str,
+) -> None:
+    kubelet.wait_for_registration(DRIVER)
+    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")], [params_config(**params)])
+    error = kubelet.node_prepare_resources([ref])[ref.uid].error
+    assert "status.allocation.devices.config[0].opaque.parameters" in error
+    assert needle in error
+
+
+def test_session_parameters_and_per_claim_credentials(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+) -> None:
+    emu = node_env.emu
+    kubelet.wait_for_registration(DRIVER)
+    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": ALICE_KEY, "other": "x"})
+    config = [
+        params_config(
+            "qpu",
+            sessionMode="batch",
+            sessionMaxTtlSeconds=600,
+            credentialsSecretRef={"name": "alice-ibm"},
+        )
+    ]
+    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], config)
+    assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
+    env = agent.cdi.read_env(ref.uid)
+    assert env["fake_torino_QRMI_IBM_QCS_IAM_APIKEY"] == ALICE_KEY
+    assert env["fake_torino_QRMI_IBM_QCS_SESSION_MODE"] == "batch"
+    session = _session(emu, env["fake_torino_QRMI_JOB_ACQUISITION_TOKEN"])
+    assert (session.mode, session.max_ttl) == ("batch", 600)
+    assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+    assert not _session(emu, session.id).is_open
+
+    bad = [params_config(credentialsSecretRef={"name": "nobody"})]
+    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], bad)
+    error = kubelet.node_prepare_resources([ref])[ref.uid].error
+    assert "credentialsSecretRef: Secret team-a/nobody not found" in error
+    claims.put_secret(NS, "wrong", {"QRMI_IBM_QCS_IAM_APIKEY": "not-a-valid-key-123"})
+    wrong = [params_config(credentialsSecretRef={"name": "wrong"})]
+    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], wrong)
+    error = kubelet.node_prepare_resources([ref])[ref.uid].error
+    assert "device ibm-torino-lane-0" in error
+    assert "not-a-valid-key-123" not in error
+    pasqal = [params_config(sessionMode="batch")]
+    ref = _claim(claims, node_env, [("qpu", "pasqal-fresnel-lane-0")], pasqal)
+    error = kubelet.node_prepare_resources([ref])[ref.uid].error
+    assert "sessionMode: backend 'pasqal-fresnel' (type pasqal-cloud) has no sessions" in error
+
+
+def test_claim_with_two_backends_gets_one_env(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+) -> None:
+    kubelet.wait_for_registration(DRIVER)
+    ref = _claim(
+        claims, node_env, [("ibm", "ibm-manila-lane-0"), ("atoms", "pasqal-fresnel-lane-0")]
+    )
+    result = kubelet.node_prepare_resources([ref])[ref.uid]
+    assert result.error == ""
+    assert [d.request_names for d in result.devices] == [("ibm",), ("atoms",)]
+    assert {d.cdi_device_ids for d in result.devices} == {(f"quantum.example.com/qpu={ref.uid}",)}
+    env = agent.cdi.read_env(ref.uid)
+    assert env["QRMI_JOB_QPU_RESOURCES"] == "fake_manila,FRESNEL"
+    assert env["QRMI_JOB_QPU_TYPES"] == "ibm-quantum-compute-service,pasqal-cloud"
+    assert "FRESNEL_QRMI_JOB_ACQUISITION_TOKEN" in env
+    assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+
+
+@pytest.mark.parametrize("version", ["v1alpha1", "v1"])
+def test_health_stream_follows_the_backend(
+    node_env: NodeEnv, kubelet: FakeDRAKubelet, agent: DraAgent, version: str
+) -> None:
+    emu = node_env.emu
+    kubelet.wait_for_registration(DRIVER)
+    assert agent.registry is not None
+    registry = agent.registry
+    with kubelet.watch_health(version=version) as watch:  # type: ignore[arg-type]
+        key = (node_env.node, "ibm-manila-lane-0")
+        registry.probe_now("ibm-manila")
+        watch.wait_for(lambda d: d.get(key) is not None and d[key].health == "HEALTHY", 10)
+        names = {k[1] for k in watch.latest}
+        assert "pasqal-fresnel-lane-0" in names
+        assert "ibm-torino-lane-1" in names
+        assert "ibm-shared-lane-0" not in names  # shared backends are the operator's
+        emu.set_online("fake_manila", False, reason="maintenance window")
+        try:
+            registry.probe_now("ibm-manila")
+            state = watch.wait_for(
+                lambda d: d[key].health == "UNHEALTHY" if key in d else False, 10
+            )[key]
+            assert "maintenance window" in state.message
+        finally:
+            emu.set_online("fake_manila", True)
+        registry.probe_now("ibm-manila")
+        watch.wait_for(lambda d: d[key].health == "HEALTHY", 10)
+
+
+def test_metrics_count_calls_and_results(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    kubelet.wait_for_registration(DRIVER)
+    ok_before = sample("qpu_k8s_dra_claims_total", operation="prepare", result="ok")
+    bad_before = sample("qpu_k8s_dra_claims_total", operation="prepare", result="claim")
+    calls_before = sample(
+        "qpu_k8s_dra_call_duration_seconds_count", operation="prepare", api_version="v1"
+    )
+    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    kubelet.node_prepare_resources([ref])
+    kubelet.node_prepare_resources([ClaimRef(NS, "nope", "nope")])
+    assert sample("qpu_k8s_dra_claims_total", operation="prepare", result="ok") == ok_before + 1
+    assert sample("qpu_k8s_dra_claims_total", operation="prepare", result="claim") == (
+        bad_before + 1
+    )
+    assert sample(
+        "qpu_k8s_dra_call_duration_seconds_count", operation="prepare", api_version="v1"
+    ) == (calls_before + 2)
+    assert sample("qpu_k8s_dra_prepared_claims") >= 1
+    kubelet.node_unprepare_resources([ref])
+
+
+def test_no_credential_in_logs_checkpoint_or_health(
+    node_env: NodeEnv,
+    claims: StaticClaims,
+    kubelet: FakeDRAKubelet,
+    agent: DraAgent,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG")
+    kubelet.wait_for_registration(DRIVER)
+    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": ALICE_KEY})
+    config = [params_config(credentialsSecretRef={"name": "alice-ibm"})]
+    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], config)
+    assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
+    checkpoint = (node_env.root / "state" / CHECKPOINT_NAME).read_text()
+    health = repr(agent.health.snapshot())
+    kubelet.node_unprepare_resources([ref])
+    text = caplog.text + checkpoint + health
+    for secret in SECRET_VALUES:
+        assert secret not in text

@@ -1,0 +1,473 @@
+"""The DRA driver against the real apiserver: slices, claims, Secrets, examples, SIGTERM.
+
+resource.k8s.io/v1 is served from CRDs with the real schemas (qpu_k8s.testing.resource_api);
+the test plays the scheduler with resource_api.Allocator and the kubelet with the fake one.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import NodeEnv
+from dra_builders import ALICE_KEY, DRIVER, SECRET_VALUES, node_backends, validate
+from kubernetes import client
+
+from qpu_k8s.attributes import from_api
+from qpu_k8s.dra.agent import DraAgent
+from qpu_k8s.dra.health import UnhealthyMode
+from qpu_k8s.qrmi_adapter import QrmiClient
+from qpu_k8s.slices import GROUP, PLURAL, as_object
+from qpu_k8s.testing.kubelet import ClaimRef, FakeDRAKubelet
+from qpu_k8s.testing.kubelet_common import poll_until
+from qpu_k8s.testing.resource_api import AllocationError, Allocator, cel_device, cel_matches
+
+pytestmark = pytest.mark.k8s
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "manifests" / "examples" / "dra"
+
+
+def _slices(api: client.ApiClient, node: str) -> list[dict[str, Any]]:
+    items = as_object(client.CustomObjectsApi(api).list_cluster_custom_object(GROUP, "v1", PLURAL))
+    return [s for s in items["items"] if s["spec"].get("nodeName") == node]
+
+
+def _devices(api: client.ApiClient, node: str) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for s in _slices(api, node) for d in s["spec"].get("devices") or []}
+
+
+def _generation(api: client.ApiClient, node: str) -> int:
+    return max((s["spec"]["pool"]["generation"] for s in _slices(api, node)), default=0)
+
+
+ALL_NODE_BOUND = {
+    "ibm-torino-lane-0",
+    "ibm-torino-lane-1",
+    "ibm-manila-lane-0",
+    "pasqal-fresnel-lane-0",
+    "pasqal-emu-free-lane-0",
+}
+
+
+def _wait_devices(
+    api: client.ApiClient, node: str, names: set[str], *, with_qubits: bool = True
+) -> dict[str, dict[str, Any]]:
+    def check() -> dict[str, dict[str, Any]] | None:
+        devs = _devices(api, node)
+        if set(devs) != names:
+            return None
+        if with_qubits and not all("qubits" in d["attributes"] for d in devs.values()):
+            return None
+        return devs
+
+    return poll_until(check, 20, f"slices of {node} holding exactly {sorted(names)}", 0.05)
+
+
+@pytest.fixture
+def agent_factory(
+    k8s_api: client.ApiClient, k8s_kubeconfig: Path, node_env: NodeEnv, k8s_node: str
+) -> Iterator[Any]:
+    agents: list[DraAgent] = []
+
+    def make(**overrides: Any) -> DraAgent:
+        cfg = node_env.agent_config(kubeconfig=k8s_kubeconfig, node_labels=None, **overrides)
+        agent = DraAgent(cfg)
+        agent.start()
+        agents.append(agent)
+        return agent
+
+    yield make
+    for a in agents:
+        a.stop()
+
+
+@pytest.fixture
+def deviceclass(k8s_api: client.ApiClient) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((REPO / "manifests" / "deviceclass.yaml").read_text())
+    custom = client.CustomObjectsApi(k8s_api)
+    try:
+        custom.create_cluster_custom_object(GROUP, "v1", "deviceclasses", doc)
+    except client.ApiException as err:
+        if err.status != 409:
+            raise
+    return doc
+
+
+def test_slices_hold_node_bound_backends_with_attributes_and_follow_changes(
+    k8s_api: client.ApiClient, node_env: NodeEnv, agent_factory: Any
+) -> None:
+    agent = agent_factory()
+    devs = _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)
+    for s in _slices(k8s_api, node_env.node):
+        validate({k: v for k, v in s.items() if k != "metadata"} | {"metadata": {}})
+        assert s["spec"]["driver"] == DRIVER
+        assert s["spec"]["pool"]["resourceSliceCount"] == 1
+        assert s["metadata"]["ownerReferences"][0]["kind"] == "Node"
+    torino = from_api(devs["ibm-torino-lane-1"]["attributes"])
+    assert torino["qubits"] == 133
+    assert torino["lane"] == 1
+    assert torino["resourceId"] == "fake_torino"
+    assert torino["vendor"] == "ibm"
+    assert isinstance(torino["twoQubitErrorPpm"], int)
+    assert isinstance(torino["t1Us"], int)
+    fresnel = from_api(devs["pasqal-fresnel-lane-0"]["attributes"])
+    assert fresnel["qubits"] == 80
+    assert fresnel["technology"] == "neutral-atom"
+    assert fresnel["simulator"] is False
+    assert from_api(devs["pasqal-emu-free-lane-0"]["attributes"])["simulator"] is True
+
+    # Config change: three manila lanes -> one more generation, new devices.
+    gen = _generation(k8s_api, node_env.node)
+    backends = node_backends(node_env.emu, node_env.node)
+    next(b for b in backends if b["name"] == "ibm-manila")["spec"]["lanes"] = 3
+    node_env.write_backends(backends)
+    _wait_devices(
+        k8s_api, node_env.node, ALL_NODE_BOUND | {"ibm-manila-lane-1", "ibm-manila-lane-2"}
+    )
+    gen2 = _generation(k8s_api, node_env.node)
+    assert gen2 > gen
+
+    # The kubelet wipes the node's slices when it restarts: they come back at once.
+    custom = client.CustomObjectsApi(k8s_api)
+    for s in _slices(k8s_api, node_env.node):
+        custom.delete_cluster_custom_object(GROUP, "v1", PLURAL, s["metadata"]["name"])
+    _wait_devices(
+        k8s_api, node_env.node, ALL_NODE_BOUND | {"ibm-manila-lane-1", "ibm-manila-lane-2"}
+    )
+    assert _generation(k8s_api, node_env.node) > gen2
+    assert agent.last_publish is not None
+
+
+class DriftingClient(QrmiClient):
+    """The real QRMI client, with the backend's calibration drifting between refreshes."""
+
+    t1_factor = 1.0
+
+    def target(self) -> dict[str, Any]:
+        t = super().target()
+        for qubit in (t.get("properties") or {}).get("qubits") or []:
+            for item in qubit:
+                if item.get("name") == "T1":
+                    item["value"] *= DriftingClient.t1_factor
+        return t
+
+
+def test_calibration_change_updates_quality_attributes(
+    k8s_api: client.ApiClient, k8s_kubeconfig: Path, node_env: NodeEnv, k8s_node: str
+) -> None:
+    DriftingClient.t1_factor = 1.0
+    cfg = node_env.agent_config(kubeconfig=k8s_kubeconfig, node_labels=None)
+    agent = DraAgent(cfg, client_factory=lambda b, c: DriftingClient(b, c, timeout=10))
+    agent.start()
+    try:
+        devs = _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)
+        t1 = devs["ibm-torino-lane-0"]["attributes"]["t1Us"]["int"]
+        gen = _generation(k8s_api, node_env.node)
+        DriftingClient.t1_factor = 0.5
+        assert agent.refresh_targets(force=True) is True
+        poll_until(
+            lambda: (
+                True
+                if _devices(k8s_api, node_env.node)["ibm-torino-lane-0"]["attributes"]["t1Us"][
+                    "int"
+                ]
+                == round(t1 / 2)
+                else None
+            ),
+            10,
+            "halved T1 in the slice",
+        )
+        assert _generation(k8s_api, node_env.node) > gen
+        assert agent.refresh_targets(force=True) is False  # unchanged: no new generation
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize("mode", [UnhealthyMode.WITHDRAW, UnhealthyMode.TAINT])
+def test_unhealthy_backend_is_withdrawn_or_tainted(  # noqa: PLR0917
+    k8s_api: client.ApiClient,
+    node_env: NodeEnv,
+    agent_factory: Any,
+    deviceclass: dict[str, Any],
+    namespace: str,
+    mode: UnhealthyMode,
+) -> None:
+    emu = node_env.emu
+    agent = agent_factory(unhealthy=mode)
+    _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)
+    emu.set_online("fake_manila", False, reason="cooldown")
+    try:
+        agent.registry.probe_now("ibm-manila")
+        if mode is UnhealthyMode.WITHDRAW:
+            _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND - {"ibm-manila-lane-0"})
+        else:
+
+            def tainted() -> list[Any] | None:
+                return _devices(k8s_api, node_env.node)["ibm-manila-lane-0"].get("taints")
+
+            taints = poll_until(tainted, 10, "a taint on ibm-manila-lane-0")
+            assert taints == [
+                {"key": f"{DRIVER}/unhealthy", "value": "offline", "effect": "NoSchedule"}
+            ]
+        # The scheduler (our allocator) no longer hands it out.
+        claim = _claim_doc(
+            "manila", 'device.attributes["qpu.quantum.example.com"].resourceId == "fake_manila"'
+        )
+        _create_claim(k8s_api, namespace, claim)
+        with pytest.raises(AllocationError, match="no devices"):
+            Allocator(k8s_api).allocate(namespace, "manila", node_name=node_env.node)
+        if mode is UnhealthyMode.TAINT:  # a claim that tolerates the taint still gets it
+            tolerant = copy.deepcopy(claim)
+            tolerant["metadata"]["name"] = "manila-tolerant"
+            tolerant["spec"]["devices"]["requests"][0]["exactly"]["tolerations"] = [
+                {"key": f"{DRIVER}/unhealthy", "operator": "Exists"}
+            ]
+            _create_claim(k8s_api, namespace, tolerant)
+            got = Allocator(k8s_api).allocate(namespace, "manila-tolerant", node_name=node_env.node)
+            assert got["status"]["allocation"]["devices"]["results"][0]["device"] == (
+                "ibm-manila-lane-0"
+            )
+    finally:
+        emu.set_online("fake_manila", True)
+    agent.registry.probe_now("ibm-manila")
+    devs = _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)
+    poll_until(
+        lambda: (
+            True
+            if not _devices(k8s_api, node_env.node)["ibm-manila-lane-0"].get("taints")
+            else None
+        ),
+        10,
+        "the taint gone",
+    )
+    assert devs
+
+
+def _claim_doc(name: str, expression: str | None = None) -> dict[str, Any]:
+    exactly: dict[str, Any] = {"deviceClassName": DRIVER}
+    if expression:
+        exactly["selectors"] = [{"cel": {"expression": expression}}]
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name},
+        "spec": {"devices": {"requests": [{"name": "qpu", "exactly": exactly}]}},
+    }
+
+
+def _create_claim(api: client.ApiClient, namespace: str, doc: dict[str, Any]) -> dict[str, Any]:
+    validate(doc)
+    return as_object(
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, "v1", namespace, "resourceclaims", doc
+        )
+    )
+
+
+def _example(name: str, kind: str) -> dict[str, Any]:
+    for doc in yaml.safe_load_all((EXAMPLES / name).read_text()):
+        if doc["kind"] == kind:
+            out: dict[str, Any] = doc
+            return out
+    raise KeyError(f"{kind} in {name}")
+
+
+@pytest.mark.parametrize(
+    ("example", "expected"),
+    [
+        ("min-qubits.yaml", {"ibm-torino-lane-0", "ibm-torino-lane-1"}),
+        ("neutral-atom.yaml", {"pasqal-fresnel-lane-0"}),
+        ("low-error.yaml", {"ibm-torino-lane-0", "ibm-torino-lane-1"}),
+        (
+            "shared-claim-two-pods.yaml",
+            {"ibm-torino-lane-0", "ibm-torino-lane-1", "ibm-manila-lane-0"},
+        ),
+    ],
+)
+def test_example_selectors_pick_the_right_emulated_backend(  # noqa: PLR0917
+    k8s_api: client.ApiClient,
+    node_env: NodeEnv,
+    agent_factory: Any,
+    deviceclass: dict[str, Any],
+    namespace: str,
+    example: str,
+    expected: set[str],
+) -> None:
+    agent_factory()
+    devs = _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)
+    claim = _example(example, "ResourceClaim")
+    # Which of this node's devices the selectors (class + claim) match, evaluated by CEL.
+    selectors = [
+        *deviceclass["spec"]["selectors"],
+        *claim["spec"]["devices"]["requests"][0]["exactly"].get("selectors", []),
+    ]
+    matching = {
+        name
+        for name, d in devs.items()
+        if all(cel_matches(s["cel"]["expression"], cel_device(DRIVER, d)) for s in selectors)
+    }
+    assert matching == expected
+    _create_claim(k8s_api, namespace, claim)
+    allocated = Allocator(k8s_api).allocate(
+        namespace, claim["metadata"]["name"], node_name=node_env.node
+    )
+    (result,) = allocated["status"]["allocation"]["devices"]["results"]
+    assert result["device"] in expected
+    assert result["pool"] == node_env.node
+
+
+def test_any_qpu_template_and_two_claims_never_share_a_lane(
+    k8s_api: client.ApiClient,
+    node_env: NodeEnv,
+    agent_factory: Any,
+    deviceclass: dict[str, Any],
+    namespace: str,
+) -> None:
+    agent_factory()
+    _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)
+    template = _example("any-qpu.yaml", "ResourceClaimTemplate")
+    validate(template)
+    seen = set()
+    for i in range(len(ALL_NODE_BOUND)):
+        claim = {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaim",
+            "metadata": {"name": f"any-qpu-{i}"},
+            "spec": copy.deepcopy(template["spec"]["spec"]),
+        }
+        _create_claim(k8s_api, namespace, claim)
+        got = Allocator(k8s_api).allocate(namespace, f"any-qpu-{i}", node_name=node_env.node)
+        seen.add(got["status"]["allocation"]["devices"]["results"][0]["device"])
+    assert seen == ALL_NODE_BOUND
+    _create_claim(k8s_api, namespace, _claim_doc("one-too-many"))
+    with pytest.raises(AllocationError):
+        Allocator(k8s_api).allocate(namespace, "one-too-many", node_name=node_env.node)
+
+
+def test_shared_claim_from_the_apiserver_prepared_once_for_two_pods(  # noqa: PLR0917
+    k8s_api: client.ApiClient,
+    node_env: NodeEnv,
+    agent_factory: Any,
+    deviceclass: dict[str, Any],
+    namespace: str,
+    kubelet: FakeDRAKubelet,
+) -> None:
+    emu = node_env.emu
+    agent = agent_factory()
+    kubelet.wait_for_registration(DRIVER)
+    _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)
+    claim = _create_claim(
+        k8s_api, namespace, _example("shared-claim-two-pods.yaml", "ResourceClaim")
+    )
+    pods = [{"name": f"shared-qpu-{x}", "uid": str(uuid.uuid4())} for x in "ab"]
+    alloc = Allocator(k8s_api)
+    alloc.allocate(namespace, "shared-qpu", node_name=node_env.node, reserved_for=pods[:1])
+    got = alloc.allocate(namespace, "shared-qpu", node_name=node_env.node, reserved_for=pods[1:])
+    assert [r["uid"] for r in got["status"]["reservedFor"]] == [p["uid"] for p in pods]
+    device = got["status"]["allocation"]["devices"]["results"][0]["device"]
+    ref = ClaimRef(namespace, claim["metadata"]["uid"], "shared-qpu")
+    before = len(emu.state.sessions())
+    first = kubelet.node_prepare_resources([ref])[ref.uid]  # pod a starts
+    second = kubelet.node_prepare_resources([ref])[ref.uid]  # pod b starts (or a retry)
+    assert first.error == ""
+    assert first == second
+    assert first.devices[0].device_name == device
+    rid = agent.cdi.read_env(ref.uid)["QRMI_JOB_QPU_RESOURCES"]
+    opened = [s for s in emu.state.sessions()[before:] if s.backend == rid]
+    assert len(opened) == (0 if device.startswith("pasqal") else 1)
+    alloc.unreserve(namespace, "shared-qpu", pods[0]["uid"])  # pod a gone: claim still used
+    alloc.unreserve(namespace, "shared-qpu", pods[1]["uid"])  # last pod gone
+    assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+    assert all(not emu.state.session(s.id).is_open for s in opened)
+    assert agent.cdi.claims() == set()
+
+
+def test_claim_parameters_example_with_a_secret_in_the_claims_namespace(  # noqa: PLR0917
+    k8s_api: client.ApiClient,
+    node_env: NodeEnv,
+    agent_factory: Any,
+    deviceclass: dict[str, Any],
+    namespace: str,
+    kubelet: FakeDRAKubelet,
+) -> None:
+    emu = node_env.emu
+    agent = agent_factory()
+    kubelet.wait_for_registration(DRIVER)
+    _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)
+    client.CoreV1Api(k8s_api).create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="alice-ibm"),
+            data={"QRMI_IBM_QCS_IAM_APIKEY": base64.b64encode(ALICE_KEY.encode()).decode()},
+        ),
+    )
+    doc = _example("claim-parameters.yaml", "ResourceClaim")
+    claim = _create_claim(k8s_api, namespace, doc)
+    got = Allocator(k8s_api).allocate(namespace, doc["metadata"]["name"], node_name=node_env.node)
+    assert got["status"]["allocation"]["devices"]["config"][0]["source"] == "FromClaim"
+    ref = ClaimRef(namespace, claim["metadata"]["uid"], doc["metadata"]["name"])
+    result = kubelet.node_prepare_resources([ref])[ref.uid]
+    assert result.error == ""
+    env = agent.cdi.read_env(ref.uid)
+    rid = env["QRMI_JOB_QPU_RESOURCES"]
+    assert env[f"{rid}_QRMI_IBM_QCS_IAM_APIKEY"] == ALICE_KEY
+    session = emu.state.session(env[f"{rid}_QRMI_JOB_ACQUISITION_TOKEN"])
+    assert (session.mode, session.max_ttl) == ("batch", 3600)
+    # Nothing the apiserver holds carries a credential.
+    blob = repr(_slices(k8s_api, node_env.node)) + repr(
+        Allocator(k8s_api).get_claim(namespace, doc["metadata"]["name"])
+    )
+    assert not any(secret in blob for secret in SECRET_VALUES)
+    assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+    assert not emu.state.session(session.id).is_open
+
+
+def test_cli_runs_until_sigterm_and_cleans_up(
+    k8s_kubeconfig: Path, node_env: NodeEnv, k8s_node: str, kubelet: FakeDRAKubelet
+) -> None:
+    root = node_env.root
+    args = [
+        sys.executable, "-m", "qpu_k8s.cli", "dra-plugin",
+        "--node-name", node_env.node,
+        "--config", str(node_env.config),
+        "--credentials-dir", str(root / "creds"),
+        "--kubeconfig", str(k8s_kubeconfig),
+        "--metrics-address", "127.0.0.1:0",
+        "--resync-seconds", "5",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "QPU_K8S_PLUGINS_DIR": str(root / "plugins"),
+        "QPU_K8S_REGISTRY_DIR": str(root / "registry"),
+        "QPU_K8S_CDI_DIR": str(root / "cdi"),
+        "QPU_K8S_STATE_DIR": str(root / "state"),
+        "QPU_K8S_BOOT_ID_FILE": str(node_env.boot_id_file),
+        "POD_UID": "5f0c2a6e-1111-2222-3333-444455556666",
+    }
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        reg = kubelet.wait_for_registration(DRIVER, timeout=60)
+        assert reg.endpoint.endswith("dra-5f0c2a6e1111.sock")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    kubelet.wait_for_deregistration(DRIVER)
+    assert not Path(reg.endpoint).exists()
+    assert not reg.socket_path.exists()
+    assert proc.stderr is not None
+    logs = proc.stderr.read().decode()
+    assert '"msg": "DRA driver stopped"' in logs
+    assert not any(secret in logs for secret in SECRET_VALUES)

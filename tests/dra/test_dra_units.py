@@ -1,0 +1,134 @@
+"""Unit tests of the DRA driver's parts: parameters, CDI files, checkpoint, health fan-out."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from dra_builders import DRIVER, params_config
+
+from qpu_k8s.dra.cdi import CdiWriter
+from qpu_k8s.dra.health import (
+    DeviceHealth,
+    DeviceHealthStatus,
+    HealthBroadcaster,
+    status_of,
+    unhealthy_taint,
+)
+from qpu_k8s.dra.params import effective_parameters, session_keys
+from qpu_k8s.dra.registration import instance_id, socket_paths
+from qpu_k8s.dra.state import ClaimRecord, DeviceRecord, StateStore
+from qpu_k8s.qrmi_adapter import Health
+from qpu_k8s.resource_types import ResourceType, info
+
+
+def test_parameters_merge_in_order_and_follow_requests() -> None:
+    configs = [
+        {"source": "FromClass", **params_config(sessionMode="dedicated", sessionMaxTtlSeconds=600)},
+        params_config("gpu-request", sessionMode="batch"),  # another request: ignored
+        params_config("qpu", sessionMode="batch"),
+        {"opaque": {"driver": "other.driver", "parameters": {"anything": True}}},
+    ]
+    eff = effective_parameters(configs, "qpu/fast", DRIVER, "x")  # a firstAvailable sub-request
+    assert eff.session_mode == "batch"
+    assert eff.session_max_ttl_seconds == 600
+    assert eff.credentials_secret is None
+    assert effective_parameters([], "qpu", DRIVER, "x").session_mode is None
+
+
+def test_session_keys_per_type() -> None:
+    qcs = info(ResourceType.IBM_QUANTUM_COMPUTE_SERVICE).known_config
+    assert session_keys(qcs) == ("QRMI_IBM_QCS_SESSION_MODE", "QRMI_IBM_QCS_SESSION_MAX_TTL")
+    assert session_keys(info(ResourceType.PASQAL_CLOUD).known_config) == (None, None)
+
+
+def test_cdi_spec_is_atomic_private_and_removable(tmp_path: Path) -> None:
+    cdi = CdiWriter(tmp_path / "cdi")
+    dev = cdi.write("uid-1", {"B": "2", "A": "x=y"})
+    assert dev == "quantum.example.com/qpu=uid-1"
+    path = cdi.path("uid-1")
+    assert path.name == "quantum.example.com-qpu_uid-1.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    doc = json.loads(path.read_text())
+    assert doc["cdiVersion"] == "0.6.0"
+    assert doc["devices"][0]["containerEdits"]["env"] == ["A=x=y", "B=2"]
+    cdi.write("uid-1", {"A": "new"})
+    assert cdi.read_env("uid-1") == {"A": "new"}
+    assert [p.name for p in (tmp_path / "cdi").iterdir()] == [path.name]  # no temp leftovers
+    assert cdi.claims() == {"uid-1"}
+    assert cdi.remove("uid-1") is True
+    assert cdi.remove("uid-1") is False
+    with pytest.raises(ValueError, match="cannot name a CDI device"):
+        cdi.path("../etc/passwd")
+
+
+def test_checkpoint_round_trip_boot_change_and_corruption(tmp_path: Path) -> None:
+    store = StateStore(tmp_path, "boot-1")
+    store.load()
+    rec = ClaimRecord(
+        uid="u",
+        namespace="ns",
+        name="c",
+        devices=[DeviceRecord(request="r", pool="p", device="d-lane-0", backend="d", token="t")],
+    )
+    store.put(rec)
+    again = StateStore(tmp_path, "boot-1")
+    again.load()
+    assert again.get("u") == rec
+    rebooted = StateStore(tmp_path, "boot-2")
+    rebooted.load()
+    assert rebooted.claims() == []
+    assert rebooted.previous_boot is not None
+    assert list(rebooted.previous_boot.claims) == ["u"]
+    (tmp_path / "dra-checkpoint.json").write_text('{"version": 1, "data": {}, "checksum": "x"}')
+    broken = StateStore(tmp_path, "boot-2")
+    broken.load()
+    assert broken.claims() == []
+    assert len(list(tmp_path.glob("dra-checkpoint.corrupt-*"))) == 1
+
+
+def test_health_broadcaster_fans_out_changes_only() -> None:
+    b = HealthBroadcaster()
+    seen: list[int] = []
+    cond = threading.Condition()
+
+    def consume() -> None:
+        for devices in b.stream():
+            with cond:
+                seen.append(len(devices))
+                cond.notify_all()
+
+    t = threading.Thread(target=consume)
+    t.start()
+    one = [DeviceHealth("p", "a", DeviceHealthStatus.HEALTHY, 1)]
+    assert b.update(one) is True
+    assert b.update([DeviceHealth("p", "a", DeviceHealthStatus.HEALTHY, 2)]) is False  # same
+    assert b.update([*one, DeviceHealth("p", "b", DeviceHealthStatus.UNKNOWN, 1)]) is True
+    with cond:
+        assert cond.wait_for(lambda: seen[-1:] == [2], 5)
+    b.close()
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_health_status_and_taint_values() -> None:
+    assert status_of(Health(False, "unknown", "not probed yet"), None) is DeviceHealthStatus.UNKNOWN
+    assert status_of(Health(True, "online"), None) is DeviceHealthStatus.HEALTHY
+    assert status_of(Health(True, "online"), "no Secret") is DeviceHealthStatus.UNHEALTHY
+    assert unhealthy_taint(DRIVER, "offline").to_api() == {
+        "key": f"{DRIVER}/unhealthy",
+        "value": "offline",
+        "effect": "NoSchedule",
+    }
+    assert unhealthy_taint(DRIVER, "weird status!").value == "weird-status"
+
+
+def test_socket_names_are_per_instance() -> None:
+    assert instance_id("5F0C2A6E-1111-2222") == "5f0c2a6e1111"
+    assert len(instance_id("")) == 8
+    paths = socket_paths(DRIVER, Path("/p"), Path("/r"), "abc")
+    assert str(paths.registration) == f"/r/{DRIVER}-abc-reg.sock"
+    assert str(paths.endpoint) == f"/p/{DRIVER}/dra-abc.sock"
