@@ -151,6 +151,7 @@ def bench_overhead(emu: Emulator, n: int) -> tuple[LatencySummary, LatencySummar
                     credentials_dir=root / "creds",
                     reconcile_interval=1.0,
                     release_grace=0.0,
+                    restart_hold=0.0,
                 ),
                 client_factory=_instant,
             )
@@ -219,6 +220,7 @@ def bench_process(emu: Emulator, n: int) -> tuple[LatencySummary, tuple[int, int
                 "--metrics-address", "",
                 "--reconcile-interval", "1",
                 "--release-grace", "0",
+                "--kubelet-restart-hold", "0",
                 "--log-level", "warning",
             ]  # fmt: skip
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -247,6 +249,7 @@ def _ms(x: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run every measurement and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=400, help="Allocate calls (instant vendor)")
     parser.add_argument("--vendor-n", type=int, default=40, help="calls with the real vendor")
@@ -270,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, s, base in rows:
         ratio = f"   {s.p50 / base.p50:6.1f}x / {s.p99 / base.p99:6.1f}x" if base else ""
         print(f"{name:<44}{s.n:>6}{_ms(s.p50):>12}{_ms(s.p99):>12}{ratio}")
-    print("ratios: Allocate (vendor excluded) vs the gRPC floor; in-process Allocate with a real")
-    print("acquire vs the direct qrmi acquire (both against the emulator on 127.0.0.1).")
+    print("ratios: Allocate (vendor excluded) vs the gRPC floor; Allocate through the qpu-k8s")
+    print("process (real acquire) vs the direct qrmi acquire, both against the local emulator.")
+    print("Allocate writes the checkpoint twice (intent before the vendor call, then the token).")
     print(
         f"agent RSS (qpu-k8s device-plugin): {rss_start[0] / 1024:.1f} MiB after start, "
         f"{rss_after[0] / 1024:.1f} MiB after {args.vendor_n + 5} Allocates "
