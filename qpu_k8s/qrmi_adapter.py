@@ -127,6 +127,7 @@ class QrmiClient:
         REDACTOR.register((credentials or {}).values())
         self._qrmi_type = getattr(qrmi.ResourceType, _QRMI_TYPE_NAMES[backend.spec.type])
         self._idle: list[Any] = []
+        self._held: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     # -- resource objects ---------------------------------------------------------------
@@ -152,20 +153,28 @@ class QrmiClient:
         op: str,
         fn: Callable[[Any], T],
         *,
+        obj: Any = None,
         token: str | None = None,
-        pooled: bool = True,
+        checkin: bool = True,
         timeout: float | None = None,
     ) -> T:
-        res = self._checkout() if pooled and token is None else None
+        """Run ``fn(resource)`` under the deadline, with metrics and error mapping.
+
+        The resource is ``obj`` when given, else an idle pooled one (no token) or a new one
+        bound to ``token``. It goes back to the pool after the call when ``checkin`` allows
+        it, never after a timeout (its thread may still be using it).
+        """
+        pooled = obj is None and token is None
+        res = obj if obj is not None else (self._checkout() if pooled else None)
         name = self.backend.name
+        holder: list[Any] = []
         start = time.perf_counter()
 
         def run() -> T:
-            obj = res if res is not None else self._new(token)
-            holder.append(obj)
-            return fn(obj)
+            o = res if res is not None else self._new(token)
+            holder.append(o)
+            return fn(o)
 
-        holder: list[Any] = []
         try:
             out = call_with_deadline(run, timeout or self.timeout, name=f"qrmi-{op}")
         except DeadlineExceeded as exc:
@@ -175,23 +184,48 @@ class QrmiClient:
         except Exception as exc:
             mapped = _map_error(name, op, exc)
             VENDOR_ERRORS.labels(name, op, mapped.kind).inc()
-            if pooled and token is None and holder:
+            if checkin and pooled and holder:
                 self._checkin(holder[0])
             raise mapped from None
         finally:
             VENDOR_CALL_SECONDS.labels(name, op).observe(time.perf_counter() - start)
-        if pooled and token is None and holder:
+        if checkin and token is None and holder:
             self._checkin(holder[0])
         return out
 
     # -- lifecycle ------------------------------------------------------------------------
     def acquire(self) -> str:
-        token: str = self._call("acquire", lambda r: r.acquire(), pooled=False)
+        """Acquire on an object that holds no session; it stays with the acquisition.
+
+        qrmi keeps the session in the resource object and a second ``acquire()`` on the
+        same object returns the *same* session, so an object that acquired is kept aside
+        (keyed by token) until its release, never handed to another caller meanwhile.
+        """
+        holder: list[Any] = []
+
+        def acquire(r: Any) -> str:
+            holder.append(r)
+            token: str = r.acquire()
+            return token
+
+        token = self._call("acquire", acquire, checkin=False)
+        with self._lock:
+            self._held[token] = holder[0]
         log.info("acquired", extra={"backend": self.backend.name})
         return token
 
     def release(self, token: str) -> None:
-        self._call("release", lambda r: r.release(token))
+        with self._lock:
+            held = self._held.pop(token, None)
+        try:
+            self._call("release", lambda r: r.release(token), obj=held)
+        except errors.QpuTimeoutError:
+            raise
+        except errors.QpuError:
+            if held is not None:
+                with self._lock:
+                    self._held[token] = held
+            raise
         log.info("released", extra={"backend": self.backend.name})
 
     def health(self) -> Health:

@@ -178,3 +178,19 @@ def test_pasqal_lifecycle(emu: Emulator) -> None:
     assert token
     assert "specs" in json.dumps(client.target()) or client.target()
     client.release(token)
+
+
+def test_two_acquisitions_never_share_a_session(emu: Emulator) -> None:
+    """qrmi returns the same session for a second acquire() on one object: we must not."""
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeout=10)
+    assert client.health().healthy  # warms the pool with an object
+    tokens = [client.acquire() for _ in range(3)]
+    assert len(set(tokens)) == 3
+    assert {s.id for s in emu.state.open_sessions("fake_manila")} == set(tokens)
+    for t in tokens:
+        client.release(t)
+    assert emu.state.open_sessions("fake_manila") == []
+    # Released objects are reused for the next acquisition, which is again a new session.
+    again = client.acquire()
+    assert again not in tokens
+    client.release(again)
