@@ -44,7 +44,7 @@ DEFAULT_DRIVER = "qpu.quantum.example.com"
 EMULATOR_LOCAL_URL = "http://127.0.0.1:18080"
 
 RELEASE = "qpu-k8s"
-NAMESPACE = "qpu-k8s"
+NAMESPACE = "qpu-system"
 
 
 @dataclass(frozen=True)

@@ -330,7 +330,7 @@ def test_notes_name_files_that_exist(name: str, helm_bin: Path, tmp_path: Path) 
         "qpu-k8s",
         str(packaging.CHART),
         "-n",
-        "qpu-k8s",
+        packaging.NAMESPACE,
         "--dry-run=client",
         "-f",
         str(values),

@@ -71,7 +71,7 @@ def test_chart_emulator_backends_are_the_example_pointed_in_cluster(
 ) -> None:
     example = packaging.objects(packaging.EMULATOR_BACKENDS_SOURCE.read_text())
     chart = [o for o in renders["emulator"] if o["kind"] == "QuantumBackend"]
-    url = "http://qpu-k8s-emulator.qpu-k8s.svc:8080"
+    url = f"http://qpu-k8s-emulator.{packaging.NAMESPACE}.svc:8080"
     as_text = yaml.safe_dump(example).replace(packaging.EMULATOR_LOCAL_URL, url)
     assert chart == yaml.safe_load(as_text)
     secrets = {o["metadata"]["name"] for o in renders["emulator"] if o["kind"] == "Secret"}
