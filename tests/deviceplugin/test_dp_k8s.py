@@ -158,6 +158,23 @@ def test_real_kubelet_pod_gets_a_qpu_and_deleting_it_releases_the_session(  # no
             10,
             "the checkpoint to record the release",
         )
+        # A failed acquire fails the pod's admission with our message (and no secret).
+        emu.set_fault("reject-auth")
+        core.create_namespaced_pod(namespace, bell_pod("denied"))
+
+        def admission_failed() -> Any:
+            status = core.read_namespaced_pod("denied", namespace).status
+            return status if status.phase == "Failed" else None
+
+        status = wait_for(admission_failed, 60, "the pod to fail admission")
+        assert status.reason == "UnexpectedAdmissionError"
+        assert "acquire of backend" in status.message
+        assert "[auth]" in status.message
+        assert "Nothing is held" in status.message
+        assert api_key not in status.message
+        emu.clear_faults()
+        assert emu.state.open_sessions() == []
+
         metrics_text = plugin.metrics()
         assert re.search(
             r'qpu_k8s_deviceplugin_releases_total\{[^}]*result="ok"[^}]*\} 1\.0', metrics_text
