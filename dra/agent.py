@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,6 @@ class AgentConfig:
     reload_interval: float = 2.0
     instance: str | None = None
     node_labels: Mapping[str, str] | None = None  # None: read from the Node object
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

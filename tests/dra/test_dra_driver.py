@@ -486,3 +486,45 @@ def test_no_credential_in_logs_checkpoint_or_health(
     text = caplog.text + checkpoint + health
     for secret in SECRET_VALUES:
         assert secret not in text
+
+
+def test_transient_release_failure_fails_unprepare_until_the_vendor_is_back(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+) -> None:
+    emu = node_env.emu
+    kubelet.wait_for_registration(DRIVER)
+    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
+    token = agent.cdi.read_env(ref.uid)["fake_manila_QRMI_JOB_ACQUISITION_TOKEN"]
+    emu.set_fault("error5xx", "fake_manila")
+    try:
+        error = kubelet.node_unprepare_resources([ref])[ref.uid]
+        assert "release on backend 'ibm-manila' failed" in error
+        assert agent.cdi.exists(ref.uid)  # kept until the release went through
+        assert _session(emu, token).is_open
+    finally:
+        emu.clear_faults()
+    assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}  # the kubelet's retry
+    assert not _session(emu, token).is_open
+    assert not agent.cdi.exists(ref.uid)
+
+
+def test_a_hanging_vendor_fails_prepare_within_the_deadline(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+) -> None:
+    emu = node_env.emu
+    agent = start(node_env, claims, probe_timeout=1.0)
+    try:
+        kubelet.wait_for_registration(DRIVER)
+        ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+        emu.set_fault("hang", "fake_manila")
+        try:
+            error = kubelet.node_prepare_resources([ref])[ref.uid].error
+        finally:
+            emu.clear_faults()
+        assert "no answer within 1s" in error
+        assert agent.store is not None
+        assert agent.store.claims() == []
+        assert agent.cdi.claims() == set()
+    finally:
+        agent.stop()
