@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -16,32 +15,8 @@ import yaml
 from kubernetes import client, config
 
 from qpu_k8s.dra.agent import AgentConfig
-from qpu_k8s.testing import k8s_cluster, resource_api
+from qpu_k8s.testing import resource_api
 from qpu_k8s.testing.kubelet import FakeDRAKubelet
-
-
-@pytest.fixture(scope="session")
-def k8s_kubeconfig(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """The shared cluster; ``QPU_K8S_REUSE_CLUSTER=1`` reuses a running one and leaves it up
-    (for a quick edit-test loop, and so as not to stop a cluster another session uses)."""
-    if os.environ.get("QPU_K8S_REUSE_CLUSTER") == "1":
-        reason = k8s_cluster.unavailable_reason()
-        if reason:
-            pytest.skip(reason)
-        yield k8s_cluster.up()
-        return
-    yield request.getfixturevalue("_shared_k8s_kubeconfig")
-
-
-@pytest.fixture(scope="session")
-def _shared_k8s_kubeconfig() -> Iterator[Path]:
-    reason = k8s_cluster.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        yield k8s_cluster.up()
-    finally:
-        k8s_cluster.down()
 
 
 @pytest.fixture(scope="session")
