@@ -69,7 +69,8 @@ class CheckpointFile(Generic[M]):
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, sort_keys=True)
+                # One dumps call: json.dump streams through the pure-Python encoder (3x slower).
+                f.write(json.dumps(doc, sort_keys=True))
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)

@@ -3,7 +3,6 @@ real process, all on real unix sockets in a short temporary directory."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,32 +14,7 @@ from dp_support import RESOURCE, Layout, PluginProcess, fast_config
 
 from qpu_k8s.deviceplugin.agent import Agent
 from qpu_k8s.emulator import Emulator, running_emulator
-from qpu_k8s.testing import k8s_cluster
 from qpu_k8s.testing.kubelet import FakeDevicePluginKubelet, FakePodResourcesServer
-
-
-@pytest.fixture(scope="session")
-def k8s_kubeconfig(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """The shared real cluster. ``QPU_K8S_REUSE_CLUSTER=1`` reuses a running one and leaves
-    it up, so this session never stops a cluster another session is using."""
-    if os.environ.get("QPU_K8S_REUSE_CLUSTER") == "1":
-        reason = k8s_cluster.unavailable_reason()
-        if reason:
-            pytest.skip(reason)
-        yield k8s_cluster.up()
-        return
-    yield request.getfixturevalue("_k8s_cluster_session")
-
-
-@pytest.fixture(scope="session")
-def _k8s_cluster_session() -> Iterator[Path]:
-    reason = k8s_cluster.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        yield k8s_cluster.up()
-    finally:
-        k8s_cluster.down()
 
 
 @pytest.fixture(scope="session")
