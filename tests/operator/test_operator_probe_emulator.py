@@ -32,12 +32,12 @@ def emu() -> Iterator[Emulator]:
         yield e
 
 
-def ibm(emu: Emulator, backend: str, secret: str = "emu-creds", **extra: Any) -> dict[str, Any]:
+def ibm(emu: Emulator, backend: str, ref: str = "emu-creds", **extra: Any) -> dict[str, Any]:
     return {
         "resourceId": backend,
         "type": "ibm-quantum-compute-service",
         "config": emu.ibm_config(backend),
-        "credentialsSecretRef": {"name": secret},
+        "credentialsSecretRef": {"name": ref},
         **extra,
     }
 
@@ -79,7 +79,10 @@ def test_emulated_backends_probe_to_the_right_conditions(emu: Emulator) -> None:
                 ctl.observe(body, "create")
 
             def reasons() -> dict[str, str]:
-                return {n: ready_condition(o.get("status")).get("reason", "") for n, o in kube.backends.items()}
+                return {
+                    n: ready_condition(o.get("status")).get("reason", "")
+                    for n, o in kube.backends.items()
+                }
 
             await until(lambda: "" not in reasons().values(), within=20, what="all probed")
         finally:
