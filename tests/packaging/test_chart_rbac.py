@@ -200,14 +200,11 @@ def granted() -> dict[tuple[str, str, str, str], list[str]]:
 
 
 def _listing() -> list[Any]:
+    """One case per granted verb; a single failing case when the chart cannot be rendered."""
     try:
         keys = sorted(granted())
     except (tools.ToolError, packaging.RenderError) as err:
-        return [
-            pytest.param(
-                None, id="render-failed", marks=pytest.mark.xfail(reason=str(err), strict=True)
-            )
-        ]
+        return [pytest.param(f"cannot render the chart: {err}", id="render-failed")]
     return [pytest.param(k, id=f"{k[0]} {k[1] or 'core'}/{k[2]} {k[3]}") for k in keys]
 
 
@@ -227,8 +224,8 @@ def _evidence_problems(key: tuple[str, str, str, str], use: Use) -> list[str]:
 
 
 @pytest.mark.parametrize("key", _listing())
-def test_rule_is_used(key: tuple[str, str, str, str]) -> None:
-    assert key is not None
+def test_rule_is_used(key: tuple[str, str, str, str] | str) -> None:
+    assert not isinstance(key, str), key
     use = USES.get(key)
     assert use is not None, f"{key} is granted by {granted()[key]} but no code is known to use it"
     problems = _evidence_problems(key, use)
