@@ -68,8 +68,12 @@ USES: dict[tuple[str, str, str, str], Use] = {
         absent=(("operator/handlers.py", r"scanning\.disabled\s*=\s*True"),),
     ),
     ("operator", "", "events", "create"): Use(
-        "Kube.create_event (health changes), Kopf's posted warnings",
-        (("operator/kube.py", r"create_namespaced_event"),),
+        "Kube.create_event in the operator's namespace; Kopf posts there too (its default)",
+        (
+            ("operator/kube.py", r"create_namespaced_event"),
+            ("operator/controller.py", r"create_event\(self\.cfg\.namespace"),
+            ("operator/handlers.py", r"default_namespace=namespace"),
+        ),
     ),
     ("operator", "resource.k8s.io", "resourceslices", "list"): Use(
         "SlicePublisher reconciles its pool against the listed slices",
