@@ -16,16 +16,17 @@ def k8s_kubeconfig() -> Iterator[Path]:
     """A real Kubernetes 1.20 control plane + kubelet (shared/k8s-local), started once.
 
     There is one such cluster per machine, so every API-tier test of the session shares
-    it. Skips with the reason when it is not built here; CI builds it before the tests.
-    ``QPU_K8S_REUSE_CLUSTER=1`` keeps a running cluster up after the session (a faster
-    edit-test loop; ``up.sh`` still starts it afresh the first time).
+    it. A cluster that is already up (another session's) is reused and left running; one
+    this session started is stopped at the end, unless ``QPU_K8S_REUSE_CLUSTER=1`` (a
+    faster edit-test loop). Skips with the reason when it is not built here; CI builds it.
     """
     reason = k8s_cluster.unavailable_reason()
     if reason:
         pytest.skip(reason)
-    reuse = os.environ.get("QPU_K8S_REUSE_CLUSTER") == "1"
+    started_here = not k8s_cluster.is_running()
+    path = k8s_cluster.up()
     try:
-        yield k8s_cluster.up()
+        yield path
     finally:
-        if not reuse:
+        if started_here and os.environ.get("QPU_K8S_REUSE_CLUSTER") != "1":
             k8s_cluster.down()

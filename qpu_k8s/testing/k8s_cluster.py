@@ -40,12 +40,29 @@ def unavailable_reason() -> str | None:
 
 
 def logs_tail(lines: int = 40) -> str:
-    run_dir = Path(os.environ.get("QPU_K8S_RUN_DIR", "/var/lib/qpu-k8s/run"))
     out = []
-    for log in sorted((run_dir / "logs").glob("*.log")):
+    for log in sorted((run_dir() / "logs").glob("*.log")):
         text = log.read_text(errors="replace").splitlines()[-lines:]
         out.append(f"--- {log.name}\n" + "\n".join(text))
     return "\n".join(out)
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("QPU_K8S_RUN_DIR", "/var/lib/qpu-k8s/run"))
+
+
+def is_running() -> bool:
+    """True when a k8s-local apiserver already answers (another session may be using it)."""
+    kubeconfig = run_dir() / "kubeconfig"
+    if not kubeconfig.exists() or not kubectl_120().exists():
+        return False
+    proc = subprocess.run(
+        [str(kubectl_120()), "--kubeconfig", str(kubeconfig), "get", "--raw", "/readyz"],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    return proc.returncode == 0
 
 
 def up(timeout: float = 300) -> Path:

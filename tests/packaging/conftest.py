@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from qpu_k8s.testing import k8s_cluster, packaging, tools
+from qpu_k8s.testing import packaging, tools
 
 
 def _tool(get: Any) -> Path:
@@ -44,41 +41,3 @@ def renders(helm_bin: Path) -> dict[str, list[dict[str, Any]]]:
 def render_texts(helm_bin: Path) -> dict[str, str]:
     del helm_bin
     return {vs.name: packaging.render(vs.values) for vs in packaging.VALUE_SETS}
-
-
-def _cluster_running() -> bool:
-    """True when a k8s-local apiserver already answers (another session may be using it)."""
-    run_dir = Path(os.environ.get("QPU_K8S_RUN_DIR", "/var/lib/qpu-k8s/run"))
-    kubeconfig = run_dir / "kubeconfig"
-    if not kubeconfig.exists() or not k8s_cluster.kubectl_120().exists():
-        return False
-    proc = subprocess.run(
-        [
-            str(k8s_cluster.kubectl_120()),
-            "--kubeconfig",
-            str(kubeconfig),
-            "get",
-            "--raw",
-            "/readyz",
-        ],
-        capture_output=True,
-        timeout=20,
-        check=False,
-    )
-    return proc.returncode == 0
-
-
-@pytest.fixture(scope="session")
-def k8s_kubeconfig() -> Iterator[Path]:
-    """The real 1.20 cluster of shared/k8s-local. Unlike a plain up/down, it never stops a
-    cluster it did not start: other test sessions on this machine may be using it."""
-    reason = k8s_cluster.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    started_here = not _cluster_running()
-    path = k8s_cluster.up()
-    try:
-        yield path
-    finally:
-        if started_here:
-            k8s_cluster.down()
