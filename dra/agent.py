@@ -32,7 +32,7 @@ from qpu_k8s.backends import BackendRegistry, ClientFactory
 from qpu_k8s.checkpoint import BOOT_ID_PATH, read_boot_id
 from qpu_k8s.credentials import DirectoryCredentials
 from qpu_k8s.errors import QpuError
-from qpu_k8s.model import device_id
+from qpu_k8s.model import AccessMode, device_id
 from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
@@ -45,6 +45,7 @@ from qpu_k8s.slices import (
     PublishResult,
     SlicePublisher,
     detect_api_version,
+    shared_pool_name,
 )
 
 from . import metrics
@@ -173,7 +174,9 @@ class DraAgent:
             cfg.config_path,
             creds,
             node_labels=labels,
-            include_shared=False,  # shared backends are published cluster-wide by the operator
+            # Shared backends are published cluster-wide by the operator, but a claim on one
+            # is prepared (acquired) here, on the node that runs the pod.
+            include_shared=True,
             client_factory=self.client_factory,
             probe_timeout=cfg.probe_timeout,
             reload_interval=cfg.reload_interval,
@@ -286,9 +289,11 @@ class DraAgent:
         assert self.registry is not None
         out: list[Device] = []
         for name, state in sorted(self.registry.snapshot().items()):
+            backend = state.backend
+            if backend.spec.access is AccessMode.SHARED:
+                continue  # the operator publishes it cluster-wide
             with self._targets_lock:
                 t = self._targets.get(name)
-            backend = state.backend
             taints: tuple[DeviceTaint, ...] = ()
             if not state.usable:
                 if self.cfg.unhealthy is UnhealthyMode.WITHDRAW:
@@ -372,10 +377,12 @@ class DraAgent:
         for state in self.registry.snapshot().values():
             status = status_of(state.health, state.error)
             message = state.error or state.health.reason or state.health.status
+            shared = state.backend.spec.access is AccessMode.SHARED
+            pool = shared_pool_name(state.backend.name) if shared else self.pool
             for lane in range(state.backend.spec.lanes):
                 devices.append(
                     DeviceHealth(
-                        self.pool,
+                        pool,
                         device_id(state.backend.name, lane),
                         status,
                         int(state.health.checked_at),
@@ -403,6 +410,8 @@ class DraAgent:
         for name, state in self.registry.snapshot().items():
             if state.client is None or state.error or not state.health.healthy:
                 continue
+            if state.backend.spec.access is AccessMode.SHARED:
+                continue  # not published here: no attributes to refresh
             with self._targets_lock:
                 cur = self._targets.get(name)
             due = (

@@ -34,9 +34,10 @@ from qpu_k8s import errors
 from qpu_k8s.backends import BackendRegistry, ClientFactory
 from qpu_k8s.credentials import StaticCredentials, resolve_credentials
 from qpu_k8s.envcontract import EnvContractError, Grant, render
-from qpu_k8s.model import QuantumBackend, SecretRef, split_device_id
+from qpu_k8s.model import AccessMode, QuantumBackend, SecretRef, split_device_id
 from qpu_k8s.qrmi_adapter import QuantumResourceClient
 from qpu_k8s.resource_types import info
+from qpu_k8s.slices import shared_pool_name
 
 from .cdi import CdiWriter
 from .claims import ClaimNotFoundError, ClaimSource
@@ -206,17 +207,24 @@ class Preparer:
         resource_ids: dict[str, str] = {}
         for r in results:
             request, device = str(r.get("request")), str(r.get("device"))
-            if r.get("pool") != self.pool:
-                raise PrepareError(
-                    f"device {device} of request {request} is in pool {r.get('pool')!r}, "
-                    f"not in this node's pool {self.pool!r}",
-                    "claim",
-                )
+            pool = str(r.get("pool"))
             try:
                 params = effective_parameters(configs, request, self.driver, base)
             except InvalidParametersError as err:
                 raise PrepareError(f"ResourceClaim {namespace}/{name}: {err}", "params") from None
             backend = self._backend_for(device)
+            expected = (
+                shared_pool_name(backend.name)
+                if backend.spec.access is AccessMode.SHARED
+                else self.pool
+            )
+            if pool != expected:
+                raise PrepareError(
+                    f"device {device} of request {request} is in pool {pool!r}; backend "
+                    f"{backend.name!r} ({backend.spec.access.value}) is served from pool "
+                    f"{expected!r}",
+                    "claim",
+                )
             self._check_params(backend, params)
             rid = backend.spec.resource_id
             if rid in resource_ids:
@@ -230,7 +238,7 @@ class Preparer:
             records.append(
                 DeviceRecord(
                     request=request,
-                    pool=self.pool,
+                    pool=pool,
                     device=device,
                     backend=backend.name,
                     credentials_secret=params.credentials_secret,

@@ -430,3 +430,12 @@ class SlicePublisher:
         w = self._watch
         if w is not None:
             w.stop()  # type: ignore[no-untyped-call]
+
+
+def shared_pool_name(backend: str) -> str:
+    """The pool of a shared (network-attached) backend, published cluster-wide by the operator.
+
+    A node name holds no '/', so this never collides with a node driver's pool; every node's
+    DRA driver prepares devices of these pools for the shared backends it is configured with.
+    """
+    return f"shared/{backend}"

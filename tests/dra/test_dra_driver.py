@@ -30,6 +30,7 @@ from qpu_k8s.dra.agent import DraAgent
 from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.dra.registration import SERVICES
 from qpu_k8s.dra.state import CHECKPOINT_NAME, ClaimPhase, ClaimRecord, DeviceRecord, StateStore
+from qpu_k8s.slices import shared_pool_name
 from qpu_k8s.testing.kubelet import ClaimRef, FakeDRAKubelet
 
 NS = "team-a"
@@ -164,6 +165,35 @@ def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
     releases = len(emu.state.requests(f"sessions/{token}"))
     assert kubelet.node_unprepare_resources([ref], version) == {ref.uid: ""}  # type: ignore[arg-type]
     assert len(emu.state.requests(f"sessions/{token}")) == releases
+
+
+def test_claim_on_a_shared_backend_is_prepared_from_the_operators_pool(
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+) -> None:
+    """Shared (cloud) backends live in the operator's cluster-wide pool ``shared/<name>``;
+    the node that runs the pod acquires them, and refuses a device from the wrong pool."""
+    emu = node_env.emu
+    kubelet.wait_for_registration(DRIVER)
+    uid = str(uuid.uuid4())
+    claims.put_claim(
+        allocated_claim(
+            NS, "cloud", uid, [("qpu", "ibm-shared-lane-0")], shared_pool_name("ibm-shared")
+        )
+    )
+    ref = ClaimRef(NS, uid, "cloud")
+    result = kubelet.node_prepare_resources([ref])
+    assert result[uid].error == ""
+    (dev,) = result[uid].devices
+    assert dev.pool_name == "shared/ibm-shared"
+    token = agent.cdi.read_env(uid)["fake_nairobi_QRMI_JOB_ACQUISITION_TOKEN"]
+    assert _session(emu, token).is_open
+    assert kubelet.node_unprepare_resources([ref]) == {uid: ""}
+    assert _session(emu, token).closed_by == "release"
+
+    wrong = _claim(claims, node_env, [("qpu", "ibm-shared-lane-0")])  # node pool: wrong
+    out = kubelet.node_prepare_resources([wrong])
+    assert "served from pool 'shared/ibm-shared'" in out[wrong.uid].error
+    assert _open_sessions(emu, "fake_nairobi") == []
 
 
 def test_shared_claim_is_acquired_once_and_released_once(
@@ -427,7 +457,9 @@ def test_health_stream_follows_the_backend(
         names = {k[1] for k in watch.latest}
         assert "pasqal-fresnel-lane-0" in names
         assert "ibm-torino-lane-1" in names
-        assert "ibm-shared-lane-0" not in names  # shared backends are the operator's
+        # A shared backend is published by the operator, but its health is reported here
+        # too, under the operator's cluster-wide pool, since this node prepares it.
+        assert (shared_pool_name("ibm-shared"), "ibm-shared-lane-0") in watch.latest
         emu.set_online("fake_manila", False, reason="maintenance window")
         try:
             registry.probe_now("ibm-manila")
