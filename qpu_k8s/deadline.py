@@ -67,13 +67,36 @@ def _abandon(fut: Future[T]) -> None:
             _ABANDONED.count += 1
 
 
-def call_with_deadline(fn: Callable[[], T], timeout: float, name: str = "qrmi-call") -> T:
-    """Return ``fn()``, or raise DeadlineExceeded after ``timeout`` seconds."""
+def _on_late(fut: Future[T], on_late: Callable[[T], None] | None) -> None:
+    """After a timeout: hand a late result to ``on_late`` (in the abandoned thread)."""
+    if on_late is None:
+        return
+
+    def done(f: Future[T]) -> None:
+        if f.exception() is None:
+            on_late(f.result())
+
+    fut.add_done_callback(done)
+
+
+def call_with_deadline(
+    fn: Callable[[], T],
+    timeout: float,
+    name: str = "qrmi-call",
+    *,
+    on_late: Callable[[T], None] | None = None,
+) -> T:
+    """Return ``fn()``, or raise DeadlineExceeded after ``timeout`` seconds.
+
+    ``on_late`` receives the result of a call that answers after its deadline (an acquire
+    whose session must still be released), in the thread that ran it.
+    """
     fut = _start(fn, name)
     try:
         return fut.result(timeout=timeout)
     except TimeoutError:
         _abandon(fut)
+        _on_late(fut, on_late)
         raise DeadlineExceeded(f"no answer within {timeout:g}s") from None
 
 

@@ -27,6 +27,12 @@ VENDOR_ERRORS = Counter(
     "Failed QRMI vendor calls, by backend, operation and error kind.",
     ["backend", "operation", "kind"],
 )
+LATE_ACQUISITIONS = Counter(
+    PREFIX + "vendor_late_acquisitions_total",
+    "Acquires that answered after their deadline (nobody was given the token), by backend "
+    "and result: released at once, or release_failed (the session ends at its own expiry).",
+    ["backend", "result"],
+)
 ABANDONED_CALLS = Gauge(
     PREFIX + "vendor_calls_abandoned",
     "Vendor calls that timed out and are still running in an abandoned thread.",

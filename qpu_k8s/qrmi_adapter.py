@@ -22,7 +22,8 @@ import qrmi as _qrmi_module
 from qpu_k8s import errors
 from qpu_k8s.credentials import REDACTOR, redact
 from qpu_k8s.deadline import DeadlineExceeded, abandoned_calls, call_with_deadline
-from qpu_k8s.metrics import ABANDONED_CALLS, VENDOR_CALL_SECONDS, VENDOR_ERRORS
+from qpu_k8s.faultpoints import crash_point
+from qpu_k8s.metrics import ABANDONED_CALLS, LATE_ACQUISITIONS, VENDOR_CALL_SECONDS, VENDOR_ERRORS
 from qpu_k8s.model import QuantumBackend
 from qpu_k8s.resource_types import ResourceType
 
@@ -157,6 +158,7 @@ class QrmiClient:
         token: str | None = None,
         checkin: bool = True,
         timeout: float | None = None,
+        on_late: Callable[[T], None] | None = None,
     ) -> T:
         """Run ``fn(resource)`` under the deadline, with metrics and error mapping.
 
@@ -176,7 +178,9 @@ class QrmiClient:
             return fn(o)
 
         try:
-            out = call_with_deadline(run, timeout or self.timeout, name=f"qrmi-{op}")
+            out = call_with_deadline(
+                run, timeout or self.timeout, name=f"qrmi-{op}", on_late=on_late
+            )
         except DeadlineExceeded as exc:
             VENDOR_ERRORS.labels(name, op, "timeout").inc()
             ABANDONED_CALLS.set(abandoned_calls())
@@ -200,25 +204,54 @@ class QrmiClient:
         qrmi keeps the session in the resource object and a second ``acquire()`` on the
         same object returns the *same* session, so an object that acquired is kept aside
         (keyed by token) until its release, never handed to another caller meanwhile.
+
+        An acquire that misses the deadline raises QpuTimeoutError, but the vendor may
+        still open the session and answer later: that late token is released at once
+        (nobody was given it), so a slow vendor does not leak sessions.
         """
         holder: list[Any] = []
 
         def acquire(r: Any) -> str:
             holder.append(r)
             token: str = r.acquire()
+            crash_point("after-acquire")
             return token
 
-        token = self._call("acquire", acquire, checkin=False)
+        def late(token: str) -> None:
+            self._release_late(holder[0], token)
+
+        token = self._call("acquire", acquire, checkin=False, on_late=late)
         with self._lock:
             self._held[token] = holder[0]
         log.info("acquired", extra={"backend": self.backend.name})
         return token
 
+    def _release_late(self, obj: Any, token: str) -> None:
+        """Release the session of an acquire that answered after its deadline."""
+        name = self.backend.name
+        try:
+            self._call("release", lambda r: r.release(token), obj=obj, checkin=False)
+        except errors.QpuError as err:
+            LATE_ACQUISITIONS.labels(name, "release_failed").inc()
+            log.error(
+                "an acquire answered after its deadline and its release failed; the vendor "
+                "session ends at its own expiry",
+                extra={"backend": name, "error": err.message},
+            )
+            return
+        LATE_ACQUISITIONS.labels(name, "released").inc()
+        log.warning("an acquire answered after its deadline; released it", extra={"backend": name})
+
     def release(self, token: str) -> None:
         with self._lock:
             held = self._held.pop(token, None)
+
+        def release(r: Any) -> None:
+            r.release(token)
+            crash_point("after-release")
+
         try:
-            self._call("release", lambda r: r.release(token), obj=held)
+            self._call("release", release, obj=held)
         except errors.QpuTimeoutError:
             raise
         except errors.QpuError:

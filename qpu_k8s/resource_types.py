@@ -174,3 +174,25 @@ def looks_secret(key: str) -> bool:
 
 def info(rtype: ResourceType) -> TypeInfo:
     return TYPES[rtype]
+
+
+# qrmi opens IBM sessions with this max_ttl unless *_SESSION_MAX_TTL is configured.
+DEFAULT_IBM_SESSION_MAX_TTL = 28800
+
+
+def held_at_most(rtype: ResourceType, config: dict[str, str]) -> int | None:
+    """How long the vendor holds an acquisition nobody releases, in seconds.
+
+    ``0``: nothing is held (the type's acquire returns a placeholder token); a number: the
+    session's max TTL, after which the vendor closes it by itself; ``None``: not known
+    (the vendor decides). This bounds what an acquisition whose token was lost (the agent
+    died between the vendor's answer and its checkpoint write) can cost.
+    """
+    t = info(rtype)
+    if not t.session_based:
+        return 0
+    for key in ("QRMI_IBM_QCS_SESSION_MAX_TTL", "QRMI_IBM_QRS_SESSION_MAX_TTL"):
+        if key in t.known_config:
+            raw = config.get(key, "")
+            return int(raw) if raw.strip().isdigit() else DEFAULT_IBM_SESSION_MAX_TTL
+    return None
