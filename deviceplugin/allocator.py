@@ -42,8 +42,10 @@ from qpu_k8s.deviceplugin import metrics
 from qpu_k8s.deviceplugin.devices import DeviceBoard
 from qpu_k8s.deviceplugin.state import AcqState, Acquisition, Intent, Ledger
 from qpu_k8s.envcontract import DEFAULT_DELIMITER, EnvContractError, Grant, JobEnv, render
+from qpu_k8s.faultpoints import crash_point
 from qpu_k8s.model import split_device_id
 from qpu_k8s.qrmi_adapter import QuantumResourceClient
+from qpu_k8s.resource_types import held_at_most
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,7 +135,13 @@ class Allocator:
         parts = [p for plan in plans for p in plan]
         acqs = self.ledger.begin(
             (
-                Intent(p.state.backend.name, p.state.backend.spec.resource_id, p.devices, p.request)
+                Intent(
+                    p.state.backend.name,
+                    p.state.backend.spec.resource_id,
+                    p.devices,
+                    p.request,
+                    held_at_most(p.state.backend.spec.type, p.state.backend.spec.config),
+                )
                 for p in parts
             ),
             time.time(),
@@ -144,7 +152,6 @@ class Allocator:
                 tokens[i] = self._acquire(part, acq)
         except _AcquireFailed as failed:
             self._roll_back(acqs, tokens, failed)
-        self.ledger.commit()
         envs = []
         i = 0
         for plan in plans:
@@ -217,7 +224,25 @@ class Allocator:
         assert client is not None  # checked in _plan
         name = part.state.backend.name
         start = time.perf_counter()
-        fut = _in_thread(client.acquire, f"acquire-{name}")
+
+        def acquire_and_record() -> str:
+            # Written here, in the thread the vendor answered in, before anything else: the
+            # only window in which a crash loses the token is this one checkpoint write.
+            token = client.acquire()
+            try:
+                self.ledger.acquired(acq.id, token, time.time())
+                self.ledger.commit()
+            except Exception:
+                # Not recorded (disk full, read-only state dir): give the session back now.
+                with contextlib.suppress(Exception):
+                    client.release(token)
+                raise
+            with self._lock:
+                self._clients[acq.id] = client
+            crash_point("after-acquire-recorded")
+            return token
+
+        fut = _in_thread(acquire_and_record, f"acquire-{name}")
         try:
             token = fut.result(timeout=self.acquire_timeout)
         except FutureTimeout:
@@ -240,9 +265,6 @@ class Allocator:
             raise _AcquireFailed(part, errors.QpuUnavailableError(name, "acquire", msg)) from None
         finally:
             metrics.ACQUIRE_SECONDS.labels(name).observe(time.perf_counter() - start)
-        with self._lock:
-            self._clients[acq.id] = client
-        self.ledger.acquired(acq.id, token, time.time())
         return token
 
     def _late_acquire(
@@ -254,7 +276,8 @@ class Allocator:
             self.ledger.lose(acq.id, time.time())
             metrics.ACQUISITIONS_LOST.labels(acq.backend).inc()
             log.error(
-                "acquire never answered; if the vendor opened a session it can only expire",
+                "acquire gave no answer within the client's horizon; if it answers later the "
+                "adapter releases it, else the vendor session (if any) expires on its own",
                 extra={"acquisition": acq.id, "backend": acq.backend},
             )
             return

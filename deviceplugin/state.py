@@ -37,7 +37,16 @@ Rules, and why:
   pod is gone (a device belongs to one container at a time).
 * Only RELEASING records are released, by one worker at a time per record, and RELEASED is
   written right after the vendor confirms, so a restart never releases twice. The one
-  window left is a crash between the vendor's answer and that write (microseconds).
+  window left is a crash between the vendor's answer and that write (microseconds): the
+  release is then sent once more after the restart, to a session the vendor has already
+  closed, which it answers as a no-op.
+* The token is written in the thread that called the vendor, right as acquire returns
+  (not after the rest of the Allocate call), so the window in which a crash loses a
+  token is the time from the vendor's answer to one checkpoint write. A record still
+  ACQUIRING at start-up is LOST: reported (log, metric) with ``held_at_most``, the time
+  after which the vendor frees it by itself (the session max TTL; 0 for types whose
+  acquire holds nothing). qrmi cannot list a backend's sessions, so nothing better is
+  possible from here.
 * Init containers are not listed by PodResources (before sidecar containers): an
   acquisition made for one is released ``release_grace`` after its Allocate.
 
@@ -106,6 +115,8 @@ class Acquisition(_Frozen):
     state: AcqState
     token: str | None = None
     created_at: float
+    # Seconds the vendor holds it if never released (session max TTL); 0: nothing held.
+    held_at_most: int | None = None
     acquired_at: float | None = None
     holder: ContainerRef | None = None
     bound_at: float | None = None
@@ -134,6 +145,7 @@ class Intent:
     resource_id: str
     devices: tuple[str, ...]
     request: tuple[str, ...]
+    held_at_most: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +212,11 @@ class Ledger:
                     log.error(
                         "acquire was in flight when the plugin stopped: token unknown, the "
                         "vendor session (if any) can only expire on its own",
-                        extra={"acquisition": acq.id, "backend": acq.backend},
+                        extra={
+                            "acquisition": acq.id,
+                            "backend": acq.backend,
+                            "held_at_most_seconds": _bound(acq.held_at_most),
+                        },
                     )
             # Our own start breaks the observation of the kubelet: restart every clock.
             self._unheld_since.clear()
@@ -255,6 +271,7 @@ class Ledger:
                     request=tuple(sorted(i.request)),
                     state=AcqState.ACQUIRING,
                     created_at=now,
+                    held_at_most=i.held_at_most,
                 )
                 self._set(acq)
                 out.append(acq)
@@ -262,7 +279,7 @@ class Ledger:
             return out
 
     def acquired(self, acq_id: str, token: str, now: float) -> Acquisition:
-        """ACQUIRING → ALLOCATED in memory; the caller commits once for the whole call."""
+        """ACQUIRING → ALLOCATED in memory; the caller commits at once (the token is new)."""
         with self._lock:
             acq = self._acqs[acq_id].model_copy(
                 update={"state": AcqState.ALLOCATED, "token": token, "acquired_at": now}
@@ -440,3 +457,7 @@ class Ledger:
             )
             self._save()
             return delay
+
+
+def _bound(seconds: int | None) -> str:
+    return "unknown" if seconds is None else str(seconds)
