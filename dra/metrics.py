@@ -34,4 +34,10 @@ SLICE_PUBLISHES = Counter(
     "Slice reconciles, by result: unchanged, written or error.",
     ["result"],
 )
+ACQUISITIONS_LOST = Counter(
+    P + "acquisitions_lost_total",
+    "Acquires that may have been answered by the vendor while the driver died before "
+    "writing the token: the session (if any) can only expire at the vendor.",
+    ["backend"],
+)
 REGISTERED = Gauge(P + "registered", "1 while the kubelet has accepted our registration.")

@@ -10,7 +10,11 @@ Idempotent and crash-safe through the checkpoint (:mod:`.state`):
   the claim, a plugin restart) answers from the checkpoint with the same CDI ID; kubelet
   semantics are one prepare per claim per node, and one unprepare once its last pod is gone;
 * the record is written *before* the first acquire (phase ``preparing``) and after each, so
-  a crash mid-prepare leaves the tokens to release on the next call or at start-up;
+  a crash mid-prepare leaves the tokens to release on the next call or at start-up; the
+  one token a crash can lose is that of an acquire the vendor answered just before the
+  crash, ahead of its write (acquires run one at a time, so it is the first device
+  without a token): reported as possibly lost (log, ``qpu_k8s_dra_acquisitions_lost_total``)
+  with the time after which the vendor frees it (the session max TTL);
 * a failed prepare releases what it acquired and leaves nothing behind;
 * unprepare of an unknown claim succeeds; a release that fails for a transient reason
   (timeout, vendor unavailable) fails the call so the kubelet retries; a permanent one
@@ -34,11 +38,13 @@ from qpu_k8s import errors
 from qpu_k8s.backends import BackendRegistry, ClientFactory
 from qpu_k8s.credentials import StaticCredentials, resolve_credentials
 from qpu_k8s.envcontract import EnvContractError, Grant, render
+from qpu_k8s.faultpoints import crash_point
 from qpu_k8s.model import AccessMode, QuantumBackend, SecretRef, split_device_id
 from qpu_k8s.qrmi_adapter import QuantumResourceClient
-from qpu_k8s.resource_types import info
+from qpu_k8s.resource_types import held_at_most, info
 from qpu_k8s.slices import shared_pool_name
 
+from . import metrics
 from .cdi import CdiWriter
 from .claims import ClaimNotFoundError, ClaimSource
 from .params import Effective, InvalidParametersError, effective_parameters, session_keys
@@ -103,6 +109,7 @@ class Preparer:
                     self._write_cdi(rec)  # tmpfs lost it, or someone deleted it
                 return self._result(rec)
             if rec is not None:  # a prepare that crashed half-way: undo, then start again
+                self._report_lost(rec)
                 self._release_all(rec, strict=False)
                 self.cdi.remove(uid)
                 self.store.drop(uid)
@@ -151,6 +158,8 @@ class Preparer:
         previous = self.store.previous_boot
         if previous is not None:
             for rec in previous.claims.values():
+                if rec.phase is ClaimPhase.PREPARING:
+                    self._report_lost(rec)
                 self._release_all(rec, strict=False)
                 self.cdi.remove(rec.uid)
                 counts["stale_boot"] += 1
@@ -161,6 +170,7 @@ class Preparer:
             )
         for rec in self.store.claims():
             if rec.phase is ClaimPhase.PREPARING:
+                self._report_lost(rec)
                 self._release_all(rec, strict=False)
                 self.cdi.remove(rec.uid)
                 self.store.drop(rec.uid)
@@ -357,6 +367,38 @@ class Preparer:
                     self.on_acquire_failure(dev.backend)
                 raise PrepareError(f"device {dev.device}: {err}", f"vendor_{err.kind}") from None
             self.store.put(rec)  # the token is on disk before anything else can fail
+            crash_point("after-acquire-recorded")
+
+    def _report_lost(self, rec: ClaimRecord) -> None:
+        """A half-done prepare: the first device without a token may have been acquired.
+
+        Acquires run one at a time and each token is written before the next starts, so
+        only that device's acquire can have been answered by the vendor unrecorded (the
+        process died in between). Its token is unknown, so it cannot be released: say so,
+        with how long the vendor holds it at most.
+        """
+        dev = next((d for d in rec.devices if d.token is None and not d.released), None)
+        if dev is None:
+            return
+        state = self.registry.get(dev.backend)
+        bound: int | None = None
+        if state is not None:
+            config = dict(state.backend.spec.config)
+            _, ttl_key = session_keys(info(state.backend.spec.type).known_config)
+            if ttl_key and dev.session_max_ttl_seconds:
+                config[ttl_key] = str(dev.session_max_ttl_seconds)
+            bound = held_at_most(state.backend.spec.type, config)
+        metrics.ACQUISITIONS_LOST.labels(dev.backend).inc()
+        log.error(
+            "acquire may have been in flight when the driver stopped: token unknown, the "
+            "vendor session (if one was opened) can only expire on its own",
+            extra={
+                "uid": rec.uid,
+                "device": dev.device,
+                "backend": dev.backend,
+                "held_at_most_seconds": "unknown" if bound is None else str(bound),
+            },
+        )
 
     def _release_all(self, rec: ClaimRecord, *, strict: bool) -> None:
         """Release every acquired, unreleased device. ``strict``: raise on a transient
