@@ -14,8 +14,9 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
-import qrmi
+import qrmi as _qrmi
 
 from qpu_k8s.emulator import running_emulator
 from qpu_k8s.model import parse_backend
@@ -23,6 +24,7 @@ from qpu_k8s.qrmi_adapter import QrmiClient
 from qpu_k8s.testing.grpc_floor import LatencySummary, summarize
 
 BACKEND = "fake_manila"
+qrmi: Any = _qrmi  # re-exported from a Rust core that type checkers cannot see
 
 
 def _time(n: int, fn: Callable[[], object]) -> LatencySummary:
