@@ -51,6 +51,9 @@ from qpu_k8s.operator.secrets import ApiStatusError, SecretReader
 from qpu_k8s.operator.status import BackendStatus
 
 log = logging.getLogger(__name__)
+# The apiserver only accepts Events about cluster-scoped objects in "default" (or no
+# namespace); kubectl describe finds them there.
+EVENT_NAMESPACE = "default"
 
 
 class RetryLater(Exception):
@@ -386,6 +389,9 @@ class Controller:
         except ApiStatusError as err:
             m.API_ERRORS.labels("slice").inc()
             problems = (f"ResourceSlice not published: {err}",)
+        except Exception as err:  # a bug in the publisher must not stop the probe loop
+            log.exception("slice publishing failed", extra={"backend": e.name})
+            problems = (f"ResourceSlice not published: {type(err).__name__}",)
         if problems != e.publish_problems:
             e.publish_problems = problems
             self._schedule(e, self._clock())  # re-reconcile so Degraded shows it
@@ -418,7 +424,7 @@ class Controller:
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{e.name}.", "namespace": self.cfg.namespace},
+            "metadata": {"generateName": f"{e.name}.", "namespace": EVENT_NAMESPACE},
             "involvedObject": {
                 "apiVersion": f"{API_GROUP}/{API_VERSION}",
                 "kind": KIND,
@@ -436,7 +442,7 @@ class Controller:
             "count": 1,
         }
         try:
-            await self.kube.create_event(self.cfg.namespace, body)
+            await self.kube.create_event(EVENT_NAMESPACE, body)
             m.EVENTS.labels(ev.type).inc()
         except ApiStatusError as err:
             m.API_ERRORS.labels("event").inc()

@@ -177,8 +177,18 @@ def spec_schema(cel: bool = True) -> dict[str, Any]:
     return s
 
 
+def _drop_defaults(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_drop_defaults(v) for v in node]
+    return node
+
+
 def status_schema() -> dict[str, Any]:
-    s = _from_model(BackendStatus)
+    """The ``status`` schema. No defaults: only the operator writes status, and a 1.20
+    apiserver rejects an empty-string default (it arrives as null)."""
+    s: dict[str, Any] = _drop_defaults(_from_model(BackendStatus))
     conds = s["properties"]["conditions"]
     conds["x-kubernetes-list-type"] = "map"
     conds["x-kubernetes-list-map-keys"] = ["type"]

@@ -141,8 +141,16 @@ class BackendStatus(_Model):
         return next((c for c in self.conditions if c.type == ctype), None)
 
     def to_api(self) -> dict[str, Any]:
-        """The JSON written to ``.status`` (camelCase, no nulls)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The JSON written to ``.status`` (camelCase, no nulls, no empty strings).
+
+        Empty strings are left out: the k8s-local 1.20 build decodes ``""`` in a custom
+        resource as null and then refuses it as "must be of type string"; an absent
+        optional field means the same to every reader.
+        """
+        out: dict[str, Any] = _no_empty(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        )
+        return out
 
     @classmethod
     def from_api(cls, data: Any) -> BackendStatus:
@@ -151,3 +159,11 @@ class BackendStatus(_Model):
             return cls.model_validate(data if isinstance(data, dict) else {})
         except ValueError:
             return cls.model_validate({})
+
+
+def _no_empty(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _no_empty(v) for k, v in node.items() if v != ""}
+    if isinstance(node, list):
+        return [_no_empty(v) for v in node]
+    return node

@@ -134,8 +134,24 @@ class Api:
         )
         return list(out.get("items", []))
 
-    def events(self, ns: str) -> list[Any]:
-        return list(self.core.list_namespaced_event(ns).items)
+    def events(self, *names: str) -> list[Any]:
+        """Events about these QuantumBackends (cluster-scoped: they live in "default")."""
+        items = self.core.list_namespaced_event("default").items
+        return [
+            e
+            for e in items
+            if e.involved_object.kind == "QuantumBackend" and e.involved_object.name in names
+        ]
+
+
+def ensure_device_class(api: Api) -> None:
+    """The project's DeviceClass (manifests/deviceclass.yaml), cluster-scoped and shared."""
+    body = yaml.safe_load((REPO / "manifests" / "deviceclass.yaml").read_text())
+    try:
+        api.custom.create_cluster_custom_object("resource.k8s.io", "v1", "deviceclasses", body)
+    except ApiException as err:
+        if err.status != 409:
+            raise
 
 
 def force_cleanup(api: Api, names: list[str]) -> None:
@@ -345,7 +361,10 @@ def test_examples_reach_ready_and_deletion_cleans_up(
                 kubernetes_validate.validate(
                     {**s, "metadata": {"name": s["metadata"]["name"]}}, "1.34", strict=True
                 )
-            reasons = {(e.type, e.reason, e.involved_object.name) for e in api.events(op_ns)}
+            reasons = {
+                (e.type, e.reason, e.involved_object.name)
+                for e in api.events(*names, "emulator-broken")
+            }
             assert ("Normal", "Online", "emulator-manila") in reasons
             assert ("Warning", "SecretNotFound", "emulator-broken") in reasons
 
@@ -378,7 +397,9 @@ def test_examples_reach_ready_and_deletion_cleans_up(
         force_cleanup(api, [*names, "emulator-broken"])
 
     everything = json.dumps(before, default=str) + captured.getvalue() + runner.output
-    everything += json.dumps([op_api.sanitize_for_serialization(e) for e in api.events(op_ns)])
+    everything += json.dumps(
+        [op_api.sanitize_for_serialization(e) for e in api.events(*names, "emulator-broken")]
+    )
     for v in secret_values:
         assert v not in everything, "a credential value leaked"
 
@@ -455,6 +476,7 @@ def test_faults_shared_claims_and_finalizer_order(
                     strict=True,
                 )
                 wait(lambda: api.slices(ok), 20, "slices of the shared backend")
+                ensure_device_class(api)
                 Allocator(op_api).allocate(
                     team, sc.claim_name(ok), reserved_for=[{"name": "pod-a", "uid": "uid-a"}]
                 )
@@ -514,5 +536,6 @@ def test_faults_shared_claims_and_finalizer_order(
             force_cleanup(api, names)
             with contextlib.suppress(ApiException):
                 core.delete_namespace(team)
-    events = json.dumps([op_api.sanitize_for_serialization(e) for e in api.events(op_ns)])
-    assert WRONG_KEY not in events
+    events = [op_api.sanitize_for_serialization(e) for e in api.events(*names)]
+    assert any(e["reason"] == "AuthenticationFailed" for e in events)
+    assert WRONG_KEY not in json.dumps(events)
