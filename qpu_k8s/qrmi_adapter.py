@@ -13,6 +13,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -33,6 +35,8 @@ qrmi: Any = _qrmi_module
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 30.0
+# A late release's outcome is kept this long for a retry of the same release to find.
+_FORGET_RELEASES_AFTER = 3600.0
 
 _QRMI_TYPE_NAMES: dict[ResourceType, str] = {
     ResourceType.IBM_QUANTUM_COMPUTE_SERVICE: "IBMQuantumComputeService",
@@ -129,6 +133,8 @@ class QrmiClient:
         self._qrmi_type = getattr(qrmi.ResourceType, _QRMI_TYPE_NAMES[backend.spec.type])
         self._idle: list[Any] = []
         self._held: dict[str, Any] = {}
+        # Releases that missed their deadline and may still reach the vendor, by token.
+        self._releasing: dict[str, tuple[float, Future[None]]] = {}
         self._lock = threading.Lock()
 
     # -- resource objects ---------------------------------------------------------------
@@ -243,23 +249,71 @@ class QrmiClient:
         log.warning("an acquire answered after its deadline; released it", extra={"backend": name})
 
     def release(self, token: str) -> None:
+        """Release ``token``; never sends a second release while an earlier one is unanswered.
+
+        A release that missed its deadline may still reach the vendor. A retry of it (the
+        kubelet retrying NodeUnprepareResources) first waits for that earlier call: if it
+        went through, the acquisition is released and nothing is sent again; if it failed,
+        a new release is sent; if it is still unanswered, the retry times out too.
+        """
+        if self._earlier_release_done(token):
+            log.info("released by an earlier call", extra={"backend": self.backend.name})
+            return
         with self._lock:
             held = self._held.pop(token, None)
+            done: Future[None] = Future()
+            done.set_running_or_notify_cancel()
+            self._releasing[token] = (time.monotonic(), done)
 
         def release(r: Any) -> None:
-            r.release(token)
+            try:
+                r.release(token)
+            except BaseException as exc:
+                done.set_exception(exc)
+                raise
+            done.set_result(None)
             crash_point("after-release")
 
         try:
             self._call("release", release, obj=held)
         except errors.QpuTimeoutError:
-            raise
+            raise  # still in flight: the next release() of this token waits for it
         except errors.QpuError:
-            if held is not None:
-                with self._lock:
+            with self._lock:
+                self._releasing.pop(token, None)
+                if held is not None:
                     self._held[token] = held
             raise
+        with self._lock:
+            self._releasing.pop(token, None)
         log.info("released", extra={"backend": self.backend.name})
+
+    def _earlier_release_done(self, token: str) -> bool:
+        """Wait (up to the deadline) for a timed-out release of ``token``; True if it worked."""
+        with self._lock:
+            now = time.monotonic()
+            for key, (since, fut) in list(self._releasing.items()):
+                if fut.done() and now - since > _FORGET_RELEASES_AFTER:
+                    del self._releasing[key]
+            earlier = self._releasing.get(token)
+        if earlier is None:
+            return False
+        try:
+            earlier[1].result(timeout=self.timeout)
+        except FutureTimeout:
+            raise errors.QpuTimeoutError(
+                self.backend.name,
+                "release",
+                f"an earlier release of this acquisition is still unanswered after "
+                f"{time.monotonic() - earlier[0]:.0f}s; not sending another",
+            ) from None
+        except Exception:  # the earlier attempt failed: send a new one
+            with self._lock:
+                self._releasing.pop(token, None)
+            return False
+        with self._lock:
+            self._releasing.pop(token, None)
+        return True
 
     def health(self) -> Health:
         """Probe the backend; never raises: failures are an unhealthy answer with a reason."""
