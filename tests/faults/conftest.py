@@ -1,0 +1,142 @@
+"""Fixtures of the fault-injection suite: one emulator with this suite's credentials, the
+device plugin and the DRA driver as real processes (or in-process where the test measures
+load), the fake kubelet parts, all on real unix sockets in short temporary directories."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The device-plugin and DRA test helpers are reused, not copied.
+_TESTS = Path(__file__).resolve().parents[1]
+for _folder in ("deviceplugin", "dra"):
+    if str(_TESTS / _folder) not in sys.path:
+        sys.path.append(str(_TESTS / _folder))
+
+from dp_support import RESOURCE, Layout, PluginProcess, fast_config  # noqa: E402
+
+from qpu_k8s.deviceplugin.agent import Agent  # noqa: E402
+from qpu_k8s.emulator import Emulator, running_emulator  # noqa: E402
+from qpu_k8s.testing.kubelet import (  # noqa: E402
+    FakeDevicePluginKubelet,
+    FakeDRAKubelet,
+    FakePodResourcesServer,
+)
+
+from .fault_support import IBM_KEY, PASQAL_TOKEN, DraNode, DraProcess, write_secret  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fault_emulator() -> Iterator[Emulator]:
+    with running_emulator(
+        api_keys=frozenset({IBM_KEY}), pasqal_tokens=frozenset({PASQAL_TOKEN}), noise=False
+    ) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(fault_emulator: Emulator) -> Iterator[Emulator]:
+    """The suite's emulator; sessions, requests and faults are forgotten after each test."""
+    yield fault_emulator
+    fault_emulator.reset()
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="flt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- device plugin ---------------------------------------------------------------------------
+@pytest.fixture
+def layout(root: Path) -> Layout:
+    lay = Layout(root / "dp")
+    lay.dp_dir.mkdir(parents=True)
+    write_secret(lay.credentials, "ibm-creds", {"QRMI_IBM_QCS_IAM_APIKEY": IBM_KEY})
+    write_secret(lay.credentials, "pasqal-creds", {"QRMI_PASQAL_CLOUD_AUTH_TOKEN": PASQAL_TOKEN})
+    return lay
+
+
+@pytest.fixture
+def kubelet(layout: Layout) -> Iterator[FakeDevicePluginKubelet]:
+    with FakeDevicePluginKubelet(layout.dp_dir) as kl:
+        yield kl
+
+
+@pytest.fixture
+def pod_resources(layout: Layout) -> Iterator[FakePodResourcesServer]:
+    with FakePodResourcesServer(layout.pod_resources) as pr:
+        yield pr
+
+
+@pytest.fixture
+def plugin_process(
+    layout: Layout, kubelet: FakeDevicePluginKubelet, pod_resources: FakePodResourcesServer
+) -> Iterator[Callable[..., PluginProcess]]:
+    """Start ``qpu-k8s device-plugin`` as a process: ``start(*flags, **env)``."""
+    procs: list[PluginProcess] = []
+
+    def start(*extra: str, **env: str) -> PluginProcess:
+        proc = PluginProcess(layout, list(extra), dict(env)).start()
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def start_agent(
+    layout: Layout, kubelet: FakeDevicePluginKubelet, pod_resources: FakePodResourcesServer
+) -> Iterator[Callable[..., Agent]]:
+    """The device plugin in this process (load tests read its state directly)."""
+    agents: list[Agent] = []
+
+    def start(**overrides: Any) -> Agent:
+        agent = Agent(fast_config(layout, **overrides))
+        agents.append(agent)
+        agent.start()
+        assert agent.wait_registered(timeout=10), "the agent did not register"
+        kubelet.wait_for_devices(
+            RESOURCE, lambda ds: bool(ds) and all(d.healthy for d in ds), timeout=30
+        )
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+
+
+# -- DRA driver ------------------------------------------------------------------------------
+@pytest.fixture
+def dra_node(root: Path) -> DraNode:
+    return DraNode(root / "dra")
+
+
+@pytest.fixture
+def dra_kubelet(dra_node: DraNode) -> Iterator[FakeDRAKubelet]:
+    with FakeDRAKubelet(dra_node.registry_dir) as kl:
+        yield kl
+
+
+@pytest.fixture
+def dra_process(dra_node: DraNode) -> Iterator[Callable[..., DraProcess]]:
+    """Start the DRA driver as a process: ``start(probe_timeout=..., **env)``."""
+    procs: list[DraProcess] = []
+
+    def start(probe_timeout: float = 2.0, **env: str) -> DraProcess:
+        proc = DraProcess(dra_node, dict(env), probe_timeout).start()
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()

@@ -1,0 +1,254 @@
+"""Fault 4: the vendor hangs (accepts, never answers) or answers 5xx to everything.
+
+Both agents run as real processes against the emulator. Every kubelet call returns within
+its deadline, devices go Unhealthy (ListAndWatch; the DRA health stream), releases that
+could not reach the vendor are retried and done once when it is back, an acquire the vendor
+answers after its deadline is released at once, and health recovers with the vendor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+from dp_support import RESOURCE, Layout, PluginProcess, wait_for
+
+from qpu_k8s.deviceplugin.state import AcqState
+from qpu_k8s.emulator import Emulator
+from qpu_k8s.testing.kubelet import (
+    ClaimRef,
+    DeviceState,
+    FakeDevicePluginKubelet,
+    FakeDRAKubelet,
+    FakePodResourcesServer,
+    PodAllocation,
+)
+from qpu_k8s.testing.kubelet_dra import DeviceHealthState
+
+from .fault_support import (
+    DRIVER,
+    DraNode,
+    DraProcess,
+    elapsed,
+    ibm,
+    open_tokens,
+    record_result,
+    release_requests,
+)
+
+TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"
+PROBE_INTERVAL = 5  # the smallest probeIntervalSeconds a QuantumBackend may set
+StartPlugin = Callable[..., PluginProcess]
+StartDra = Callable[..., DraProcess]
+
+
+def all_healthy(ds: list[DeviceState]) -> bool:
+    return bool(ds) and all(d.healthy for d in ds)
+
+
+def none_healthy(ds: list[DeviceState]) -> bool:
+    return bool(ds) and not any(d.healthy for d in ds)
+
+
+def health_is(status: str) -> Callable[[dict[tuple[str, str], DeviceHealthState]], bool]:
+    return lambda devs: bool(devs) and all(d.health == status for d in devs.values())
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, BaseException | None]:
+    start = time.monotonic()
+    try:
+        fn()
+    except Exception as exc:
+        return time.monotonic() - start, exc
+    return time.monotonic() - start, None
+
+
+def test_vendor_hang_device_plugin(
+    emu: Emulator,
+    layout: Layout,
+    kubelet: FakeDevicePluginKubelet,
+    pod_resources: FakePodResourcesServer,
+    plugin_process: StartPlugin,
+) -> None:
+    layout.write_config([ibm(emu, "fake-manila", "fake_manila", lanes=2)])
+    plugin = plugin_process("--probe-timeout", "1", "--acquire-timeout", "2")
+    kubelet.wait_for_devices(RESOURCE, all_healthy, 20)
+    envs = kubelet.allocate(RESOURCE, [["fake-manila-lane-0"]]).container_responses[0].envs
+    held = dict(envs)[TOKEN]
+    pod_resources.set_pods(
+        [PodAllocation.with_devices("a", "ns", RESOURCE, ["fake-manila-lane-0"])]
+    )
+    wait_for(lambda: (held, AcqState.BOUND) in [(a.token, a.state) for a in layout.acquisitions()],
+             10, "bound")  # fmt: skip
+
+    emu.set_fault("hang", "fake_manila")
+    hung_at = time.monotonic()
+    took, err = timed(lambda: kubelet.allocate(RESOURCE, [["fake-manila-lane-1"]]))
+    assert isinstance(err, grpc.RpcError)
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    assert "no answer within 2s" in str(err.details())
+    assert took < 2.5, f"Allocate took {took:.2f}s with a 2 s deadline"
+    kubelet.wait_for_devices(RESOURCE, none_healthy, 5)  # the probe after the failed acquire
+    unhealthy_after = elapsed(hung_at)
+    # Calls that need no vendor stay fast while it hangs.
+    took, err = timed(lambda: kubelet.get_preferred_allocation(RESOURCE, ["fake-manila-lane-1"], 1))
+    assert err is None
+    assert took < 0.5
+    pod_resources.set_pods([])  # the pod ends during the hang: its release cannot go through
+    plugin.wait_log("release is taking long; its answer will be recorded when it comes")
+    calls = pod_resources.calls("List")
+    wait_for(lambda: pod_resources.calls("List") >= calls + 10, 10, "reconciles during the hang")
+    assert emu.state.session(held).is_open
+
+    emu.clear_faults()
+    cleared = time.monotonic()
+    kubelet.wait_for_devices(RESOURCE, all_healthy, PROBE_INTERVAL + 3)
+    recovered = elapsed(cleared)
+    # The held session's release and the late acquire's session both end, once each.
+    assert emu.state.wait_until(lambda s: not s.open_sessions(), 10), open_tokens(emu)
+    for session in emu.state.sessions():
+        assert session.closed_by == "release"
+        wait_for(lambda sid=session.id: release_requests(emu, sid) == 1, 5, "one release")
+    wait_for(
+        lambda: {a.state for a in layout.acquisitions()} <= {AcqState.RELEASED, AcqState.LOST},
+        10,
+        "every acquisition ended",
+    )
+    record_result(
+        "vendor-hang-dp",
+        allocate_returned_s=round(took, 3),
+        unhealthy_after_s=unhealthy_after,
+        recovery_s=recovered,
+        leaked=0,
+        double_releases=0,
+        sessions=len(emu.state.sessions()),
+    )
+
+
+def test_vendor_hang_dra_driver(
+    emu: Emulator, dra_node: DraNode, dra_kubelet: FakeDRAKubelet, dra_process: StartDra
+) -> None:
+    dra_node.write_backends([ibm(emu, "ibm-manila", "fake_manila", node=dra_node.name, lanes=2)])
+    dra_process(probe_timeout=1.0)
+    dra_kubelet.wait_for_registration(DRIVER, timeout=20)
+    watch = dra_kubelet.watch_health("v1alpha1")
+    watch.wait_for(health_is("HEALTHY"), 15)
+    before = ClaimRef(*dra_node.claim([("qpu", "ibm-manila-lane-0")]))
+    assert dra_kubelet.node_prepare_resources([before])[before.uid].error == ""
+    held = dra_node.cdi_env(before.uid)[TOKEN]
+
+    emu.set_fault("hang", "fake_manila")
+    hung_at = time.monotonic()
+    during = ClaimRef(*dra_node.claim([("qpu", "ibm-manila-lane-1")]))
+    start = time.monotonic()
+    error = dra_kubelet.node_prepare_resources([during])[during.uid].error
+    took = time.monotonic() - start
+    assert "no answer within 1s" in error
+    assert took < 1.5, f"NodePrepareResources took {took:.2f}s with a 1 s deadline"
+    watch.wait_for(health_is("UNHEALTHY"), 5)
+    unhealthy_after = elapsed(hung_at)
+    start = time.monotonic()
+    error = dra_kubelet.node_unprepare_resources([before])[before.uid]
+    assert "release on backend 'ibm-manila' failed" in error  # the kubelet retries it
+    assert time.monotonic() - start < 1.5
+    assert emu.state.session(held).is_open
+
+    emu.clear_faults()
+    cleared = time.monotonic()
+    watch.wait_for(health_is("HEALTHY"), PROBE_INTERVAL + 3)
+    recovered = elapsed(cleared)
+    # The prepare that timed out: the vendor opened its session when the hang ended, and
+    # the driver released it at once (nobody was given that token).
+    late = emu.state.wait_until(lambda s: len(s.sessions()) == 2, 5)
+    assert late, "the hung acquire never reached the vendor"
+    (late_id,) = {s.id for s in emu.state.sessions()} - {held}
+    assert emu.state.wait_until(lambda s: not s.session(late_id).is_open, 5)
+    assert dra_kubelet.node_unprepare_resources([before]) == {before.uid: ""}
+    assert not emu.state.session(held).is_open
+    assert open_tokens(emu) == set()
+    assert (release_requests(emu, held), release_requests(emu, late_id)) == (1, 1)
+    assert dra_node.checkpoint()["claims"] == {}
+    record_result(
+        "vendor-hang-dra",
+        prepare_returned_s=round(took, 3),
+        unhealthy_after_s=unhealthy_after,
+        recovery_s=recovered,
+        leaked=0,
+        double_releases=0,
+    )
+
+
+def test_vendor_5xx_storm_both_agents(  # noqa: PLR0917
+    emu: Emulator,
+    layout: Layout,
+    kubelet: FakeDevicePluginKubelet,
+    pod_resources: FakePodResourcesServer,
+    plugin_process: StartPlugin,
+    dra_node: DraNode,
+    dra_kubelet: FakeDRAKubelet,
+    dra_process: StartDra,
+) -> None:
+    layout.write_config([ibm(emu, "fake-manila", "fake_manila", lanes=2)])
+    dra_node.write_backends([ibm(emu, "ibm-nairobi", "fake_nairobi", node=dra_node.name)])
+    plugin = plugin_process("--probe-timeout", "1", "--acquire-timeout", "2")
+    dra_process(probe_timeout=1.0)
+    kubelet.wait_for_devices(RESOURCE, all_healthy, 20)
+    dra_kubelet.wait_for_registration(DRIVER, timeout=20)
+    watch = dra_kubelet.watch_health("v1")
+    watch.wait_for(health_is("HEALTHY"), 15)
+    dp_token = dict(
+        kubelet.allocate(RESOURCE, [["fake-manila-lane-0"]]).container_responses[0].envs
+    )[TOKEN]
+    pod_resources.set_pods(
+        [PodAllocation.with_devices("a", "ns", RESOURCE, ["fake-manila-lane-0"])]
+    )
+    claim = ClaimRef(*dra_node.claim([("qpu", "ibm-nairobi-lane-0")]))
+    assert dra_kubelet.node_prepare_resources([claim])[claim.uid].error == ""
+    dra_token = dra_node.cdi_env(claim.uid)["fake_nairobi_QRMI_JOB_ACQUISITION_TOKEN"]
+
+    emu.set_fault("error5xx", status=503)  # every vendor request, IAM included
+    storm = time.monotonic()
+    took, err = timed(lambda: kubelet.allocate(RESOURCE, [["fake-manila-lane-1"]]))
+    assert isinstance(err, grpc.RpcError)
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    assert took < 2.0
+    other = ClaimRef(*dra_node.claim([("qpu", "ibm-nairobi-lane-0")]))
+    result = dra_kubelet.node_prepare_resources([other])[other.uid]
+    assert result.error
+    assert not result.devices
+    kubelet.wait_for_devices(RESOURCE, none_healthy, 5)
+    watch.wait_for(health_is("UNHEALTHY"), PROBE_INTERVAL + 3)
+    unhealthy_after = elapsed(storm)
+    pod_resources.set_pods([])  # releases fail during the storm and are retried
+    assert dra_kubelet.node_unprepare_resources([claim])[claim.uid] != ""
+    wait_for(
+        lambda: (
+            plugin.metric("qpu_k8s_deviceplugin_releases_total", {"result": "unavailable"}) >= 2
+        ),
+        10,
+        "two failed release attempts",
+    )
+    assert emu.state.session(dp_token).is_open
+    assert emu.state.session(dra_token).is_open
+
+    emu.clear_faults()
+    cleared = time.monotonic()
+    assert dra_kubelet.node_unprepare_resources([claim]) == {claim.uid: ""}  # kubelet retry
+    assert emu.state.wait_until(lambda s: not s.session(dp_token).is_open, 10)
+    released_after = elapsed(cleared)
+    kubelet.wait_for_devices(RESOURCE, all_healthy, PROBE_INTERVAL + 3)
+    watch.wait_for(health_is("HEALTHY"), PROBE_INTERVAL + 3)
+    recovered = elapsed(cleared)
+    assert open_tokens(emu) == set()
+    assert (release_requests(emu, dp_token), release_requests(emu, dra_token)) == (1, 1)
+    assert plugin.metric("qpu_k8s_deviceplugin_releases_total", {"result": "ok"}) == 1
+    record_result(
+        "vendor-5xx-storm",
+        allocate_returned_s=round(took, 3),
+        unhealthy_after_s=unhealthy_after,
+        released_after_s=released_after,
+        recovery_s=recovered,
+        leaked=0,
+        double_releases=0,
+    )
