@@ -278,6 +278,16 @@ class QuantumBackend(_Model):
     name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LEN)]
     spec: QuantumBackendSpec
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_length(cls, v: Any) -> Any:
+        if isinstance(v, str) and len(v) > MAX_NAME_LEN:
+            raise ValueError(
+                f"{len(v)} characters, at most {MAX_NAME_LEN} allowed: device IDs "
+                f"(<name>-lane-<n>) must stay within 63 characters; use a shorter name"
+            )
+        return v
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
