@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,46 +37,13 @@ import yaml
 from qpu_k8s.deviceplugin.agent import Agent, AgentConfig
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.model import QuantumBackend, parse_backend
-from qpu_k8s.qrmi_adapter import Health, QrmiClient, QuantumResourceClient, TaskState
+from qpu_k8s.qrmi_adapter import QrmiClient, QuantumResourceClient
 from qpu_k8s.testing.grpc_floor import LatencySummary, measure_unary_floor, summarize
+from qpu_k8s.testing.instant_client import InstantClient
 from qpu_k8s.testing.kubelet import FakeDevicePluginKubelet, FakePodResourcesServer
 
 RESOURCE = "quantum.example.com/qpu"
 LANES = 8
-
-
-class InstantClient:
-    """A QRMI client whose calls cost nothing: isolates the plugin's own overhead."""
-
-    def __init__(self, backend: QuantumBackend, creds: Mapping[str, str]) -> None:
-        self.backend = backend
-
-    def acquire(self) -> str:
-        return uuid.uuid4().hex[:20]
-
-    def release(self, token: str) -> None:
-        return None
-
-    def health(self) -> Health:
-        return Health(True, "online")
-
-    def target(self) -> dict[str, Any]:
-        return {}
-
-    def metadata(self) -> dict[str, str]:
-        return {}
-
-    def task_start(self, payload: Any, token: str | None = None) -> str:
-        raise NotImplementedError
-
-    def task_status(self, task_id: str, token: str | None = None) -> TaskState:
-        raise NotImplementedError
-
-    def task_result(self, task_id: str, token: str | None = None) -> str:
-        raise NotImplementedError
-
-    def task_stop(self, task_id: str, token: str | None = None) -> None:
-        raise NotImplementedError
 
 
 def _instant(backend: QuantumBackend, creds: Mapping[str, str]) -> QuantumResourceClient:

@@ -38,48 +38,15 @@ from qpu_k8s.dra.agent import AgentConfig, DraAgent
 from qpu_k8s.dra.claims import ClaimSource, KubeClaims, StaticClaims
 from qpu_k8s.emulator import running_emulator
 from qpu_k8s.model import QuantumBackend
-from qpu_k8s.qrmi_adapter import Health, QrmiClient, QuantumResourceClient, TaskState
+from qpu_k8s.qrmi_adapter import QrmiClient, QuantumResourceClient
 from qpu_k8s.slices import GROUP, as_object
 from qpu_k8s.testing.grpc_floor import LatencySummary, measure_unary_floor, summarize
+from qpu_k8s.testing.instant_client import InstantClient
 from qpu_k8s.testing.kubelet import ClaimRef, FakeDRAKubelet
 
 DRIVER = "qpu.quantum.example.com"
 NODE = "bench-node"
 API_KEY = "bench-apikey-0001"
-
-
-class InstantClient:
-    """A QRMI client whose vendor answers at once: isolates the driver's own cost."""
-
-    def __init__(self, backend: QuantumBackend, creds: Mapping[str, str]) -> None:
-        self.backend = backend
-
-    def acquire(self) -> str:
-        return uuid.uuid4().hex
-
-    def release(self, token: str) -> None:
-        return None
-
-    def health(self) -> Health:
-        return Health(True, "online")
-
-    def target(self) -> dict[str, Any]:
-        return {}
-
-    def metadata(self) -> dict[str, str]:
-        return {}
-
-    def task_start(self, payload: Any, token: str | None = None) -> str:
-        raise NotImplementedError
-
-    def task_status(self, task_id: str, token: str | None = None) -> TaskState:
-        raise NotImplementedError
-
-    def task_result(self, task_id: str, token: str | None = None) -> str:
-        raise NotImplementedError
-
-    def task_stop(self, task_id: str, token: str | None = None) -> None:
-        raise NotImplementedError
 
 
 def _layout(root: Path, emu: Any) -> None:
