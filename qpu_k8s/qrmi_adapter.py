@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -37,6 +38,8 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
 # A late release's outcome is kept this long for a retry of the same release to find.
 _FORGET_RELEASES_AFTER = 3600.0
+# qrmi objects kept between calls, process-wide (see _Kept).
+MAX_KEPT_OBJECTS = 32
 
 _QRMI_TYPE_NAMES: dict[ResourceType, str] = {
     ResourceType.IBM_QUANTUM_COMPUTE_SERVICE: "IBMQuantumComputeService",
@@ -110,6 +113,43 @@ def _map_error(backend: str, op: str, exc: BaseException) -> errors.QpuError:
     return errors.QpuUnavailableError(backend, op, msg)
 
 
+class _Kept:
+    """A process-wide cap on qrmi objects kept warm between calls (least recently used go).
+
+    Every ``qrmi.QuantumResource`` runs its own async runtime: 2 threads and ~0.3 MiB
+    each. Keeping one idle object per backend (its vendor token cached) makes calls
+    cheap, but a node agent with 1000 backends then held 2000+ threads and 340 MiB. Past
+    the cap, the least recently used kept object is dropped; a later call on that backend
+    builds a new one (and fetches a vendor token again).
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._lru: OrderedDict[int, tuple[QrmiClient, Any]] = OrderedDict()
+
+    def add(self, client: QrmiClient, obj: Any) -> None:
+        with self._lock:
+            self._lru[id(obj)] = (client, obj)
+            self._lru.move_to_end(id(obj))
+            doomed = []
+            while len(self._lru) > self.cap:
+                doomed.append(self._lru.popitem(last=False)[1])
+        for owner, old in doomed:
+            owner._forget(old)
+
+    def discard(self, obj: Any) -> None:
+        with self._lock:
+            self._lru.pop(id(obj), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._lru)
+
+
+KEPT = _Kept(MAX_KEPT_OBJECTS)
+
+
 class QrmiClient:
     """:class:`QuantumResourceClient` backed by ``qrmi.QuantumResource``.
 
@@ -146,14 +186,36 @@ class QrmiClient:
 
     def _checkout(self) -> Any:
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return None
+            res = self._idle.pop() if self._idle else None
+        if res is not None:
+            KEPT.discard(res)
+        return res
 
     def _checkin(self, res: Any) -> None:
         with self._lock:
-            if len(self._idle) < 4:
-                self._idle.append(res)
+            if len(self._idle) >= 4:
+                return
+            self._idle.append(res)
+        KEPT.add(self, res)
+
+    def _hold(self, token: str, res: Any) -> None:
+        with self._lock:
+            self._held[token] = res
+        KEPT.add(self, res)
+
+    def _unhold(self, token: str) -> Any:
+        with self._lock:
+            res = self._held.pop(token, None)
+        if res is not None:
+            KEPT.discard(res)
+        return res
+
+    def _forget(self, res: Any) -> None:
+        """Evicted by the process-wide cap: stop keeping ``res`` (idle or held)."""
+        with self._lock:
+            self._idle = [o for o in self._idle if o is not res]
+            for token in [t for t, o in self._held.items() if o is res]:
+                del self._held[token]
 
     def _call(
         self,
@@ -227,8 +289,7 @@ class QrmiClient:
             self._release_late(holder[0], token)
 
         token = self._call("acquire", acquire, checkin=False, on_late=late)
-        with self._lock:
-            self._held[token] = holder[0]
+        self._hold(token, holder[0])
         log.info("acquired", extra={"backend": self.backend.name})
         return token
 
@@ -259,8 +320,8 @@ class QrmiClient:
         if self._earlier_release_done(token):
             log.info("released by an earlier call", extra={"backend": self.backend.name})
             return
+        held = self._unhold(token)
         with self._lock:
-            held = self._held.pop(token, None)
             done: Future[None] = Future()
             done.set_running_or_notify_cancel()
             self._releasing[token] = (time.monotonic(), done)
@@ -281,8 +342,8 @@ class QrmiClient:
         except errors.QpuError:
             with self._lock:
                 self._releasing.pop(token, None)
-                if held is not None:
-                    self._held[token] = held
+            if held is not None:
+                self._hold(token, held)
             raise
         with self._lock:
             self._releasing.pop(token, None)
