@@ -29,13 +29,22 @@ from qpu_k8s.testing.kubelet import (  # noqa: E402
     FakePodResourcesServer,
 )
 
-from .fault_support import IBM_KEY, PASQAL_TOKEN, DraNode, DraProcess, write_secret  # noqa: E402
+from .fault_support import (  # noqa: E402
+    IBM_KEY,
+    PASQAL_TOKEN,
+    USER_KEY,
+    DraNode,
+    DraProcess,
+    write_secret,
+)
 
 
 @pytest.fixture(scope="session")
 def fault_emulator() -> Iterator[Emulator]:
     with running_emulator(
-        api_keys=frozenset({IBM_KEY}), pasqal_tokens=frozenset({PASQAL_TOKEN}), noise=False
+        api_keys=frozenset({IBM_KEY, USER_KEY}),
+        pasqal_tokens=frozenset({PASQAL_TOKEN}),
+        noise=False,
     ) as emu:
         yield emu
 

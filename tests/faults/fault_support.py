@@ -28,7 +28,8 @@ from qpu_k8s.emulator import Emulator
 # Credential values of this suite: distinctive, so a scan finds any copy of them.
 IBM_KEY = "fault-suite-ibm-apikey-6c1f0e9d"
 PASQAL_TOKEN = "fault-suite-pasqal-token-4b7a2d11"
-SECRETS = (IBM_KEY, PASQAL_TOKEN)
+USER_KEY = "fault-suite-user-apikey-93e5aa70"  # a user's own key, from a claim's Secret
+SECRETS = (IBM_KEY, PASQAL_TOKEN, USER_KEY)
 NODE_LABEL = "qpu-k8s.test/node"
 DRIVER = "qpu.quantum.example.com"
 NS = "team-a"
