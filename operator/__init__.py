@@ -1,1 +1,0 @@
-"""qpu_k8s.operator"""
