@@ -201,9 +201,9 @@ def from_v1beta1(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {**obj, "apiVersion": f"{GROUP}/v1", "spec": spec}
 
 
-def detect_api_version(api: client.ApiClient) -> str | None:
+def detect_api_version(api: client.ApiClient, timeout: float = 30.0) -> str | None:
     """``"v1"`` or ``"v1beta1"``: the newest ``resource.k8s.io`` version the apiserver serves."""
-    groups = client.ApisApi(api).get_api_versions().groups or []
+    groups = client.ApisApi(api).get_api_versions(_request_timeout=timeout).groups or []
     for g in groups:
         if g.name == GROUP:
             served = {v.version for v in g.versions}
@@ -258,6 +258,7 @@ class SlicePublisher:
         api_version: str = "v1",
         owner_references: Sequence[Mapping[str, Any]] = (),
         labels: Mapping[str, str] | None = None,
+        request_timeout: float = 10.0,
     ) -> None:
         if api_version not in ("v1", "v1beta1"):
             raise ValueError(f"api_version {api_version!r}: use v1 or v1beta1")
@@ -269,6 +270,9 @@ class SlicePublisher:
         self.api_version = api_version
         self.owner_references = list(owner_references)
         self.labels = dict(labels or {})
+        # Every call has a client-side deadline: an apiserver behind a partition accepts
+        # and never answers, and without one the publishing thread would wait forever.
+        self.timeout = request_timeout
         self.selector = f"{LABEL_POOL}={pool_label(driver, pool)}"
         self.generation = 0
         self._lock = threading.Lock()
@@ -280,7 +284,11 @@ class SlicePublisher:
         """The pool's slices as the apiserver has them, in v1 shape."""
         resp = as_object(
             self.custom.list_cluster_custom_object(
-                GROUP, self.api_version, PLURAL, label_selector=self.selector
+                GROUP,
+                self.api_version,
+                PLURAL,
+                label_selector=self.selector,
+                _request_timeout=self.timeout,
             )
         )
         items = [
@@ -354,11 +362,13 @@ class SlicePublisher:
             if name in existing:
                 body["metadata"]["resourceVersion"] = existing[name]["metadata"]["resourceVersion"]
                 self.custom.replace_cluster_custom_object(
-                    GROUP, self.api_version, PLURAL, name, body
+                    GROUP, self.api_version, PLURAL, name, body, _request_timeout=self.timeout
                 )
                 updated += 1
             else:
-                self.custom.create_cluster_custom_object(GROUP, self.api_version, PLURAL, body)
+                self.custom.create_cluster_custom_object(
+                    GROUP, self.api_version, PLURAL, body, _request_timeout=self.timeout
+                )
                 created += 1
         for name in existing.keys() - wanted.keys():
             deleted += self._delete(name)
@@ -369,9 +379,10 @@ class SlicePublisher:
                 "generation": self.generation,
                 "devices": len(devices),
                 "slices": len(desired),
-                "created": created,
-                "updated": updated,
-                "deleted": deleted,
+                # Not "created": that is a LogRecord attribute, and logging refuses it.
+                "slices_created": created,
+                "slices_updated": updated,
+                "slices_deleted": deleted,
             },
         )
         return PublishResult(True, self.generation, created, updated, deleted)
@@ -382,7 +393,9 @@ class SlicePublisher:
 
     def _delete(self, name: str) -> int:
         try:
-            self.custom.delete_cluster_custom_object(GROUP, self.api_version, PLURAL, name)
+            self.custom.delete_cluster_custom_object(
+                GROUP, self.api_version, PLURAL, name, _request_timeout=self.timeout
+            )
         except ApiException as err:
             if err.status == 404:
                 return 0
@@ -413,6 +426,9 @@ class SlicePublisher:
                     PLURAL,
                     label_selector=self.selector,
                     timeout_seconds=timeout_seconds,
+                    # The server ends the watch after timeout_seconds; silence past that
+                    # means a dead connection.
+                    _request_timeout=timeout_seconds + self.timeout,
                 ):
                     if stop.is_set():
                         break
