@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
+from urllib3 import Retry
 
 from qpu_k8s.attributes import DRIVER_NAME, InvalidAttributesError, device_attributes
 from qpu_k8s.backends import BackendRegistry, ClientFactory
@@ -100,15 +101,25 @@ class _Target:
     metadata: dict[str, str] | None
 
 
+# A read that timed out is retried once, not three times (urllib3's default): with the
+# 5-30 s deadlines of our calls, a partitioned apiserver would otherwise hold a
+# NodePrepareResources for up to 4x its deadline.
+API_RETRIES = Retry(total=3, read=1, redirect=0)
+# Deadline of one apiserver request at start-up (Node, API discovery).
+API_TIMEOUT = 30.0
+
+
 def kube_client(kubeconfig: Path | None) -> client.ApiClient:
     """A client from a kubeconfig file, else the in-cluster service account."""
+    cfg = client.Configuration()
     if kubeconfig is not None:
-        api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig), client_configuration=cfg
         )
-        return api
-    config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    else:
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    cfg.retries = API_RETRIES
+    return client.ApiClient(cfg)
 
 
 class DraAgent:
@@ -166,7 +177,7 @@ class DraAgent:
         labels, owner = self._node_identity()
         api_version = cfg.api_version
         if self.publish_slices and api_version == "auto":
-            api_version = detect_api_version(self._require_api()) or "v1"
+            api_version = detect_api_version(self._require_api(), API_TIMEOUT) or "v1"
         if isinstance(self.claims, KubeClaims) and api_version in ("v1", "v1beta1"):
             self.claims.api_version = api_version
         creds = DirectoryCredentials(cfg.credentials_dir) if cfg.credentials_dir else None
@@ -274,7 +285,9 @@ class DraAgent:
         """The node's labels (to pick node-bound backends) and an ownerReference for slices."""
         if self.cfg.node_labels is not None and not self.publish_slices:
             return dict(self.cfg.node_labels), []
-        node = client.CoreV1Api(self._require_api()).read_node(self.cfg.node_name)
+        node = client.CoreV1Api(self._require_api()).read_node(
+            self.cfg.node_name, _request_timeout=API_TIMEOUT
+        )
         meta = node.metadata
         assert meta is not None
         labels = dict(meta.labels or {})

@@ -32,7 +32,9 @@ class ClaimSource(Protocol):
 class KubeClaims:
     """Claims and Secrets from the apiserver (needs get on resourceclaims and secrets)."""
 
-    def __init__(self, api: client.ApiClient, api_version: str = "v1", timeout: float = 10.0):
+    # 5 s a try, one retry (see agent.API_RETRIES): a claim read answers in milliseconds, and
+    # a prepare that cannot reach the apiserver must fail well within the kubelet's deadline.
+    def __init__(self, api: client.ApiClient, api_version: str = "v1", timeout: float = 5.0):
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.api_version = api_version
