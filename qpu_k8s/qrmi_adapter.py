@@ -40,6 +40,9 @@ DEFAULT_TIMEOUT = 30.0
 _FORGET_RELEASES_AFTER = 3600.0
 # qrmi objects kept between calls, process-wide (see _Kept).
 MAX_KEPT_OBJECTS = 32
+# Calls of one client that missed their deadline and still run (see QrmiClient._call).
+MAX_STUCK_CALLS = 4
+STUCK_RETRY_AFTER = 600.0
 
 _QRMI_TYPE_NAMES: dict[ResourceType, str] = {
     ResourceType.IBM_QUANTUM_COMPUTE_SERVICE: "IBMQuantumComputeService",
@@ -173,6 +176,7 @@ class QrmiClient:
         self._qrmi_type = getattr(qrmi.ResourceType, _QRMI_TYPE_NAMES[backend.spec.type])
         self._idle: list[Any] = []
         self._held: dict[str, Any] = {}
+        self._stuck: dict[object, float] = {}
         # Releases that missed their deadline and may still reach the vendor, by token.
         self._releasing: dict[str, tuple[float, Future[None]]] = {}
         self._lock = threading.Lock()
@@ -227,29 +231,49 @@ class QrmiClient:
         checkin: bool = True,
         timeout: float | None = None,
         on_late: Callable[[T], None] | None = None,
+        capped: bool = True,
     ) -> T:
         """Run ``fn(resource)`` under the deadline, with metrics and error mapping.
 
         The resource is ``obj`` when given, else an idle pooled one (no token) or a new one
         bound to ``token``. It goes back to the pool after the call when ``checkin`` allows
         it, never after a timeout (its thread may still be using it).
+
+        A call that misses its deadline keeps a thread (and a qrmi object: two more) until
+        the vendor answers, which a hanging vendor never does. So while ``MAX_STUCK_CALLS``
+        of this client's calls are stuck, new ones (``capped``) fail at once instead of
+        stacking up more threads; the probes say "timeout" meanwhile, and the first stuck
+        call that returns lets calls through again. Should none ever return (a connection
+        the vendor forgot), one more call is let through every ``STUCK_RETRY_AFTER``.
         """
+        name = self.backend.name
+        if capped:
+            self._refuse_if_stuck(op)
         pooled = obj is None and token is None
         res = obj if obj is not None else (self._checkout() if pooled else None)
-        name = self.backend.name
         holder: list[Any] = []
         start = time.perf_counter()
+        key = object()
+        ended = [False]
 
         def run() -> T:
-            o = res if res is not None else self._new(token)
-            holder.append(o)
-            return fn(o)
+            try:
+                o = res if res is not None else self._new(token)
+                holder.append(o)
+                return fn(o)
+            finally:
+                with self._lock:
+                    ended[0] = True
+                    self._stuck.pop(key, None)
 
         try:
             out = call_with_deadline(
                 run, timeout or self.timeout, name=f"qrmi-{op}", on_late=on_late
             )
         except DeadlineExceeded as exc:
+            with self._lock:
+                if not ended[0]:
+                    self._stuck[key] = time.monotonic()
             VENDOR_ERRORS.labels(name, op, "timeout").inc()
             ABANDONED_CALLS.set(abandoned_calls())
             raise errors.QpuTimeoutError(name, op, str(exc)) from None
@@ -264,6 +288,25 @@ class QrmiClient:
         if checkin and token is None and holder:
             self._checkin(holder[0])
         return out
+
+    def _refuse_if_stuck(self, op: str) -> None:
+        with self._lock:
+            stuck = len(self._stuck)
+            newest = max(self._stuck.values(), default=0.0)
+        if stuck >= MAX_STUCK_CALLS and time.monotonic() - newest < STUCK_RETRY_AFTER:
+            VENDOR_ERRORS.labels(self.backend.name, op, "timeout").inc()
+            raise errors.QpuTimeoutError(
+                self.backend.name,
+                op,
+                f"{stuck} earlier calls to the vendor are still unanswered; no new call "
+                "until one of them returns",
+            )
+
+    @property
+    def stuck_calls(self) -> int:
+        """Calls that missed their deadline and are still waiting for the vendor."""
+        with self._lock:
+            return len(self._stuck)
 
     # -- lifecycle ------------------------------------------------------------------------
     def acquire(self) -> str:
@@ -297,7 +340,7 @@ class QrmiClient:
         """Release the session of an acquire that answered after its deadline."""
         name = self.backend.name
         try:
-            self._call("release", lambda r: r.release(token), obj=obj, checkin=False)
+            self._call("release", lambda r: r.release(token), obj=obj, checkin=False, capped=False)
         except errors.QpuError as err:
             LATE_ACQUISITIONS.labels(name, "release_failed").inc()
             log.error(
