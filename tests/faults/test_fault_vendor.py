@@ -16,6 +16,8 @@ from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
+from qpu_k8s.model import parse_backend
+from qpu_k8s.qrmi_adapter import MAX_STUCK_CALLS, QrmiClient
 from qpu_k8s.testing.kubelet import (
     ClaimRef,
     DeviceState,
@@ -28,6 +30,7 @@ from qpu_k8s.testing.kubelet_dra import DeviceHealthState
 
 from .fault_support import (
     DRIVER,
+    IBM_KEY,
     DraNode,
     DraProcess,
     elapsed,
@@ -251,4 +254,35 @@ def test_vendor_5xx_storm_both_agents(  # noqa: PLR0917
         recovery_s=recovered,
         leaked=0,
         double_releases=0,
+    )
+
+
+def _threads() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+def test_a_long_hang_does_not_pile_up_stuck_calls(emu: Emulator) -> None:
+    """qrmi has no client timeout: a call that missed our deadline keeps its thread (and
+    its qrmi object's runtime) until the vendor answers. Probing a hung vendor every
+    interval must not stack those up without bound."""
+    backend = parse_backend(ibm(emu, "manila", "fake_manila"))
+    client = QrmiClient(backend, {"QRMI_IBM_QCS_IAM_APIKEY": IBM_KEY}, timeout=0.2)
+    assert client.health().healthy
+    emu.set_fault("hang", "fake_manila")
+    before = _threads()
+    answers = [client.health() for _ in range(3 * MAX_STUCK_CALLS)]
+    assert {(h.healthy, h.status) for h in answers} == {(False, "timeout")}
+    assert client.stuck_calls == MAX_STUCK_CALLS
+    assert "still unanswered" in answers[-1].reason
+    grown = _threads() - before
+    assert grown <= 3 * MAX_STUCK_CALLS, f"{grown} threads for {MAX_STUCK_CALLS} stuck calls"
+    emu.clear_faults()
+    wait_for(lambda: client.stuck_calls == 0, 5, "the stuck calls to return")
+    assert client.health().healthy
+    # Only the calls that were let through reached the vendor.
+    statuses = [r for r in emu.state.requests("/api/v1/backends") if r.path == "/api/v1/backends"]
+    assert len(statuses) == 1 + MAX_STUCK_CALLS + 1  # qrmi's status() lists the backends
+    record_result(
+        "vendor-hang-stuck-calls", probes=len(answers), stuck=MAX_STUCK_CALLS, threads_grown=grown
     )
