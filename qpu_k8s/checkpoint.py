@@ -44,6 +44,8 @@ class CheckpointFile(Generic[M]):
             raw = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError as err:  # garbage on disk must not stop the agent starting
+            raise CheckpointError(f"{self.path}: not a checkpoint ({err})") from None
         try:
             doc = json.loads(raw)
             data = doc["data"]
