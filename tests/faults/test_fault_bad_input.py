@@ -279,3 +279,39 @@ def test_bad_claims_fail_prepare_naming_the_field_and_the_driver_keeps_serving(
     assert driver.proc.poll() is None
     assert not any(s in driver.text() for s in SECRETS)
     record_result("bad-claims", cases=len(cases), crashes=0, secrets_exposed=0)
+
+
+def test_garbage_checkpoints_are_moved_aside_and_both_agents_start(  # noqa: PLR0917
+    emu: Emulator,
+    layout: Layout,
+    kubelet: FakeDevicePluginKubelet,
+    pod_resources: FakePodResourcesServer,
+    plugin_process: StartPlugin,
+    dra_node: DraNode,
+    dra_kubelet: FakeDRAKubelet,
+    dra_process: StartDra,
+) -> None:
+    """A torn or overwritten checkpoint (here: bytes that are not even UTF-8) must not keep
+    an agent from starting: that would be a crash loop taking the node's QPUs away."""
+    garbage = b"\x80\xfe\x00 not json \xff"
+    layout.state_dir.mkdir(parents=True)
+    layout.checkpoint.write_bytes(garbage)
+    dra_node.state_dir.mkdir(parents=True)
+    (dra_node.state_dir / "dra-checkpoint.json").write_bytes(garbage)
+    _write(layout, [_good(emu)])
+    dra_node.write_backends([ibm(emu, "ibm-manila", "fake_manila", node=dra_node.name)])
+    plugin = plugin_process()
+    driver = dra_process()
+    plugin.wait_log("checkpoint unreadable; moved aside, starting empty")
+    driver.wait_log("checkpoint unreadable, moved aside; starting empty")
+    kubelet.wait_for_devices(RESOURCE, lambda ds: healthy_ids(ds) == ["fake-manila-lane-0"], 20)
+    dra_kubelet.wait_for_registration(DRIVER, timeout=20)
+    assert [p.read_bytes() for p in layout.state_dir.glob("acquisitions.json.corrupt-*")] == [
+        garbage
+    ]
+    assert len(list(dra_node.state_dir.glob("dra-checkpoint.corrupt-*"))) == 1
+    envs = dict(kubelet.allocate(RESOURCE, [["fake-manila-lane-0"]]).container_responses[0].envs)
+    assert envs["QRMI_JOB_QPU_RESOURCES"] == "fake_manila"
+    ref = ClaimRef(*dra_node.claim([("qpu", "ibm-manila-lane-0")]))
+    assert dra_kubelet.node_prepare_resources([ref])[ref.uid].error == ""
+    record_result("garbage-checkpoints", agents_started=2, crashes=0)

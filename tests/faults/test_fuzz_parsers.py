@@ -6,6 +6,7 @@ never another exception (a crash loop in a DaemonSet) and never a partially appl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -88,3 +89,124 @@ def test_one_field_replaced(field: str, value: Any) -> None:
     else:
         doc["spec"][field] = value
     _check(yaml.safe_dump({"backends": [doc]}))
+
+
+# -- claim parameters (untrusted: any user writes them into a ResourceClaim) ------------------
+@FUZZ
+@given(json_values)
+def test_claim_parameters_fail_only_with_our_error(raw: Any) -> None:
+    from qpu_k8s.dra.params import InvalidParametersError, parse_parameters
+
+    where = "spec.devices.config[0].opaque.parameters"
+    try:
+        parse_parameters(raw, where)
+    except InvalidParametersError as err:
+        message = str(err)
+    else:
+        return
+    assert message.startswith(where)
+
+
+PARAM_FIELDS = ["apiVersion", "kind", "sessionMode", "sessionMaxTtlSeconds", "credentialsSecretRef"]
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from([*PARAM_FIELDS, "x"]), json_values, max_size=6))
+def test_claim_parameter_fields_are_named_when_wrong(params: dict[str, Any]) -> None:
+    from qpu_k8s.dra.params import InvalidParametersError, effective_parameters
+
+    config = [{"opaque": {"driver": "qpu.quantum.example.com", "parameters": params}}]
+    try:
+        effective_parameters(config, "qpu", "qpu.quantum.example.com", "spec.devices.config")
+    except InvalidParametersError as err:
+        message = str(err)
+    else:
+        return
+    assert "spec.devices.config[0].opaque.parameters" in message
+
+
+# -- checkpoints (a crash, a full disk or another writer may leave anything) ------------------
+@FUZZ
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_checkpoint_files_fail_only_with_checkpoint_error(raw: bytes) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from qpu_k8s.checkpoint import CheckpointError, CheckpointFile
+    from qpu_k8s.deviceplugin.state import LedgerData
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.json"
+        path.write_bytes(raw)
+        with contextlib.suppress(CheckpointError):  # nothing else may come out
+            CheckpointFile(path, LedgerData).load()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_agents_start_from_any_checkpoint_content(data: Any) -> None:
+    """Whatever the checkpoint holds, both agents' state loads: kept, or moved aside."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from qpu_k8s.checkpoint import _digest
+    from qpu_k8s.deviceplugin.state import Ledger
+    from qpu_k8s.dra.state import CHECKPOINT_NAME, StateStore
+
+    payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    doc = json.dumps({"version": 1, "checksum": _digest(payload), "data": data})
+    with tempfile.TemporaryDirectory() as tmp:
+        dp = Path(tmp) / "acquisitions.json"
+        dp.write_text(doc)
+        Ledger(dp).load(0.0)
+        (Path(tmp) / CHECKPOINT_NAME).write_text(doc)
+        StateStore(Path(tmp), "boot").load()
+
+
+# -- custom resources and flags --------------------------------------------------------------
+@FUZZ
+@given(json_values, json_values)
+def test_custom_resource_objects_fail_only_with_our_error(metadata: Any, spec: Any) -> None:
+    try:
+        QuantumBackend.from_object({"metadata": metadata, "spec": spec})
+    except InvalidBackendError as err:
+        problems = err.problems
+    else:
+        return
+    assert problems
+
+
+@FUZZ
+@given(st.text(max_size=120))
+def test_node_label_flag(text: str) -> None:
+    from qpu_k8s.deviceplugin.node import NodeLabelsError, parse_labels
+
+    try:
+        parse_labels(text)
+    except NodeLabelsError as err:
+        message = str(err)
+    else:
+        return
+    assert message.startswith("--node-labels")
+
+
+# -- names that are not shell identifiers ----------------------------------------------------
+@FUZZ
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,40}", fullmatch=True))
+def test_any_resource_id_renders_an_env_a_shell_can_read(rid: str) -> None:
+    import re
+
+    from qpu_k8s.envcontract import Grant, render, shell_name
+    from qpu_k8s.model import parse_backend
+
+    alias = shell_name(rid)
+    assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", alias)
+    doc = copy.deepcopy(VALID)
+    doc["spec"]["resourceId"] = rid
+    backend = parse_backend(doc)
+    env = render([Grant(backend, "tok", {"QRMI_IBM_QCS_IAM_APIKEY": "k3y-value"})])
+    assert env.env[f"{rid}_QRMI_JOB_ACQUISITION_TOKEN"] == "tok"
+    assert env.env[f"{alias}_QRMI_JOB_ACQUISITION_TOKEN"] == "tok"
+    # Credentials only under the raw id that qrmi reads, never under the alias.
+    assert [k for k, v in env.env.items() if v == "k3y-value"] == [f"{rid}_QRMI_IBM_QCS_IAM_APIKEY"]
