@@ -290,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
                     str(args.concurrency),
                     "--dra",
                     "on" if args.dra else "off",
+                    "--status-refresh",
+                    str(args.status_refresh),
                     "--log-level",
                     "warning",
                 ]
@@ -388,7 +390,8 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     width = max(len(a) for a, _, _ in rows)
     print(
         f"\noperator benchmark: {n} QuantumBackends, real 1.20 apiserver, emulator backends, "
-        f"dra={'on' if args.dra else 'off'}, {os.cpu_count()} CPUs"
+        f"dra={'on' if args.dra else 'off'}, status-refresh={args.status_refresh:g} s, "
+        f"{os.cpu_count()} CPUs"
     )
     for a, b, c in rows:
         print(f"  {a:<{width}}  {b:>22}  {c}")
@@ -401,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=int, default=60, help="probeIntervalSeconds of each backend")
     p.add_argument("--concurrency", type=int, default=16, help="operator --probe-concurrency")
     p.add_argument("--dra", action="store_true", help="also publish cluster-wide slices")
+    p.add_argument(
+        "--status-refresh",
+        type=float,
+        default=0.0,
+        help="operator --status-refresh (0: status written on every probe)",
+    )
     return run(p.parse_args(argv))
 
 

@@ -42,7 +42,6 @@ from qpu_k8s.operator.kube import Kube
 from qpu_k8s.operator.probe import ClientCache, ClientFactory, qrmi_client_factory, run_probe
 from qpu_k8s.operator.reconcile import (
     Observation,
-    ProbeResult,
     SecretProblem,
     compute_status,
     is_ready,
@@ -105,7 +104,6 @@ class Entry:
     backend: Backend | None = None
     problems: tuple[tuple[str, str], ...] = ()
     status: BackendStatus = field(default_factory=BackendStatus)
-    probe: ProbeResult | None = None
     due: float = 0.0
     probing: bool = False
     deleting: bool = False
@@ -320,6 +318,7 @@ class Controller:
     async def _probe(self, e: Entry) -> None:
         assert self._sem is not None
         generation = e.generation
+        started = self._clock()  # the next probe is due one interval after this one started
         try:
             async with self._sem:
                 m.PROBES_IN_FLIGHT.inc()
@@ -341,7 +340,7 @@ class Controller:
                     interval = float(e.backend.spec.probe_interval_seconds)
                     if e.status.state == "no-credentials":
                         interval = min(interval, self.cfg.secret_retry)
-                    self._schedule(e, self._clock() + interval)
+                    self._schedule(e, max(started + interval, self._clock()))
 
     async def _observe(self, e: Entry) -> Observation:
         c = self.counts.get(e.name, sc.Counts())
@@ -364,7 +363,8 @@ class Controller:
         rtype = e.backend.spec.type.value
         m.PROBE_SECONDS.labels(rtype).observe(probe.seconds)
         m.PROBES.labels(rtype, probe.health.status).inc()
-        e.probe = probe
+        # The raw target() (IBM: configuration + calibration, ~1 MB as Python objects) is
+        # not kept: status holds the attributes derived from it.
         return Observation(**base, probe=probe)
 
     async def _apply(self, e: Entry, obs: Observation) -> None:

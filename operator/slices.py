@@ -11,7 +11,7 @@ even if the finalizer never ran; the finalizer removes them first anyway.
 
 The builder and the reconciling publisher are the DRA core's; this module only decides
 what to publish and when: on every change, and at least every ``resync`` seconds (a slice
-someone deleted comes back), not on every probe of an unchanged backend.
+someone deleted comes back; hourly by default), not on every probe of an unchanged backend.
 """
 
 from __future__ import annotations
@@ -24,15 +24,24 @@ from typing import Any, TypeVar
 from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.dra.health import UnhealthyMode, unhealthy_taint
-from qpu_k8s.model import API_GROUP, API_VERSION, KIND, QuantumBackend, device_id
+from qpu_k8s.model import API_GROUP, API_VERSION, KIND, MAX_LANES, QuantumBackend, device_id
 from qpu_k8s.operator.kube import Kube
 from qpu_k8s.operator.reconcile import is_ready
 from qpu_k8s.operator.secrets import ApiStatusError
 from qpu_k8s.operator.shared_claims import BACKEND_LABEL
 from qpu_k8s.operator.status import BackendStatus
-from qpu_k8s.slices import Device, PoolScope, SlicePublisher
+from qpu_k8s.slices import (
+    GROUP,
+    MAX_DEVICES_PER_SLICE,
+    PLURAL,
+    Device,
+    PoolScope,
+    SlicePublisher,
+    slice_name,
+)
 
 T = TypeVar("T")
+assert MAX_LANES <= MAX_DEVICES_PER_SLICE, "a shared backend's pool must fit in one slice"
 
 
 def pool_name(backend: str) -> str:
@@ -142,15 +151,29 @@ class BackendSlices:
         return result.changed
 
     async def remove(self, name: str) -> None:
-        hit = self._pubs.pop(name, None)
+        """Delete the backend's pool. Its one slice has a deterministic name (at most
+        MAX_LANES devices fit in one slice), so this is one DELETE, not a LIST over every
+        slice in the cluster: deleting 1000 backends stays linear."""
+        self._pubs.pop(name, None)
         self._last.pop(name, None)
-        pub = (
-            hit[1]
-            if hit is not None
-            else SlicePublisher(self.kube.api, self.driver, pool_name(name), PoolScope.cluster())
-        )
-        await self._run(pub.delete_all)
+        target = slice_name(self.driver, pool_name(name), 0)
+
+        def delete() -> None:
+            try:
+                self.kube.custom.delete_cluster_custom_object(
+                    GROUP, "v1", PLURAL, target, _request_timeout=self.kube.timeout
+                )
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+
+        await self._run(delete)
+
+
+# Cluster-wide slices are not wiped by kubelet restarts (node slices are), so an unchanged
+# pool is re-checked hourly: each check is a LIST the apiserver answers by scanning every slice.
+SLICE_RESYNC = 3600.0
 
 
 def make_publisher(kube: Kube, cfg: Any) -> BackendSlices:
-    return BackendSlices(kube, cfg.driver, resync=cfg.resync)
+    return BackendSlices(kube, cfg.driver, resync=SLICE_RESYNC)
