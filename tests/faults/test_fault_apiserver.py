@@ -12,6 +12,7 @@ up with what changed meanwhile.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -22,13 +23,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dp_support import REPO, wait_for
+from dp_support import REPO, RESOURCE, Layout, wait_for
 from kubernetes import client, config
 
+from qpu_k8s.deviceplugin.agent import Agent
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.slices import GROUP, PLURAL, as_object
 from qpu_k8s.testing import resource_api
-from qpu_k8s.testing.kubelet import ClaimRef, FakeDRAKubelet
+from qpu_k8s.testing.kubelet import (
+    ClaimRef,
+    FakeDevicePluginKubelet,
+    FakeDRAKubelet,
+    FakePodResourcesServer,
+)
 from qpu_k8s.testing.kubelet_dra import DeviceHealthState
 
 from .fault_support import (
@@ -242,3 +249,38 @@ def test_apiserver_unreachable_dra_driver_keeps_serving_and_catches_up(
         errors_logged=sum(1 for line in text.splitlines() if '"level": "error"' in line),
         json_ok=all(line.startswith("{") for line in text.splitlines() if line),
     )
+
+
+def test_apiserver_unreachable_device_plugin_keeps_the_node_labels_it_knows(  # noqa: PLR0917
+    emu: Emulator,
+    admin: client.ApiClient,
+    dra_node: DraNode,
+    k8s_objects: str,
+    proxy: tuple[TcpProxy, Path],
+    kubelet: FakeDevicePluginKubelet,
+    pod_resources: FakePodResourcesServer,
+    start_agent: Callable[..., Agent],
+    layout: Layout,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The device plugin reads only its Node's labels from the apiserver (for node-bound
+    backends): while it is gone the last known labels stay, so does the device."""
+    tcp, kubeconfig = proxy
+    node = dra_node.name  # the Node object of k8s_objects
+    layout.write_config([ibm(emu, "local-qpu", "fake_manila", node=node)])
+    agent = start_agent(node_name=node, kubeconfig=str(kubeconfig), node_labels_refresh=0.2)
+    assert [d.id for d in kubelet.devices(RESOURCE)] == ["local-qpu-lane-0"]
+    tcp.set_mode("down")
+    with caplog.at_level(logging.WARNING, logger="qpu_k8s.deviceplugin.node"):
+        wait_for(lambda: "keeping the last known ones" in caplog.text, 10, "a failed label refresh")
+    calls = pod_resources.calls("List")
+    wait_for(lambda: pod_resources.calls("List") >= calls + 5, 10, "more reconciles")
+    assert [d.id for d in kubelet.devices(RESOURCE) if d.healthy] == ["local-qpu-lane-0"]
+    envs = dict(kubelet.allocate(RESOURCE, [["local-qpu-lane-0"]]).container_responses[0].envs)
+    assert envs["QRMI_JOB_QPU_RESOURCES"] == "fake_manila"
+    tcp.set_mode("up")
+    # Back: label changes are seen again (the node leaves the backend's selector).
+    client.CoreV1Api(admin).patch_node(node, {"metadata": {"labels": {NODE_LABEL: "elsewhere"}}})
+    kubelet.wait_for_devices(RESOURCE, lambda ds: ds == [], 10)
+    assert agent.registry.snapshot() == {}
+    record_result("apiserver-unavailable-dp", device_kept=True, allocate_ok=True)
