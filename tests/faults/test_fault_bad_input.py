@@ -180,6 +180,15 @@ def test_missing_and_wrong_secrets_make_devices_unhealthy_with_the_reason(
         for needle in needles:
             assert needle in str(info.value.details()), (device, info.value.details())
         assert not any(s in str(info.value.details()) for s in (*SECRETS, "not-the-key"))
+    # Device IDs the plugin never advertised (another resource's, or a removed backend's).
+    for device, code, needle in (
+        ("gpu-0", grpc.StatusCode.INVALID_ARGUMENT, "device 'gpu-0' is not a device of this"),
+        ("gone-lane-0", grpc.StatusCode.FAILED_PRECONDITION, "backend 'gone' is not offered"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            kubelet.allocate(RESOURCE, [[device]], only_healthy=False)
+        assert info.value.code() is code
+        assert needle in str(info.value.details())
     assert open_tokens(emu) == set()
     # Fixing the Secrets (a Secret volume update) heals the devices without a restart.
     write_secret(layout.credentials, "absent", {"QRMI_IBM_QCS_IAM_APIKEY": IBM_KEY})
