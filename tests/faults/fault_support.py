@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from dp_support import REPO, wait_for
 
-from qpu_k8s.emulator import Emulator
+from qpu_k8s.emulator import Emulator, SessionRecord
 
 # Credential values of this suite: distinctive, so a scan finds any copy of them.
 IBM_KEY = "fault-suite-ibm-apikey-6c1f0e9d"
@@ -282,6 +282,12 @@ class DraProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=15)
+
+
+def session_of(emu: Emulator, token: str) -> SessionRecord:
+    rec = emu.state.session(token)
+    assert rec is not None, f"the emulator has no session {token}"
+    return rec
 
 
 def open_tokens(emu: Emulator) -> set[str]:

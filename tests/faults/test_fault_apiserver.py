@@ -48,6 +48,7 @@ from .fault_support import (
     open_tokens,
     record_result,
     release_requests,
+    session_of,
 )
 from .netproxy import TcpProxy
 
@@ -194,7 +195,7 @@ def test_apiserver_unreachable_dra_driver_keeps_serving_and_catches_up(
         watch.wait_for(health("UNHEALTHY"), 10)  # running pods still learn it
         wait_for(lambda: "slice publish failed" in log_path.read_text(), 15, "a failed publish")
         assert kubelet.node_unprepare_resources([held]) == {held.uid: ""}  # no apiserver needed
-        assert not emu.state.session(token).is_open
+        assert not session_of(emu, token).is_open
         tcp.set_mode("up")
         up_at = time.monotonic()
         wait_for(lambda: _devices(admin, node) == set(), 35, "the offline lanes withdrawn")

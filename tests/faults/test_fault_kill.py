@@ -42,6 +42,7 @@ from .fault_support import (
     open_tokens,
     record_result,
     release_requests,
+    session_of,
 )
 
 TTL = 3  # seconds: the session max TTL of these tests' backends (qrmi's default is 28800)
@@ -64,8 +65,8 @@ def states(layout: Layout) -> list[tuple[str | None, AcqState]]:
 
 def wait_closed(emu: Emulator, token: str, timeout: float) -> str:
     """Wait until the vendor closed ``token``'s session; returns who closed it."""
-    assert emu.state.wait_until(lambda s: not s.session(token).is_open, timeout), token
-    closed_by = emu.state.session(token).closed_by
+    assert emu.state.wait_until(lambda s: not session_of(emu, token).is_open, timeout), token
+    closed_by = session_of(emu, token).closed_by
     assert closed_by is not None
     return closed_by
 
@@ -187,7 +188,7 @@ def test_dp_killed_after_the_token_is_recorded_releases_it_once(
     assert wait_closed(emu, orphan, 10) == "release"
     recovered = elapsed(started)
     wait_for(lambda: (token, AcqState.BOUND) in states(layout), 10, "the retry bound")
-    assert emu.state.session(token).is_open
+    assert session_of(emu, token).is_open
     pod_resources.set_pods([])
     assert wait_closed(emu, token, 10) == "release"
     assert (release_requests(emu, orphan), release_requests(emu, token)) == (1, 1)
@@ -220,7 +221,7 @@ def test_dp_killed_after_the_vendor_released_repeats_only_a_no_op(
     recovered = elapsed(started)
     # One repeat, to the session the vendor had already closed (it answers a no-op)...
     assert release_requests(emu, token) == 2
-    assert emu.state.session(token).closed_by == "release"
+    assert session_of(emu, token).closed_by == "release"
     # ...and never again, also after one more restart.
     second.kill()
     third = plugin_process()

@@ -34,6 +34,7 @@ from .fault_support import (
     open_tokens,
     record_result,
     release_requests,
+    session_of,
 )
 
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"
@@ -187,7 +188,7 @@ def test_node_reboot_device_plugin_keeps_pods_that_came_back_and_releases_the_re
     more_lists(pod_resources, 3)
     assert open_tokens(emu) == {keep[TOKEN], gone[TOKEN]}  # nothing decided while unsynced
     pod_resources.set_pods(pods[:1])  # synced: only the surviving pod runs again
-    assert emu.state.wait_until(lambda s: not s.session(gone[TOKEN]).is_open, 10)
+    assert emu.state.wait_until(lambda s: not session_of(emu, gone[TOKEN]).is_open, 10)
     cleaned = elapsed(start)
     more_lists(pod_resources)
     assert live(layout) == {keep[TOKEN]: AcqState.BOUND, gone[TOKEN]: AcqState.RELEASED}

@@ -38,6 +38,7 @@ from .fault_support import (
     open_tokens,
     record_result,
     release_requests,
+    session_of,
 )
 
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"
@@ -102,7 +103,7 @@ def test_vendor_hang_device_plugin(
     plugin.wait_log("release is taking long; its answer will be recorded when it comes")
     calls = pod_resources.calls("List")
     wait_for(lambda: pod_resources.calls("List") >= calls + 10, 10, "reconciles during the hang")
-    assert emu.state.session(held).is_open
+    assert session_of(emu, held).is_open
 
     emu.clear_faults()
     cleared = time.monotonic()
@@ -110,9 +111,9 @@ def test_vendor_hang_device_plugin(
     recovered = elapsed(cleared)
     # The held session's release and the late acquire's session both end, once each.
     assert emu.state.wait_until(lambda s: not s.open_sessions(), 10), open_tokens(emu)
-    for session in emu.state.sessions():
-        assert session.closed_by == "release"
-        wait_for(lambda sid=session.id: release_requests(emu, sid) == 1, 5, "one release")
+    assert {s.closed_by for s in emu.state.sessions()} == {"release"}
+    ids = [s.id for s in emu.state.sessions()]
+    wait_for(lambda: all(release_requests(emu, i) == 1 for i in ids), 5, "one release each")
     wait_for(
         lambda: {a.state for a in layout.acquisitions()} <= {AcqState.RELEASED, AcqState.LOST},
         10,
@@ -155,7 +156,7 @@ def test_vendor_hang_dra_driver(
     error = dra_kubelet.node_unprepare_resources([before])[before.uid]
     assert "release on backend 'ibm-manila' failed" in error  # the kubelet retries it
     assert time.monotonic() - start < 1.5
-    assert emu.state.session(held).is_open
+    assert session_of(emu, held).is_open
 
     emu.clear_faults()
     cleared = time.monotonic()
@@ -166,9 +167,9 @@ def test_vendor_hang_dra_driver(
     late = emu.state.wait_until(lambda s: len(s.sessions()) == 2, 5)
     assert late, "the hung acquire never reached the vendor"
     (late_id,) = {s.id for s in emu.state.sessions()} - {held}
-    assert emu.state.wait_until(lambda s: not s.session(late_id).is_open, 5)
+    assert emu.state.wait_until(lambda s: not session_of(emu, late_id).is_open, 5)
     assert dra_kubelet.node_unprepare_resources([before]) == {before.uid: ""}
-    assert not emu.state.session(held).is_open
+    assert not session_of(emu, held).is_open
     assert open_tokens(emu) == set()
     assert (release_requests(emu, held), release_requests(emu, late_id)) == (1, 1)
     assert dra_node.checkpoint()["claims"] == {}
@@ -232,13 +233,13 @@ def test_vendor_5xx_storm_both_agents(  # noqa: PLR0917
         10,
         "two failed release attempts",
     )
-    assert emu.state.session(dp_token).is_open
-    assert emu.state.session(dra_token).is_open
+    assert session_of(emu, dp_token).is_open
+    assert session_of(emu, dra_token).is_open
 
     emu.clear_faults()
     cleared = time.monotonic()
     assert dra_kubelet.node_unprepare_resources([claim]) == {claim.uid: ""}  # kubelet retry
-    assert emu.state.wait_until(lambda s: not s.session(dp_token).is_open, 10)
+    assert emu.state.wait_until(lambda s: not session_of(emu, dp_token).is_open, 10)
     released_after = elapsed(cleared)
     kubelet.wait_for_devices(RESOURCE, all_healthy, PROBE_INTERVAL + 3)
     watch.wait_for(health_is("HEALTHY"), PROBE_INTERVAL + 3)
