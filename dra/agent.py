@@ -28,7 +28,13 @@ from typing import Any
 from kubernetes import client, config
 from urllib3 import Retry
 
-from qpu_k8s.attributes import DRIVER_NAME, InvalidAttributesError, device_attributes
+from qpu_k8s.attributes import (
+    DRIVER_NAME,
+    AttrValue,
+    InvalidAttributesError,
+    device_attributes,
+    target_attributes,
+)
 from qpu_k8s.backends import BackendRegistry, ClientFactory
 from qpu_k8s.checkpoint import BOOT_ID_PATH, read_boot_id
 from qpu_k8s.credentials import DirectoryCredentials
@@ -95,9 +101,13 @@ class AgentConfig:
 
 @dataclass
 class _Target:
+    """What a backend's last ``target()`` answer means for its devices: the attributes
+    derived from it, not the answer itself (calibration data of a 133-qubit IBM device is
+    ~0.5 MB of JSON, ~12 MiB of RSS once parsed)."""
+
     generation: int
     fetched_at: float
-    target: dict[str, Any] | None
+    probed: dict[str, AttrValue]
     metadata: dict[str, str] | None
 
 
@@ -316,7 +326,10 @@ class DraAgent:
             try:
                 for lane in range(backend.spec.lanes):
                     attrs = device_attributes(
-                        backend, lane, t.target if t else None, t.metadata if t else None
+                        backend,
+                        lane,
+                        metadata=t.metadata if t else None,
+                        probed=t.probed if t else None,
                     )
                     out.append(Device(device_id(backend.name, lane), attrs, taints))
             except InvalidAttributesError as err:
@@ -441,7 +454,9 @@ class DraAgent:
             except QpuError as err:
                 log.warning("target() failed", extra={"backend": name, "error": str(err)})
                 continue
-            new = _Target(state.generation, now, target, md)
+            probed = target_attributes(target, state.backend.spec.resource_id)
+            del target  # only the derived attributes are kept
+            new = _Target(state.generation, now, probed, md)
             before = self._attrs(state.backend, cur)
             with self._targets_lock:
                 self._targets[name] = new
@@ -460,7 +475,7 @@ class DraAgent:
         if t is None:
             return None
         try:
-            return device_attributes(backend, 0, t.target, t.metadata)
+            return device_attributes(backend, 0, metadata=t.metadata, probed=t.probed)
         except InvalidAttributesError:
             return None
 

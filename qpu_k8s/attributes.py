@@ -261,14 +261,21 @@ def device_attributes(
     lane: int,
     target: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
+    *,
+    probed: Mapping[str, AttrValue] | None = None,
 ) -> dict[str, AttrValue]:
-    """All attributes of one lane of ``backend`` (unqualified names, in our driver's domain)."""
+    """All attributes of one lane of ``backend`` (unqualified names, in our driver's domain).
+
+    ``probed``: the ``target_attributes()`` of an earlier ``target()`` answer, used instead
+    of ``target``, so a caller need not keep the raw answer (megabytes of calibration data
+    for a large device) just to derive a few numbers again.
+    """
     spec = backend.spec
     t = info(spec.type)
     attrs: dict[str, AttrValue] = {"vendor": t.vendor, "technology": t.technology}
     if t.vendor == "pasqal":
         attrs["simulator"] = spec.resource_id.startswith("EMU_")
-    attrs.update(target_attributes(target, spec.resource_id))
+    attrs.update(probed if probed is not None else target_attributes(target, spec.resource_id))
     attrs.update(metadata_attributes(metadata))
     attrs.setdefault("simulator", False)
     attrs.update({k: v for k, v in spec.attributes.items() if k not in IDENTITY})
