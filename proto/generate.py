@@ -50,7 +50,7 @@ def generated_names(proto: Path) -> list[Path]:
 
 def _run_protoc(stage: Path, out: Path, protos: Sequence[Path], descriptors: Path) -> None:
     try:
-        from grpc_tools import protoc  # noqa: PLC0415 - a test/dev dependency only
+        from grpc_tools import protoc  # a test/dev dependency only
     except ImportError as exc:
         raise GenerationError(
             "grpcio-tools is not installed: install the test extra (pip install -e '.[test]')"
