@@ -210,16 +210,16 @@ def _proc(pid: int) -> tuple[float, int, int]:
     return cpu, int(mem["VmRSS"].split()[0]), int(mem["VmHWM"].split()[0])
 
 
+def _metric(metrics_port: int, name: str) -> float:
+    """Sum of every series of one counter on the operator's /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    pattern = "^" + re.escape(name) + r"(?:\{[^}]*\})? ([0-9.e+]+)$"
+    return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+
+
 def _probes(metrics_port: int) -> float:
-    text = (
-        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-        .read()
-        .decode()
-    )
-    return sum(
-        float(m.group(1))
-        for m in re.finditer(r"^qpu_k8s_operator_probes_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-    )
+    return _metric(metrics_port, "qpu_k8s_operator_probes_total")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -310,6 +310,17 @@ def run(args: argparse.Namespace) -> int:
                     1.0,
                 )
                 results["reconciled"] = time.perf_counter() - t0
+                if args.dra:
+                    _wait(
+                        lambda: (
+                            _metric(metrics_port, "qpu_k8s_operator_slice_writes_total")
+                            >= args.count
+                        ),
+                        900,
+                        "every shared backend's slice",
+                        1.0,
+                    )
+                    results["sliced"] = time.perf_counter() - t0
                 cpu0, rss, hwm = _proc(proc.pid)
                 results["ready"] = sum(
                     1
@@ -374,6 +385,11 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
             f"x{r['reconciled'] / floor:.2f} floor",
         ),
         ("  of which Ready=True", f"{r['ready']}/{n}", ""),
+        *(
+            [("first create -> all slices published", f"{r['sliced']:.1f} s", "")]
+            if "sliced" in r
+            else []
+        ),
         (
             "operator RSS idle / after N / steady",
             f"{r['idle_rss'] / 1024:.0f} / {r['rss'] / 1024:.0f} / "
@@ -397,7 +413,12 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         print(f"  {a:<{width}}  {b:>22}  {c}")
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # so the cleanup in run() happens
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--window", type=float, default=60.0, help="steady-state CPU window (s)")

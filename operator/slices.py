@@ -9,16 +9,21 @@ version honours it) or kept with a NoSchedule taint (``--unhealthy taint``), as 
 driver does. The slices are owned by the QuantumBackend, so garbage collection removes them
 even if the finalizer never ran; the finalizer removes them first anyway.
 
-The builder and the reconciling publisher are the DRA core's; this module only decides
-what to publish and when: on every change, and at least every ``resync`` seconds (a slice
-someone deleted comes back; hourly by default), not on every probe of an unchanged backend.
+The objects come from the DRA core's builder (:func:`qpu_k8s.slices.build_slices`, same
+names, labels, generation and count rules as the node driver). Writing differs from the
+node driver's one-pool publisher on purpose: the operator owns up to thousands of pools,
+and a per-pool reconcile starts with a LIST the apiserver answers by scanning every slice
+(1000 creates would cost 1000 such scans). So one LIST of all our shared pools fills a
+cache (at start, hourly, and after a conflict), and a publish is one create/replace/delete
+when the wanted slice differs from the cached one, nothing otherwise. A pool has exactly
+one slice: a backend has at most ``MAX_LANES`` (64) devices, a slice holds 128.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
@@ -36,16 +41,21 @@ from qpu_k8s.slices import (
     PLURAL,
     Device,
     PoolScope,
-    SlicePublisher,
+    as_object,
+    build_slices,
     slice_name,
 )
 
 T = TypeVar("T")
 assert MAX_LANES <= MAX_DEVICES_PER_SLICE, "a shared backend's pool must fit in one slice"
+POOL_PREFIX = "shared/"
+# Cluster-wide slices are not wiped by kubelet restarts (node slices are): the cache of what
+# exists is refreshed hourly, so a slice someone deleted by hand comes back within the hour.
+SLICE_RESYNC = 3600.0
 
 
 def pool_name(backend: str) -> str:
-    return f"shared/{backend}"
+    return f"{POOL_PREFIX}{backend}"
 
 
 def scope_of(backend: QuantumBackend) -> PoolScope:
@@ -71,8 +81,34 @@ def devices_for(
     ]
 
 
+def _clean(node: Any) -> Any:
+    """Drop what the apiserver may add or omit (empty values, taint timeAdded)."""
+    if isinstance(node, Mapping):
+        out = {k: _clean(v) for k, v in node.items() if k != "timeAdded"}
+        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return node
+
+
+def _same(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Equal apart from the pool generation (which every write bumps)."""
+
+    def key(obj: Mapping[str, Any]) -> Any:
+        spec = dict(obj.get("spec") or {})
+        spec["pool"] = {k: v for k, v in (spec.get("pool") or {}).items() if k != "generation"}
+        meta = obj.get("metadata") or {}
+        owners = [
+            {k: o.get(k) for k in ("kind", "name", "uid")}
+            for o in meta.get("ownerReferences") or []
+        ]
+        return _clean(spec), meta.get("labels") or {}, owners
+
+    return bool(key(current) == key(wanted))
+
+
 class BackendSlices:
-    """Publishes the pools of shared backends (async facade over the blocking publisher)."""
+    """Publishes the pools of shared backends (async facade over blocking API calls)."""
 
     def __init__(
         self,
@@ -80,7 +116,7 @@ class BackendSlices:
         driver: str,
         *,
         mode: UnhealthyMode = UnhealthyMode.WITHDRAW,
-        resync: float = 300.0,
+        resync: float = SLICE_RESYNC,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
@@ -88,14 +124,58 @@ class BackendSlices:
         self.mode = mode
         self.resync = resync
         self._clock = clock
-        self._pubs: dict[str, tuple[str, SlicePublisher]] = {}
-        self._last: dict[str, tuple[Any, float]] = {}
+        self._cache: dict[str, dict[str, Any]] = {}  # pool name -> its slice
+        # Highest generation written per pool, so a withdrawn-then-republished pool keeps
+        # counting up instead of restarting at 1.
+        self._generations: dict[str, int] = {}
+        self._loaded_at: float | None = None
+        self._lock = asyncio.Lock()
 
-    def _publisher(self, backend: QuantumBackend, uid: str) -> SlicePublisher:
-        scope = scope_of(backend)
-        hit = self._pubs.get(backend.name)
-        if hit is not None and hit[0] == uid and hit[1].scope == scope:
-            return hit[1]
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def call() -> T:
+            try:
+                return fn(*args, _request_timeout=self.kube.timeout, **kwargs)
+            except ApiException as err:
+                raise ApiStatusError(err.status or 0, f"HTTP {err.status} {err.reason}") from None
+            except OSError as err:
+                raise ApiStatusError(0, f"apiserver not reachable: {type(err).__name__}") from None
+
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.kube.timeout * 2):
+                return await loop.run_in_executor(self.kube._pool, call)
+        except TimeoutError:
+            raise ApiStatusError(0, "apiserver did not answer in time") from None
+
+    async def refresh(self) -> None:
+        """Reload the cache: one LIST of every slice that belongs to a shared backend."""
+        out = as_object(
+            await self._run(
+                self.kube.custom.list_cluster_custom_object,
+                GROUP,
+                "v1",
+                PLURAL,
+                label_selector=BACKEND_LABEL,
+            )
+        )
+        cache: dict[str, dict[str, Any]] = {}
+        for item in out.get("items", []):
+            spec = item.get("spec") or {}
+            pool = str((spec.get("pool") or {}).get("name", ""))
+            if spec.get("driver") == self.driver and pool.startswith(POOL_PREFIX):
+                cache[pool] = item
+        self._cache = cache
+        self._loaded_at = self._clock()
+
+    async def _ensure_loaded(self) -> None:
+        async with self._lock:
+            stale = self._loaded_at is None or self._clock() - self._loaded_at > self.resync
+            if stale:
+                await self.refresh()
+
+    def _wanted(
+        self, backend: QuantumBackend, status: BackendStatus, uid: str, generation: int
+    ) -> dict[str, Any] | None:
         owner = (
             [
                 {
@@ -109,71 +189,73 @@ class BackendSlices:
             if uid
             else []
         )
-        pub = SlicePublisher(
-            self.kube.api,
+        built = build_slices(
             self.driver,
             pool_name(backend.name),
-            scope,
+            scope_of(backend),
+            devices_for(backend, status, self.driver, self.mode),
+            generation,
             owner_references=owner,
             labels={BACKEND_LABEL: backend.name},
         )
-        self._pubs[backend.name] = (uid, pub)
-        self._last.pop(backend.name, None)
-        return pub
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        def call() -> T:
-            try:
-                return fn(*args)
-            except ApiException as err:
-                raise ApiStatusError(err.status or 0, f"HTTP {err.status} {err.reason}") from None
-            except OSError as err:
-                raise ApiStatusError(0, f"apiserver not reachable: {type(err).__name__}") from None
-
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.kube.timeout * 3):
-                return await loop.run_in_executor(self.kube._pool, call)
-        except TimeoutError:
-            raise ApiStatusError(0, "apiserver did not answer in time") from None
+        return built[0] if built else None
 
     async def publish(self, backend: QuantumBackend, status: BackendStatus, uid: str = "") -> bool:
-        """Reconcile the backend's pool; returns True when slices were written."""
-        pub = self._publisher(backend, uid)
-        devices = devices_for(backend, status, self.driver, self.mode)
-        key = [(d.name, sorted(d.attributes.items()), d.taints) for d in devices]
-        last = self._last.get(backend.name)
-        now = self._clock()
-        if last is not None and last[0] == key and now - last[1] < self.resync:
+        """Make the backend's pool match its status; returns True when something was written."""
+        await self._ensure_loaded()
+        pool = pool_name(backend.name)
+        current = self._cache.get(pool)
+        seen = int(((current or {}).get("spec") or {}).get("pool", {}).get("generation", 0))
+        generation = max(seen, self._generations.get(pool, 0)) + 1
+        wanted = self._wanted(backend, status, uid, generation)
+        if wanted is None and current is None:
             return False
-        result = await self._run(pub.publish, devices)
-        self._last[backend.name] = (key, now)
-        return result.changed
+        if wanted is not None and current is not None and _same(current, wanted):
+            return False
+        try:
+            if wanted is None:
+                await self._delete(str(current["metadata"]["name"]))  # type: ignore[index]
+                self._cache.pop(pool, None)
+            elif current is None:
+                made = await self._run(
+                    self.kube.custom.create_cluster_custom_object, GROUP, "v1", PLURAL, wanted
+                )
+                self._cache[pool] = as_object(made)
+                self._generations[pool] = generation
+            else:
+                wanted["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                made = await self._run(
+                    self.kube.custom.replace_cluster_custom_object,
+                    GROUP,
+                    "v1",
+                    PLURAL,
+                    wanted["metadata"]["name"],
+                    wanted,
+                )
+                self._cache[pool] = as_object(made)
+                self._generations[pool] = generation
+        except ApiStatusError as err:
+            if err.status in (404, 409):
+                self._loaded_at = None  # someone else wrote: reload before the next try
+            raise
+        return True
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await self._run(
+                self.kube.custom.delete_cluster_custom_object, GROUP, "v1", PLURAL, name
+            )
+        except ApiStatusError as err:
+            if err.status != 404:
+                raise
 
     async def remove(self, name: str) -> None:
-        """Delete the backend's pool. Its one slice has a deterministic name (at most
-        MAX_LANES devices fit in one slice), so this is one DELETE, not a LIST over every
-        slice in the cluster: deleting 1000 backends stays linear."""
-        self._pubs.pop(name, None)
-        self._last.pop(name, None)
-        target = slice_name(self.driver, pool_name(name), 0)
-
-        def delete() -> None:
-            try:
-                self.kube.custom.delete_cluster_custom_object(
-                    GROUP, "v1", PLURAL, target, _request_timeout=self.kube.timeout
-                )
-            except ApiException as err:
-                if err.status != 404:
-                    raise
-
-        await self._run(delete)
-
-
-# Cluster-wide slices are not wiped by kubelet restarts (node slices are), so an unchanged
-# pool is re-checked hourly: each check is a LIST the apiserver answers by scanning every slice.
-SLICE_RESYNC = 3600.0
+        """Delete the backend's pool: one DELETE of its deterministic slice name."""
+        pool = pool_name(name)
+        await self._delete(slice_name(self.driver, pool, 0))
+        self._cache.pop(pool, None)
+        self._generations.pop(pool, None)
 
 
 def make_publisher(kube: Kube, cfg: Any) -> BackendSlices:
-    return BackendSlices(kube, cfg.driver, resync=SLICE_RESYNC)
+    return BackendSlices(kube, cfg.driver)

@@ -223,3 +223,75 @@ def test_examples_readme_mentions_every_file() -> None:
         assert f.name in readme
         for doc in yaml.safe_load_all(f.read_text()):
             assert doc["spec"].get("credentialsSecretRef"), f"{f.name}: names its Secret"
+
+
+# -- the cached slice writer -------------------------------------------------------------------
+class _Custom:
+    """Cluster-scoped resourceslices in memory, with resourceVersions and call counts."""
+
+    def __init__(self) -> None:
+        self.objs: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.rv = 0
+
+    def _bump(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.rv += 1
+        obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
+        obj["spec"]["devices"] = [{**d, "capacity": None} for d in obj["spec"]["devices"]]
+        self.objs[obj["metadata"]["name"]] = obj
+        return obj
+
+    def list_cluster_custom_object(self, *a: Any, label_selector: str = "", **k: Any) -> Any:
+        self.calls.append("list")
+        return {"items": list(self.objs.values())}
+
+    def create_cluster_custom_object(self, g: str, v: str, p: str, body: Any, **k: Any) -> Any:
+        self.calls.append("create")
+        return self._bump(body)
+
+    def replace_cluster_custom_object(
+        self, g: str, v: str, p: str, n: str, body: Any, **k: Any
+    ) -> Any:
+        self.calls.append("replace")
+        assert body["metadata"]["resourceVersion"] == self.objs[n]["metadata"]["resourceVersion"]
+        return self._bump(body)
+
+    def delete_cluster_custom_object(self, g: str, v: str, p: str, n: str, **k: Any) -> Any:
+        self.calls.append("delete")
+        self.objs.pop(n, None)
+
+
+class _Kube:
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.custom = _Custom()
+        self._pool = ThreadPoolExecutor(2)
+        self.timeout = 5.0
+
+
+def test_slice_writer_writes_only_changes_and_keeps_counting_generations() -> None:
+    from qpu_k8s.operator.slices import BackendSlices
+
+    kube = _Kube()
+    b = parse_backend({"name": "fresnel", "spec": {**PASQAL, "lanes": 2}})
+
+    async def scenario() -> list[int]:
+        pub = BackendSlices(kube, "qpu.quantum.example.com")  # type: ignore[arg-type]
+        gens = []
+        for status, written in [
+            (_status(True), True),
+            (_status(True), False),  # unchanged (server-added empty fields ignored)
+            (_status(False), True),  # withdrawn: the slice is deleted
+            (_status(False), False),
+            (_status(True), True),  # back, with a higher generation than before
+        ]:
+            assert await pub.publish(b, status, "uid-1") is written
+            objs = list(kube.custom.objs.values())
+            gens.append(objs[0]["spec"]["pool"]["generation"] if objs else 0)
+        await pub.remove("fresnel")
+        return gens
+
+    assert asyncio.run(scenario()) == [1, 1, 0, 0, 2]
+    assert kube.custom.calls == ["list", "create", "delete", "create", "delete"]
+    assert kube.custom.objs == {}
