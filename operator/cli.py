@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--namespace",
         "qpu-system",
-        "the operator's namespace: default for Secrets, home of the node ConfigMap and Events",
+        "the operator's namespace: default for Secrets, home of the node ConfigMap",
     )
     add_flag(parser, "--node-config-map", "qpu-k8s-node-config", "ConfigMap for the node agents")
     add_flag(parser, "--driver-name", DRIVER_NAME, "DRA driver / DeviceClass / attribute domain")
