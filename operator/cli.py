@@ -84,6 +84,9 @@ async def _main(args: argparse.Namespace) -> int:
     if mode not in ("auto", "on", "off"):
         log.error("--dra must be auto, on or off", extra={"got": args.dra})
         return 2
+    if args.unhealthy not in ("withdraw", "taint"):
+        log.error("--unhealthy must be withdraw or taint", extra={"got": args.unhealthy})
+        return 2
     dra = mode == "on"
     if mode == "auto":
         try:
@@ -103,6 +106,7 @@ async def _main(args: argparse.Namespace) -> int:
         dra=dra,
         metrics_address=args.metrics_address,
         backend_selector=args.backend_selector,
+        unhealthy=args.unhealthy,
     )
     ctl = Controller(cfg, kube, slices=make_publisher(kube, cfg) if dra else None)
     try:

@@ -92,6 +92,8 @@ class OperatorConfig:
     metrics_address: str = ""
     # Only QuantumBackends matching this label selector ("k=v,k2"): sharding, tests, dev copies.
     backend_selector: str = ""
+    # Slices of a shared backend that is not Ready: "withdraw" its devices or "taint" them.
+    unhealthy: str = "withdraw"
 
 
 @dataclass

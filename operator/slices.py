@@ -258,4 +258,4 @@ class BackendSlices:
 
 
 def make_publisher(kube: Kube, cfg: Any) -> BackendSlices:
-    return BackendSlices(kube, cfg.driver)
+    return BackendSlices(kube, cfg.driver, mode=UnhealthyMode(cfg.unhealthy))
