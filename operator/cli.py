@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
+        "--unhealthy",
+        "withdraw",
+        "slices of a shared QPU that is not Ready: withdraw its devices, or taint them "
+        "(NoSchedule; needs the DRADeviceTaints feature)",
+    )
+    add_flag(
+        parser,
         "--peering",
         "",
         "Kopf peering name; empty runs standalone (one replica, Recreate: the default)",

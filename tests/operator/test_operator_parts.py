@@ -295,3 +295,18 @@ def test_slice_writer_writes_only_changes_and_keeps_counting_generations() -> No
     assert asyncio.run(scenario()) == [1, 1, 0, 0, 2]
     assert kube.custom.calls == ["list", "create", "delete", "create", "delete"]
     assert kube.custom.objs == {}
+
+
+def test_cli_flags_have_env_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from qpu_k8s.operator import cli
+
+    monkeypatch.setenv("QPU_K8S_NODE_CONFIG_MAP", "from-env")
+    monkeypatch.setenv("QPU_K8S_NAMESPACE", "qpu-env")
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--probe-timeout", "3", "--unhealthy", "taint"])
+    assert (args.node_config_map, args.namespace) == ("from-env", "qpu-env")
+    assert (args.probe_timeout, args.unhealthy, args.dra) == (3.0, "taint", "auto")
+    assert args.liveness_address == "http://0.0.0.0:8080/healthz"
