@@ -43,6 +43,7 @@ from qpu_k8s.slices import (
     PoolScope,
     as_object,
     build_slices,
+    shared_pool_name,
     slice_name,
 )
 
@@ -54,8 +55,7 @@ POOL_PREFIX = "shared/"
 SLICE_RESYNC = 3600.0
 
 
-def pool_name(backend: str) -> str:
-    return f"{POOL_PREFIX}{backend}"
+pool_name = shared_pool_name  # one definition, shared with the DRA driver
 
 
 def scope_of(backend: QuantumBackend) -> PoolScope:

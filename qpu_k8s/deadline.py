@@ -108,7 +108,10 @@ async def acall_with_deadline(
     """Async form of :func:`call_with_deadline` for the operator's event loop."""
     fut = _start(fn, name)
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives just as the call completes, which hangs a stopping event loop.
+        async with asyncio.timeout(timeout):
+            return await asyncio.wrap_future(fut)
     except TimeoutError:
         _abandon(fut)
         raise DeadlineExceeded(f"no answer within {timeout:g}s") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 import uuid
@@ -15,37 +14,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from qpu_k8s.testing import k8s_cluster, resource_api
-
-
-def _cluster_running() -> bool:
-    """True when a k8s-local apiserver already answers (another session may be using it)."""
-    run_dir = Path(os.environ.get("QPU_K8S_RUN_DIR", "/var/lib/qpu-k8s/run"))
-    kubeconfig = run_dir / "kubeconfig"
-    if not kubeconfig.exists():
-        return False
-    try:
-        api = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-        client.VersionApi(api).get_code(_request_timeout=3)
-    except Exception:
-        return False
-    return True
-
-
-@pytest.fixture(scope="session")
-def k8s_kubeconfig() -> Iterator[Path]:
-    """The shared 1.20 cluster. It never stops a cluster it did not start: other test
-    sessions on this machine may be using it."""
-    reason = k8s_cluster.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    started_here = not _cluster_running()
-    path = k8s_cluster.up()
-    try:
-        yield path
-    finally:
-        if started_here:
-            k8s_cluster.down()
+from qpu_k8s.testing import resource_api
 
 
 @pytest.fixture(scope="session")
