@@ -30,20 +30,20 @@ from typing import Any
 import yaml
 
 from qpu_k8s.model import (
-    _CONFIG_KEY,
-    _DNS_LABEL,
-    _LABEL_KEY,
-    _RESOURCE_ID,
     API_GROUP,
     API_VERSION,
+    CONFIG_KEY_RE,
+    DNS_LABEL_RE,
     KIND,
+    LABEL_KEY_RE,
     MAX_NAME_LEN,
+    RESOURCE_ID_RE,
     AccessMode,
     QuantumBackend,
     QuantumBackendSpec,
 )
 from qpu_k8s.operator.status import BackendStatus
-from qpu_k8s.resource_types import _SECRET_LOOKING, TYPES, ResourceType
+from qpu_k8s.resource_types import SECRET_LOOKING_RE, TYPES, ResourceType
 
 PLURAL = "quantumbackends"
 SINGULAR = "quantumbackend"
@@ -163,7 +163,7 @@ def spec_schema(cel: bool = True) -> dict[str, Any]:
     """The ``spec`` schema: the model's, plus patterns and map bounds, plus CEL rules."""
     s = _from_model(QuantumBackendSpec)
     props = s["properties"]
-    props["resourceId"]["pattern"] = _anchored(_RESOURCE_ID)
+    props["resourceId"]["pattern"] = _anchored(RESOURCE_ID_RE)
     props["credentialsSecretRef"]["properties"]["name"]["pattern"] = _SECRET_NAME
     cfg = props["config"]
     cfg["maxProperties"] = MAX_CONFIG_KEYS
@@ -205,7 +205,7 @@ def validation_rules() -> list[Rule]:
     """CEL rules mirroring ``QuantumBackendSpec._cross_checks`` and the key validators."""
     rules = [
         Rule(
-            rule=f"self.metadata.name.matches({json.dumps(_anchored(_DNS_LABEL))}) && "
+            rule=f"self.metadata.name.matches({json.dumps(_anchored(DNS_LABEL_RE))}) && "
             f"size(self.metadata.name) <= {MAX_NAME_LEN}",
             message=f"metadata.name must be a DNS label (lowercase letters, digits, '-') of at "
             f"most {MAX_NAME_LEN} characters: device IDs append -lane-<n>. Use e.g. "
@@ -221,12 +221,12 @@ def validation_rules() -> list[Rule]:
             reason="FieldValueRequired",
         ),
         Rule(
-            rule=f"self.all(k, k.matches({json.dumps(_anchored(_CONFIG_KEY))}))",
+            rule=f"self.all(k, k.matches({json.dumps(_anchored(CONFIG_KEY_RE))}))",
             message="config: keys are unprefixed upper-case QRMI names, e.g. QRMI_IBM_QCS_ENDPOINT",
             scope="spec.config",
         ),
         Rule(
-            rule=f"self.all(k, !k.matches({json.dumps(_SECRET_LOOKING.pattern)}) && "
+            rule=f"self.all(k, !k.matches({json.dumps(SECRET_LOOKING_RE.pattern)}) && "
             "k != 'PASQAL_USERNAME')",
             message="config: a credential key (…APIKEY, …TOKEN, …SECRET, …PASSWORD, "
             "…ACCESS_KEY, …CLIENT_ID) belongs in the Secret named by credentialsSecretRef, "
@@ -235,7 +235,7 @@ def validation_rules() -> list[Rule]:
         ),
         Rule(
             rule="self.all(k, k.matches("
-            + json.dumps(_anchored(_LABEL_KEY))
+            + json.dumps(_anchored(LABEL_KEY_RE))
             + ") && size(k) <= 316)",
             message="nodeSelector: keys must be valid label keys ([prefix/]name)",
             scope="spec.nodeSelector",

@@ -37,13 +37,13 @@ KIND = "QuantumBackend"
 MAX_LANES = 64
 _LANE_SUFFIX_LEN = len("-lane-") + len(str(MAX_LANES - 1))
 MAX_NAME_LEN = 63 - _LANE_SUFFIX_LEN
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
-_RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-_LABEL_KEY = re.compile(
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+CONFIG_KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+RESOURCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+LABEL_KEY_RE = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-_ATTR_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{0,31}$")
+ATTR_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{0,31}$")
 
 AttributeValue = StrictBool | StrictInt | StrictStr
 
@@ -178,7 +178,7 @@ class QuantumBackendSpec(_Model):
     @field_validator("resource_id")
     @classmethod
     def _resource_id(cls, v: str) -> str:
-        if not _RESOURCE_ID.fullmatch(v):
+        if not RESOURCE_ID_RE.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a QRMI resource id: use letters, digits, '_', '.', ':' or '-' "
                 "and start with a letter or digit"
@@ -189,7 +189,7 @@ class QuantumBackendSpec(_Model):
     @classmethod
     def _config_keys(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
-            if not _CONFIG_KEY.fullmatch(key):
+            if not CONFIG_KEY_RE.fullmatch(key):
                 raise ValueError(
                     f"key {key!r} is not a QRMI config key: use the unprefixed upper-case "
                     "name, e.g. QRMI_IBM_QCS_ENDPOINT"
@@ -207,7 +207,7 @@ class QuantumBackendSpec(_Model):
     @classmethod
     def _selector(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
-            if not _LABEL_KEY.fullmatch(key) or len(key) > 316:
+            if not LABEL_KEY_RE.fullmatch(key) or len(key) > 316:
                 raise ValueError(f"{key!r} is not a valid label key")
             if len(value) > 63 or not re.fullmatch(
                 r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?", value
@@ -219,7 +219,7 @@ class QuantumBackendSpec(_Model):
     @classmethod
     def _attributes(cls, v: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
         for key, value in v.items():
-            if not _ATTR_NAME.fullmatch(key):
+            if not ATTR_NAME_RE.fullmatch(key):
                 raise ValueError(
                     f"attribute name {key!r} must be a C identifier of at most 32 characters "
                     "(DRA attribute rules)"
@@ -291,7 +291,7 @@ class QuantumBackend(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _DNS_LABEL.fullmatch(v):
+        if not DNS_LABEL_RE.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a DNS label: use lowercase letters, digits and '-' "
                 "(e.g. ibm-torino for resourceId ibm_torino)"

@@ -164,12 +164,12 @@ TYPES: dict[ResourceType, TypeInfo] = {
 
 # Key names that look like credentials: refused in non-secret config for every type, so a
 # credential pasted into a ConfigMap-bound field is caught even for open-prefix vendors.
-_SECRET_LOOKING = re.compile(r"(APIKEY|API_KEY|TOKEN|SECRET|PASSWORD|ACCESS_KEY|CLIENT_ID)$")
+SECRET_LOOKING_RE = re.compile(r"(APIKEY|API_KEY|TOKEN|SECRET|PASSWORD|ACCESS_KEY|CLIENT_ID)$")
 
 
 def looks_secret(key: str) -> bool:
     """True for key names that must only ever come from a Secret."""
-    return bool(_SECRET_LOOKING.search(key)) or key in {"PASQAL_USERNAME"}
+    return bool(SECRET_LOOKING_RE.search(key)) or key in {"PASQAL_USERNAME"}
 
 
 def info(rtype: ResourceType) -> TypeInfo:
