@@ -18,8 +18,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 VENDOR_CALL_SECONDS = Histogram(
     PREFIX + "vendor_call_duration_seconds",
-    "Duration of QRMI vendor calls, by backend and operation.",
-    ["backend", "operation"],
+    "Duration of QRMI vendor calls, by QRMI resource type and operation (per type, not per "
+    "backend: an operator with 1000 backends would otherwise export 50k series).",
+    ["type", "operation"],
     buckets=LATENCY_BUCKETS,
 )
 VENDOR_ERRORS = Counter(

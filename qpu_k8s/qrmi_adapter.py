@@ -284,7 +284,9 @@ class QrmiClient:
                 self._checkin(holder[0])
             raise mapped from None
         finally:
-            VENDOR_CALL_SECONDS.labels(name, op).observe(time.perf_counter() - start)
+            VENDOR_CALL_SECONDS.labels(self.backend.spec.type.value, op).observe(
+                time.perf_counter() - start
+            )
         if checkin and token is None and holder:
             self._checkin(holder[0])
         return out
