@@ -68,28 +68,29 @@ USES: dict[tuple[str, str, str, str], Use] = {
         absent=(("operator/handlers.py", r"scanning\.disabled\s*=\s*True"),),
     ),
     ("operator", "", "events", "create"): Use(
-        "Kube.create_event in the operator's namespace; Kopf posts there too (its default)",
+        "Kube.create_event in 'default', the only namespace the apiserver accepts Events "
+        "about cluster-scoped objects in",
         (
             ("operator/kube.py", r"create_namespaced_event"),
-            ("operator/controller.py", r"create_event\(self\.cfg\.namespace"),
-            ("operator/handlers.py", r"default_namespace=namespace"),
+            ("operator/controller.py", r'EVENT_NAMESPACE = "default"'),
+            ("operator/controller.py", r"create_event\(EVENT_NAMESPACE"),
         ),
     ),
     ("operator", "resource.k8s.io", "resourceslices", "list"): Use(
-        "SlicePublisher reconciles its pool against the listed slices",
-        (("operator/slices.py", r"SlicePublisher\("), (SLICES, r"list_cluster_custom_object")),
+        "the shared-slice writer lists every pool once, then writes only differences",
+        (("operator/slices.py", r"custom\.list_cluster_custom_object"),),
     ),
     ("operator", "resource.k8s.io", "resourceslices", "create"): Use(
-        "SlicePublisher creates missing slices",
-        (("operator/slices.py", r"SlicePublisher\("), (SLICES, r"create_cluster_custom_object")),
+        "the shared-slice writer creates missing slices",
+        (("operator/slices.py", r"custom\.create_cluster_custom_object"),),
     ),
     ("operator", "resource.k8s.io", "resourceslices", "update"): Use(
-        "SlicePublisher replaces changed slices",
-        (("operator/slices.py", r"SlicePublisher\("), (SLICES, r"replace_cluster_custom_object")),
+        "the shared-slice writer replaces changed slices",
+        (("operator/slices.py", r"custom\.replace_cluster_custom_object"),),
     ),
     ("operator", "resource.k8s.io", "resourceslices", "delete"): Use(
-        "SlicePublisher deletes slices of removed pools",
-        (("operator/slices.py", r"SlicePublisher\("), (SLICES, r"delete_cluster_custom_object")),
+        "the shared-slice writer deletes the slices of removed backends",
+        (("operator/slices.py", r"custom\.delete_cluster_custom_object"),),
     ),
     ("operator", "resource.k8s.io", "resourceclaims", "list"): Use(
         "Kube.list_claims; Kopf lists before watching",
@@ -147,11 +148,11 @@ USES: dict[tuple[str, str, str, str], Use] = {
         (("dra/agent.py", r"publisher\.watch\("), (SLICES, r"watch\.Watch\(")),
     ),
     ("dra", "resource.k8s.io", "resourceslices", "create"): Use(
-        "SlicePublisher creates missing slices",
+        "the shared-slice writer creates missing slices",
         (("dra/agent.py", r"SlicePublisher\("), (SLICES, r"create_cluster_custom_object")),
     ),
     ("dra", "resource.k8s.io", "resourceslices", "update"): Use(
-        "SlicePublisher replaces changed slices",
+        "the shared-slice writer replaces changed slices",
         (("dra/agent.py", r"SlicePublisher\("), (SLICES, r"replace_cluster_custom_object")),
     ),
     ("dra", "resource.k8s.io", "resourceslices", "delete"): Use(
