@@ -138,7 +138,7 @@ class Objects:
         self.custom = client.CustomObjectsApi(api)
         self.run = run
 
-    def list(self) -> list[dict[str, Any]]:
+    def items(self) -> list[dict[str, Any]]:
         out: Any = self.custom.list_cluster_custom_object(
             GROUP, VERSION, PLURAL, label_selector=f"{LABEL}={self.run}"
         )
@@ -187,7 +187,7 @@ class Objects:
                     {"metadata": {"finalizers": []}},
                 )
 
-        list(pool.map(one, self.list()))
+        list(pool.map(one, self.items()))
 
 
 def _reconciled(obj: dict[str, Any]) -> bool:
@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
                     pool,
                 )
                 _wait(
-                    lambda: sum(map(_reconciled, objs.list())) == args.count,
+                    lambda: sum(map(_reconciled, objs.items())) == args.count,
                     900,
                     "all reconciled",
                     1.0,
@@ -324,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
                 cpu0, rss, hwm = _proc(proc.pid)
                 results["ready"] = sum(
                     1
-                    for o in objs.list()
+                    for o in objs.items()
                     for c in (o.get("status") or {}).get("conditions") or []
                     if c.get("type") == "Ready" and c.get("status") == "True"
                 )
@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
                 # 5. deletion through the finalizer
                 t0 = time.perf_counter()
                 objs.delete_all(names, pool)
-                _wait(lambda: not objs.list(), 600, "all deleted", 1.0)
+                _wait(lambda: not objs.items(), 600, "all deleted", 1.0)
                 results["delete"] = time.perf_counter() - t0
         finally:
             if proc is not None:
@@ -350,8 +350,8 @@ def run(args: argparse.Namespace) -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             objs.strip_finalizers(pool)
-            objs.delete_all([o["metadata"]["name"] for o in objs.list()], pool)
-            floor_objs.delete_all([o["metadata"]["name"] for o in floor_objs.list()], pool)
+            objs.delete_all([o["metadata"]["name"] for o in objs.items()], pool)
+            floor_objs.delete_all([o["metadata"]["name"] for o in floor_objs.items()], pool)
             with contextlib.suppress(ApiException):
                 core.delete_namespace(ns)
             pool.shutdown()
