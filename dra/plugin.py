@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -82,6 +82,33 @@ class DRAHandler:
         return out
 
 
+def _prepare_response(pb: Any, results: Mapping[str, tuple[list[Any], str]]) -> Any:
+    """The NodePrepareResources answer in API module ``pb`` (v1 and v1beta1 are alike)."""
+    return pb.NodePrepareResourcesResponse(
+        claims={
+            uid: pb.NodePrepareResourceResponse(
+                devices=[
+                    pb.Device(
+                        request_names=[d.request],
+                        pool_name=d.pool,
+                        device_name=d.device,
+                        cdi_device_ids=[d.cdi_device_id],
+                    )
+                    for d in devices
+                ],
+                error=error,
+            )
+            for uid, (devices, error) in results.items()
+        }
+    )
+
+
+def _unprepare_response(pb: Any, errors: Mapping[str, str]) -> Any:
+    return pb.NodeUnprepareResourcesResponse(
+        claims={uid: pb.NodeUnprepareResourceResponse(error=e) for uid, e in errors.items()}
+    )
+
+
 class DRAPluginV1(v1_grpc.DRAPluginServicer):
     def __init__(self, handler: DRAHandler) -> None:
         self.handler = handler
@@ -90,33 +117,19 @@ class DRAPluginV1(v1_grpc.DRAPluginServicer):
         self, request: v1.NodePrepareResourcesRequest, context: grpc.ServicerContext
     ) -> v1.NodePrepareResourcesResponse:
         with metrics.CALL_SECONDS.labels("prepare", "v1").time():
-            results = self.handler.prepare(list(request.claims))
-            return v1.NodePrepareResourcesResponse(
-                claims={
-                    uid: v1.NodePrepareResourceResponse(
-                        devices=[
-                            v1.Device(
-                                request_names=[d.request],
-                                pool_name=d.pool,
-                                device_name=d.device,
-                                cdi_device_ids=[d.cdi_device_id],
-                            )
-                            for d in devices
-                        ],
-                        error=error,
-                    )
-                    for uid, (devices, error) in results.items()
-                }
+            out: v1.NodePrepareResourcesResponse = _prepare_response(
+                v1, self.handler.prepare(list(request.claims))
             )
+            return out
 
     def NodeUnprepareResources(
         self, request: v1.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
     ) -> v1.NodeUnprepareResourcesResponse:
         with metrics.CALL_SECONDS.labels("unprepare", "v1").time():
-            errors = self.handler.unprepare(list(request.claims))
-            return v1.NodeUnprepareResourcesResponse(
-                claims={uid: v1.NodeUnprepareResourceResponse(error=e) for uid, e in errors.items()}
+            out: v1.NodeUnprepareResourcesResponse = _unprepare_response(
+                v1, self.handler.unprepare(list(request.claims))
             )
+            return out
 
 
 class DRAPluginV1Beta1(v1beta1_grpc.DRAPluginServicer):
@@ -127,35 +140,19 @@ class DRAPluginV1Beta1(v1beta1_grpc.DRAPluginServicer):
         self, request: v1beta1.NodePrepareResourcesRequest, context: grpc.ServicerContext
     ) -> v1beta1.NodePrepareResourcesResponse:
         with metrics.CALL_SECONDS.labels("prepare", "v1beta1").time():
-            results = self.handler.prepare(list(request.claims))
-            return v1beta1.NodePrepareResourcesResponse(
-                claims={
-                    uid: v1beta1.NodePrepareResourceResponse(
-                        devices=[
-                            v1beta1.Device(
-                                request_names=[d.request],
-                                pool_name=d.pool,
-                                device_name=d.device,
-                                cdi_device_ids=[d.cdi_device_id],
-                            )
-                            for d in devices
-                        ],
-                        error=error,
-                    )
-                    for uid, (devices, error) in results.items()
-                }
+            out: v1beta1.NodePrepareResourcesResponse = _prepare_response(
+                v1beta1, self.handler.prepare(list(request.claims))
             )
+            return out
 
     def NodeUnprepareResources(
         self, request: v1beta1.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
     ) -> v1beta1.NodeUnprepareResourcesResponse:
         with metrics.CALL_SECONDS.labels("unprepare", "v1beta1").time():
-            errors = self.handler.unprepare(list(request.claims))
-            return v1beta1.NodeUnprepareResourcesResponse(
-                claims={
-                    uid: v1beta1.NodeUnprepareResourceResponse(error=e) for uid, e in errors.items()
-                }
+            out: v1beta1.NodeUnprepareResourcesResponse = _unprepare_response(
+                v1beta1, self.handler.unprepare(list(request.claims))
             )
+            return out
 
 
 class UnixServer:
