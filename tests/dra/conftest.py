@@ -6,15 +6,13 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from dra_builders import NODE_LABEL_KEY, NodeEnv
 from kubernetes import client, config
 
-from qpu_k8s.dra.agent import AgentConfig
 from qpu_k8s.testing import resource_api
 from qpu_k8s.testing.kubelet import FakeDRAKubelet
 
@@ -57,51 +55,6 @@ def emulator() -> Iterator[Any]:
         noise=False,
     ) as emu:
         yield emu
-
-
-@dataclass
-class NodeEnv:
-    """Directories and files of one simulated node (short paths: unix sockets)."""
-
-    root: Path
-    node: str
-    emu: Any
-
-    @property
-    def config(self) -> Path:
-        return self.root / "backends.yaml"
-
-    @property
-    def boot_id_file(self) -> Path:
-        return self.root / "boot_id"
-
-    def write_backends(self, backends: list[dict[str, Any]]) -> None:
-        tmp = self.root / ".backends.tmp"
-        tmp.write_text(yaml.safe_dump({"backends": backends}))
-        tmp.replace(self.config)
-
-    def reboot(self) -> None:
-        self.boot_id_file.write_text(str(uuid.uuid4()))
-
-    def agent_config(self, **overrides: Any) -> AgentConfig:
-        values: dict[str, Any] = {
-            "node_name": self.node,
-            "config_path": self.config,
-            "plugins_dir": self.root / "plugins",
-            "registry_dir": self.root / "registry",
-            "cdi_dir": self.root / "cdi",
-            "state_dir": self.root / "state",
-            "credentials_dir": self.root / "creds",
-            "boot_id_file": self.boot_id_file,
-            "node_labels": {NODE_LABEL_KEY: self.node},
-            "reload_interval": 0.2,
-            "resync_seconds": 5.0,
-        }
-        values.update(overrides)
-        return AgentConfig(**values)
-
-
-NODE_LABEL_KEY = "qpu-k8s.test/node"
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import NodeEnv
 from dra_builders import (
     ALICE_KEY,
     DRIVER,
     IBM_KEY,
     SECRET_VALUES,
+    NodeEnv,
     allocated_claim,
     params_config,
 )

@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import NodeEnv
-from dra_builders import ALICE_KEY, DRIVER, SECRET_VALUES, node_backends, validate
+from dra_builders import ALICE_KEY, DRIVER, SECRET_VALUES, NodeEnv, node_backends, validate
 from kubernetes import client
 
 from qpu_k8s.attributes import from_api

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import copy
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +20,8 @@ import celpy
 import jsonschema
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.model import QuantumBackend
 from qpu_k8s.operator.secrets import ApiStatusError
@@ -331,3 +334,34 @@ _REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 
 def valid_reason(reason: str) -> bool:
     return bool(_REASON.fullmatch(reason))
+
+
+def install_crd(api: client.ApiClient, body: dict[str, Any], timeout: float = 30) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    name = body["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as err:
+        if err.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        body = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
+        }
+        ext.replace_custom_resource_definition(name, body)
+    end = time.monotonic() + timeout
+    while True:
+        conds = ext.read_custom_resource_definition(name).status.conditions or []
+        if any(c.type == "Established" and c.status == "True" for c in conds):
+            return
+        if time.monotonic() > end:
+            raise TimeoutError(f"CRD {name} not established")
+        time.sleep(0.05)  # polling the apiserver's condition, bounded by the deadline
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -36,11 +36,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import free_port, install_crd
 from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_testkit import cr, ready_condition
+from operator_testkit import cr, free_port, install_crd, ready_condition
 
 from qpu_k8s import logs
 from qpu_k8s.emulator.server import Emulator, running_emulator
@@ -277,7 +276,14 @@ def test_crd_on_a_real_120_apiserver(op_api: client.ApiClient, k8s_kubeconfig: P
         assert (spec["access"], spec["lanes"], spec["probeIntervalSeconds"]) == ("shared", 1, 60)
         out = kubectl(k8s_kubeconfig, "get", "quantumbackends", name).stdout
         assert out.split()[:7] == ["NAME", "TYPE", "ACCESS", "QUBITS", "LANES", "READY", "AGE"]
-        explained = kubectl(k8s_kubeconfig, "explain", "quantumbackend.spec.lanes").stdout
+        # The apiserver publishes a new CRD's OpenAPI a few seconds after it is Established.
+        explained = wait(
+            lambda: (
+                kubectl(k8s_kubeconfig, "explain", "quantumbackend.spec.lanes", check=False).stdout
+            ),
+            30,
+            "kubectl explain to know the CRD",
+        )
         assert "How many pods may hold this QPU at once" in explained
     finally:
         api.delete(name)
