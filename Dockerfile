@@ -26,17 +26,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # Pinned build tools; the build runs without isolation so nothing unpinned is fetched.
 RUN python -m pip install --no-cache-dir "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
-# Every dependency is pinned by docker/constraints.txt (python -m qpu_k8s.testing.packaging lock).
+# Every dependency is pinned by docker/constraints.txt (python -m testsupport.packaging lock).
 COPY docker/constraints.txt /src/docker/constraints.txt
 ENV PIP_CONSTRAINT=/src/docker/constraints.txt
-# Only what the wheel needs: the symlinked packages (qpu_k8s/deviceplugin -> ../deviceplugin...)
-# are resolved by setuptools from the top-level folders.
+# Only what the wheel needs: the one package, qpu_k8s/ (test support is not shipped).
 COPY pyproject.toml README.md ./
 COPY qpu_k8s/ qpu_k8s/
-COPY deviceplugin/ deviceplugin/
-COPY dra/ dra/
-COPY operator/ operator/
-COPY proto/ proto/
 RUN python -m pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 # The venv has no pip of its own: the builder's pip installs into it (--python).

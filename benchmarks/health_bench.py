@@ -36,13 +36,13 @@ from typing import Any
 
 import yaml
 
-from qpu_k8s.backends import BackendRegistry
 from qpu_k8s.deviceplugin.agent import Agent, AgentConfig
 from qpu_k8s.dra.agent import AgentConfig as DraConfig
 from qpu_k8s.dra.agent import DraAgent
 from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.emulator import Emulator, running_emulator
-from qpu_k8s.testing.kubelet import FakeDevicePluginKubelet, FakeDRAKubelet, FakePodResourcesServer
+from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakeDRAKubelet, FakePodResourcesServer
+from qpu_k8s.node.registry import BackendRegistry
 
 RESOURCE = "quantum.example.com/qpu"
 DRIVER = "qpu.quantum.example.com"
@@ -168,7 +168,7 @@ class _SliceWatch:
     def _run(self) -> None:
         """Watch until stopped; a watch the apiserver ends (a CRD update does) resumes from
         the last resourceVersion, so no event is replayed with a new arrival time."""
-        from qpu_k8s.slices import GROUP, PLURAL
+        from qpu_k8s.resourceslices.slices import GROUP, PLURAL
 
         version: str | None = None
         while not self._stopped.is_set():
@@ -217,7 +217,7 @@ def _apiserver() -> tuple[Any, Path] | str:
     """(admin client, kubeconfig) of a running k8s-local cluster, or why there is none."""
     from kubernetes import config
 
-    from qpu_k8s.testing import k8s_cluster, resource_api
+    from testsupport import k8s_cluster, resource_api
 
     if not k8s_cluster.is_running():
         return k8s_cluster.unavailable_reason() or "no k8s-local cluster is running"
@@ -230,7 +230,7 @@ def _apiserver() -> tuple[Any, Path] | str:
 def bench_dra(emu: Emulator, n: int, cluster: tuple[Any, Path] | None) -> list[Series]:
     from kubernetes import client
 
-    from qpu_k8s.slices import LABEL_POOL, pool_label
+    from qpu_k8s.resourceslices.slices import LABEL_POOL, pool_label
 
     stream = Series("DRA driver", "v1 health stream message received by the kubelet")
     slices = Series("DRA driver", "ResourceSlice changed on the apiserver (watch event)")

@@ -44,7 +44,7 @@ from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.emulator.server import Emulator, running_emulator
 from qpu_k8s.operator import crd
-from qpu_k8s.testing import k8s_cluster, resource_api
+from testsupport import k8s_cluster, resource_api
 
 GROUP, VERSION, PLURAL = "quantum.example.com", "v1alpha1", "quantumbackends"
 LABEL = "qpu-bench"

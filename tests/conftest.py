@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qpu_k8s.testing import k8s_cluster
+from testsupport import k8s_cluster
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@
 # On failure it prints the cluster's state and the agents' logs.
 #
 # Needs docker and kind on PATH; helm and kubectl come from the project's pinned wheels
-# (python -m qpu_k8s.testing.tools). Settings (env):
+# (python -m testsupport.tools). Settings (env):
 #   CLUSTER          kind cluster name                      (qpu-k8s-e2e)
 #   KIND_NODE_IMAGE  node image, 1.34 or newer              (kindest/node:v1.34.0)
 #   PYTHON           the project's venv Python              (.venv/bin/python)
@@ -36,12 +36,12 @@ need() { command -v "$1" >/dev/null 2>&1 || die "needs $1 on PATH"; }
 need docker
 need kind
 [ -x "$PYTHON" ] || die "no Python at $PYTHON (run ./dev.sh test once, or set PYTHON)"
-HELM="$("$PYTHON" -m qpu_k8s.testing.tools path helm)"
-KUBECTL_BIN="$("$PYTHON" -m qpu_k8s.testing.tools path kubectl)"
+HELM="$("$PYTHON" -m testsupport.tools path helm)"
+KUBECTL_BIN="$("$PYTHON" -m testsupport.tools path kubectl)"
 KUBECONFIG_FILE="$(mktemp)"
 kubectl() { "$KUBECTL_BIN" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 # The image names the chart and the example manifests use by default.
-IMAGE="$("$PYTHON" -c 'from qpu_k8s.testing.example_workloads import chart_defaults as d; print(d()["image"])')"
+IMAGE="$("$PYTHON" -c 'from testsupport.example_workloads import chart_defaults as d; print(d()["image"])')"
 EMULATOR_IMAGE="${IMAGE}-emulator"
 
 # wait_until WHAT COMMAND...: poll COMMAND until it succeeds or TIMEOUT passes.

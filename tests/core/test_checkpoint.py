@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from qpu_k8s.checkpoint import CheckpointError, CheckpointFile, read_boot_id
+from qpu_k8s.core.checkpoint import CheckpointError, CheckpointFile, read_boot_id
 
 
 class State(BaseModel):

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from qpu_k8s.cli import COMMANDS, build_parser, main
-from qpu_k8s.podenv import describe
+from qpu_k8s.cli.commands import COMMANDS, build_parser, main
+from qpu_k8s.cli.podenv import describe
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -10,10 +10,15 @@ from typing import Any
 
 import pytest
 
-from qpu_k8s import logs
-from qpu_k8s.credentials import DirectoryCredentials, StaticCredentials, redact, resolve_credentials
-from qpu_k8s.errors import CredentialsError
-from qpu_k8s.model import parse_backend
+from qpu_k8s.core import logs
+from qpu_k8s.core.credentials import (
+    DirectoryCredentials,
+    StaticCredentials,
+    redact,
+    resolve_credentials,
+)
+from qpu_k8s.core.errors import CredentialsError
+from qpu_k8s.core.model import parse_backend
 
 
 def test_directory_credentials(tmp_path: Path, ibm_doc: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from qpu_k8s.deadline import (
+from qpu_k8s.core.deadline import (
     DeadlineExceeded,
     abandoned_calls,
     acall_with_deadline,
@@ -54,7 +54,7 @@ def test_async_timeout() -> None:
 def test_stuck_call_does_not_block_interpreter_exit() -> None:
     code = (
         "import threading\n"
-        "from qpu_k8s.deadline import call_with_deadline, DeadlineExceeded\n"
+        "from qpu_k8s.core.deadline import call_with_deadline, DeadlineExceeded\n"
         "try:\n"
         "    call_with_deadline(lambda: threading.Event().wait(), 0.1)\n"
         "except DeadlineExceeded:\n"

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from qpu_k8s import demo
+from qpu_k8s.cli import demo
 
 
 def _run(*argv: str) -> tuple[int, str]:

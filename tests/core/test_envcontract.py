@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import qrmi
 
-from qpu_k8s.envcontract import EnvContractError, Grant, render, shell_name
-from qpu_k8s.model import parse_backend
+from qpu_k8s.core.envcontract import EnvContractError, Grant, render, shell_name
+from qpu_k8s.core.model import parse_backend
 
 
 def _backend(doc: dict[str, Any], name: str = "ibm-torino", rid: str = "ibm_torino") -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qpu_k8s.model import (
+from qpu_k8s.core.model import (
     MAX_NAME_LEN,
     AccessMode,
     InvalidBackendError,
@@ -18,7 +18,7 @@ from qpu_k8s.model import (
     parse_backend_config,
     split_device_id,
 )
-from qpu_k8s.resource_types import ResourceType
+from qpu_k8s.core.vendors import ResourceType
 
 
 def test_valid_backend_parses(ibm_doc: dict[str, Any]) -> None:

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 import qrmi
 
-from qpu_k8s import errors
+from qpu_k8s.core import errors
+from qpu_k8s.core.model import QuantumBackend, parse_backend
+from qpu_k8s.core.qrmi_client import QrmiClient, TaskState
 from qpu_k8s.emulator import Emulator, running_emulator
-from qpu_k8s.model import QuantumBackend, parse_backend
-from qpu_k8s.qrmi_adapter import QrmiClient, TaskState
 
 
 @pytest.fixture(scope="module")

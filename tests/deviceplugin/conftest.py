@@ -14,7 +14,7 @@ from dp_support import RESOURCE, Layout, PluginProcess, fast_config
 
 from qpu_k8s.deviceplugin.agent import Agent
 from qpu_k8s.emulator import Emulator, running_emulator
-from qpu_k8s.testing.kubelet import FakeDevicePluginKubelet, FakePodResourcesServer
+from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import json
 
-from dp_support import REPO, Layout, ibm_backend, pasqal_backend
+from dp_support import Layout, ibm_backend, pasqal_backend
 
-from qpu_k8s.demo_deviceplugin import run_device_plugin_flow
+from qpu_k8s.cli.demo import EXAMPLES
+from qpu_k8s.cli.demo_deviceplugin import run_device_plugin_flow
 from qpu_k8s.emulator import Emulator
 
 
@@ -23,7 +24,7 @@ def test_pod_gets_a_qpu_runs_the_example_and_releases_it(emu: Emulator, layout: 
         emu,
         layout.config,
         layout.root / "demo",
-        REPO / "examples" / "qiskit_bell.py",
+        EXAMPLES / "qiskit_bell.py",
         out,
         backend="fake-manila",
     )

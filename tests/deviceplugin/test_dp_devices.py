@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from qpu_k8s.backends import NOT_PROBED, BackendRegistry, BackendState
+from qpu_k8s.core.model import parse_backend
+from qpu_k8s.core.qrmi_client import Health
 from qpu_k8s.deviceplugin.devices import DeviceBoard, devices_of
-from qpu_k8s.model import parse_backend
-from qpu_k8s.qrmi_adapter import Health
+from qpu_k8s.node.registry import NOT_PROBED, BackendRegistry, BackendState
 
 ONLINE = Health(True, "online")
 

@@ -21,7 +21,7 @@ from dp_support import (
 from qpu_k8s.deviceplugin.agent import Agent
 from qpu_k8s.deviceplugin.state import HOLDING, AcqState
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     DeviceState,
     FakeDevicePluginKubelet,
     FakePodResourcesServer,

@@ -23,7 +23,7 @@ from dp_support import (
 
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     FakeDevicePluginKubelet,
     FakePodResourcesServer,
     PodAllocation,

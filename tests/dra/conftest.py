@@ -13,8 +13,8 @@ import pytest
 from dra_builders import NODE_LABEL_KEY, NodeEnv
 from kubernetes import client, config
 
-from qpu_k8s.testing import resource_api
-from qpu_k8s.testing.kubelet import FakeDRAKubelet
+from qpu_k8s.fakekubelet import FakeDRAKubelet
+from testsupport import resource_api
 
 
 @pytest.fixture(scope="session")

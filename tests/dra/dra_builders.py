@@ -12,8 +12,8 @@ import kubernetes_validate
 import qiskit_ibm_runtime
 import yaml
 
+from qpu_k8s.core.model import QuantumBackend, parse_backend
 from qpu_k8s.dra.agent import AgentConfig
-from qpu_k8s.model import QuantumBackend, parse_backend
 
 FAKE_BACKENDS = Path(qiskit_ibm_runtime.__file__).parent / "fake_provider" / "backends"
 

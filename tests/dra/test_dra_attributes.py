@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from dra_builders import ibm_backend, ibm_target, pasqal_backend, pulser_target
 
-from qpu_k8s.attributes import (
+from qpu_k8s.resourceslices.attributes import (
     MAX_ATTRIBUTES,
     InvalidAttributesError,
     check_attributes,

@@ -25,13 +25,13 @@ from dra_builders import (
 )
 from prometheus_client import REGISTRY
 
-from qpu_k8s.checkpoint import read_boot_id
+from qpu_k8s.core.checkpoint import read_boot_id
 from qpu_k8s.dra.agent import DraAgent
 from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.dra.registration import SERVICES
 from qpu_k8s.dra.state import CHECKPOINT_NAME, ClaimPhase, ClaimRecord, DeviceRecord, StateStore
-from qpu_k8s.slices import shared_pool_name
-from qpu_k8s.testing.kubelet import ClaimRef, FakeDRAKubelet
+from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
+from qpu_k8s.resourceslices.slices import shared_pool_name
 
 NS = "team-a"
 

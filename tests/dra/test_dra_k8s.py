@@ -1,6 +1,6 @@
 """The DRA driver against the real apiserver: slices, claims, Secrets, examples, SIGTERM.
 
-resource.k8s.io/v1 is served from CRDs with the real schemas (qpu_k8s.testing.resource_api);
+resource.k8s.io/v1 is served from CRDs with the real schemas (testsupport.resource_api);
 the test plays the scheduler with resource_api.Allocator and the kubelet with the fake one.
 """
 
@@ -22,14 +22,14 @@ import yaml
 from dra_builders import ALICE_KEY, DRIVER, SECRET_VALUES, NodeEnv, node_backends, validate
 from kubernetes import client
 
-from qpu_k8s.attributes import from_api
+from qpu_k8s.core.qrmi_client import QrmiClient
 from qpu_k8s.dra.agent import DraAgent
 from qpu_k8s.dra.health import UnhealthyMode
-from qpu_k8s.qrmi_adapter import QrmiClient
-from qpu_k8s.slices import GROUP, PLURAL, as_object
-from qpu_k8s.testing.kubelet import ClaimRef, FakeDRAKubelet
-from qpu_k8s.testing.kubelet_common import poll_until
-from qpu_k8s.testing.resource_api import AllocationError, Allocator, cel_device, cel_matches
+from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
+from qpu_k8s.fakekubelet.common import poll_until
+from qpu_k8s.resourceslices.attributes import from_api
+from qpu_k8s.resourceslices.slices import GROUP, PLURAL, as_object
+from testsupport.resource_api import AllocationError, Allocator, cel_device, cel_matches
 
 pytestmark = pytest.mark.k8s
 REPO = Path(__file__).resolve().parents[2]

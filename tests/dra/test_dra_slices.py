@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from dra_builders import ibm_backend, ibm_target, validate
 
-from qpu_k8s.attributes import device_attributes
-from qpu_k8s.slices import (
+from qpu_k8s.resourceslices.attributes import device_attributes
+from qpu_k8s.resourceslices.slices import (
     LABEL_POOL,
     Device,
     DeviceTaint,

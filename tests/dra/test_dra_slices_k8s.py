@@ -9,8 +9,15 @@ import pytest
 from dra_builders import validate
 from kubernetes import client
 
-from qpu_k8s.slices import GROUP, PLURAL, Device, DeviceTaint, PoolScope, SlicePublisher
-from qpu_k8s.testing.kubelet_common import wait_on
+from qpu_k8s.fakekubelet.common import wait_on
+from qpu_k8s.resourceslices.slices import (
+    GROUP,
+    PLURAL,
+    Device,
+    DeviceTaint,
+    PoolScope,
+    SlicePublisher,
+)
 
 pytestmark = pytest.mark.k8s
 DRIVER = "qpu.quantum.example.com"

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from dra_builders import DRIVER, params_config
 
+from qpu_k8s.core.qrmi_client import Health
+from qpu_k8s.core.vendors import ResourceType, info
 from qpu_k8s.dra.cdi import CdiWriter
 from qpu_k8s.dra.health import (
     DeviceHealth,
@@ -21,8 +23,6 @@ from qpu_k8s.dra.health import (
 from qpu_k8s.dra.params import effective_parameters, session_keys
 from qpu_k8s.dra.registration import instance_id, socket_paths
 from qpu_k8s.dra.state import ClaimRecord, DeviceRecord, StateStore
-from qpu_k8s.qrmi_adapter import Health
-from qpu_k8s.resource_types import ResourceType, info
 
 
 def test_parameters_merge_in_order_and_follow_requests() -> None:

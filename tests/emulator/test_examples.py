@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from emulator_support import qrmi_resource
 
+from qpu_k8s.cli.demo import EXAMPLES
 from qpu_k8s.emulator import Emulator, SessionState
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_example(script: str, env: dict[str, str], *args: str) -> dict[str, Any]:

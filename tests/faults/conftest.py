@@ -23,7 +23,7 @@ from dp_support import RESOURCE, Layout, PluginProcess, fast_config  # noqa: E40
 
 from qpu_k8s.deviceplugin.agent import Agent  # noqa: E402
 from qpu_k8s.emulator import Emulator, running_emulator  # noqa: E402
-from qpu_k8s.testing.kubelet import (  # noqa: E402
+from qpu_k8s.fakekubelet import (  # noqa: E402
     FakeDevicePluginKubelet,
     FakeDRAKubelet,
     FakePodResourcesServer,

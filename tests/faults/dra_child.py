@@ -50,9 +50,9 @@ def main() -> int:
     parser.add_argument("--probe-timeout", type=float, default=2.0)
     args = parser.parse_args()
 
-    from qpu_k8s import logs
+    from qpu_k8s.core import logs
+    from qpu_k8s.core.metrics import serve_metrics
     from qpu_k8s.dra.agent import AgentConfig, DraAgent
-    from qpu_k8s.metrics import serve_metrics
 
     logs.setup("debug", "json")
     root: Path = args.root

@@ -28,15 +28,15 @@ from kubernetes import client, config
 
 from qpu_k8s.deviceplugin.agent import Agent
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.slices import GROUP, PLURAL, as_object
-from qpu_k8s.testing import resource_api
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     ClaimRef,
     FakeDevicePluginKubelet,
     FakeDRAKubelet,
     FakePodResourcesServer,
 )
-from qpu_k8s.testing.kubelet_dra import DeviceHealthState
+from qpu_k8s.fakekubelet.dra import DeviceHealthState
+from qpu_k8s.resourceslices.slices import GROUP, PLURAL, as_object
+from testsupport import resource_api
 
 from .fault_support import (
     DRIVER,

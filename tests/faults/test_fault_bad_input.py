@@ -15,9 +15,9 @@ import pytest
 import yaml
 from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
+from qpu_k8s.core.model import MAX_CONFIG_BYTES
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.model import MAX_CONFIG_BYTES
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     ClaimRef,
     DeviceState,
     FakeDevicePluginKubelet,

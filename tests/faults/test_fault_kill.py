@@ -1,7 +1,7 @@
 """Fault 2: the node agents SIGKILLed in the middle of Allocate / NodePrepareResources.
 
 The kill lands exactly where it hurts, through the test-only crash points
-(``QPU_K8S_FAULT_KILL_AT``, see ``qpu_k8s/faultpoints.py``):
+(``QPU_K8S_FAULT_KILL_AT``, see ``qpu_k8s/core/faultpoints.py``):
 
 * ``after-acquire``: the vendor opened the session, the token is in no checkpoint. qrmi
   cannot list a backend's sessions, so this token is lost for good: the agents report it
@@ -25,7 +25,7 @@ from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     ClaimRef,
     FakeDevicePluginKubelet,
     FakeDRAKubelet,

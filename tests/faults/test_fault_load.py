@@ -23,7 +23,7 @@ from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 from qpu_k8s.deviceplugin.agent import Agent
 from qpu_k8s.deviceplugin.state import HOLDING
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     DeviceState,
     FakeDevicePluginKubelet,
     FakePodResourcesServer,

@@ -28,9 +28,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.slices import GROUP as RESOURCE_GROUP
-from qpu_k8s.slices import PLURAL, as_object
-from qpu_k8s.testing import resource_api
+from qpu_k8s.resourceslices.slices import GROUP as RESOURCE_GROUP
+from qpu_k8s.resourceslices.slices import PLURAL, as_object
+from testsupport import resource_api
 
 from .fault_support import IBM_KEY, SECRETS, elapsed, ibm, record_result
 from .netproxy import TcpProxy

@@ -27,20 +27,20 @@ import grpc
 import pytest
 from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
-from qpu_k8s.attributes import DRIVER_NAME, device_attributes
+from qpu_k8s.core.model import device_id, parse_backend
+from qpu_k8s.core.qrmi_client import QrmiClient
+from qpu_k8s.core.vendors import info
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.model import device_id, parse_backend
-from qpu_k8s.qrmi_adapter import QrmiClient
-from qpu_k8s.resource_types import info
-from qpu_k8s.slices import Device, PoolScope, build_slices
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     ClaimRef,
     FakeDevicePluginKubelet,
     FakeDRAKubelet,
     FakePodResourcesServer,
     PodAllocation,
 )
+from qpu_k8s.resourceslices.attributes import DRIVER_NAME, device_attributes
+from qpu_k8s.resourceslices.slices import Device, PoolScope, build_slices
 
 from .fault_support import (
     DRIVER,
@@ -71,7 +71,7 @@ def allowed_name(name: str, resource_ids: set[str]) -> bool:
 
 
 def _keys(rtype: str) -> frozenset[str]:
-    from qpu_k8s.resource_types import ResourceType
+    from qpu_k8s.core.vendors import ResourceType
 
     return info(ResourceType(rtype)).secret_keys
 

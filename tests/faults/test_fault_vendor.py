@@ -14,11 +14,11 @@ from collections.abc import Callable
 import grpc
 from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
+from qpu_k8s.core.model import parse_backend
+from qpu_k8s.core.qrmi_client import MAX_STUCK_CALLS, QrmiClient
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.model import parse_backend
-from qpu_k8s.qrmi_adapter import MAX_STUCK_CALLS, QrmiClient
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     ClaimRef,
     DeviceState,
     FakeDevicePluginKubelet,
@@ -26,7 +26,7 @@ from qpu_k8s.testing.kubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-from qpu_k8s.testing.kubelet_dra import DeviceHealthState
+from qpu_k8s.fakekubelet.dra import DeviceHealthState
 
 from .fault_support import (
     DRIVER,

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qpu_k8s.model import InvalidBackendError, QuantumBackend, parse_backend_config
+from qpu_k8s.core.model import InvalidBackendError, QuantumBackend, parse_backend_config
 
 VALID: dict[str, Any] = {
     "name": "emu",
@@ -132,7 +132,7 @@ def test_checkpoint_files_fail_only_with_checkpoint_error(raw: bytes) -> None:
     import tempfile
     from pathlib import Path
 
-    from qpu_k8s.checkpoint import CheckpointError, CheckpointFile
+    from qpu_k8s.core.checkpoint import CheckpointError, CheckpointFile
     from qpu_k8s.deviceplugin.state import LedgerData
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +150,7 @@ def test_agents_start_from_any_checkpoint_content(data: Any) -> None:
     import tempfile
     from pathlib import Path
 
-    from qpu_k8s.checkpoint import _digest
+    from qpu_k8s.core.checkpoint import _digest
     from qpu_k8s.deviceplugin.state import Ledger
     from qpu_k8s.dra.state import CHECKPOINT_NAME, StateStore
 
@@ -197,8 +197,8 @@ def test_node_label_flag(text: str) -> None:
 def test_any_resource_id_renders_an_env_a_shell_can_read(rid: str) -> None:
     import re
 
-    from qpu_k8s.envcontract import Grant, render, shell_name
-    from qpu_k8s.model import parse_backend
+    from qpu_k8s.core.envcontract import Grant, render, shell_name
+    from qpu_k8s.core.model import parse_backend
 
     alias = shell_name(rid)
     assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", alias)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from tiny_plugins import RESOURCE, TinyDevicePlugin
 
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     DeviceState,
     FakeDevicePluginKubelet,
     KubeletFakeError,

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from tiny_plugins import DRIVER, TinyDRAPlugin, health
 
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     ClaimRef,
     FakeDRAKubelet,
     KubeletFakeError,
     PreparedDevice,
     PrepareResult,
 )
-from qpu_k8s.testing.kubelet_dra import choose_service
+from qpu_k8s.fakekubelet.dra import choose_service
 
 CLAIM = ClaimRef(namespace="team-a", uid="uid-1", name="qpu-claim")
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from qpu_k8s.proto.podresources.v1 import api_pb2, api_pb2_grpc
-from qpu_k8s.testing.kubelet import (
+from qpu_k8s.fakekubelet import (
     ClaimAllocation,
     ClaimDevice,
     ContainerAllocation,
@@ -17,6 +16,7 @@ from qpu_k8s.testing.kubelet import (
     PodAllocation,
     unix_target,
 )
+from qpu_k8s.proto.podresources.v1 import api_pb2, api_pb2_grpc
 
 RESOURCE = "quantum.example.com/qpu"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qpu_k8s.testing.grpc_floor import measure_unary_floor, percentile, summarize
+from testsupport.grpc_floor import measure_unary_floor, percentile, summarize
 
 
 def test_measure_returns_one_positive_sample_per_call() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from qpu_k8s.fakekubelet.common import UnixGrpcServer, unix_target, wait_on
 from qpu_k8s.proto.deviceplugin.v1beta1 import api_pb2 as dp
 from qpu_k8s.proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from qpu_k8s.proto.dra.v1 import api_pb2 as dra_v1
@@ -19,7 +20,6 @@ from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2 as health
 from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2 as reg
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-from qpu_k8s.testing.kubelet_common import UnixGrpcServer, unix_target, wait_on
 
 RESOURCE = "quantum.example.com/qpu"
 DRIVER = "qpu.quantum.example.com"

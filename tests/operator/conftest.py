@@ -12,7 +12,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from operator_testkit import install_crd
 
-from qpu_k8s.testing import resource_api
+from testsupport import resource_api
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,9 @@ from celpy.evaluation import CELEvalError
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from qpu_k8s.model import QuantumBackend
+from qpu_k8s.core.model import QuantumBackend
+from qpu_k8s.core.qrmi_client import Health, TaskState
 from qpu_k8s.operator.secrets import ApiStatusError
-from qpu_k8s.qrmi_adapter import Health, TaskState
 
 
 # -- CRD schema and CEL ----------------------------------------------------------------------

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from operator_testkit import cel_errors, cr, schema_errors
 
-from qpu_k8s.model import InvalidBackendError, QuantumBackend
+from qpu_k8s.core.model import InvalidBackendError, QuantumBackend
+from qpu_k8s.core.vendors import TYPES
 from qpu_k8s.operator import crd
-from qpu_k8s.resource_types import TYPES
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests" / "examples" / "backends").glob("*.yaml"))

@@ -41,7 +41,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_testkit import cr, free_port, install_crd, ready_condition
 
-from qpu_k8s import logs
+from qpu_k8s.core import logs
 from qpu_k8s.emulator.server import Emulator, running_emulator
 from qpu_k8s.operator import crd
 from qpu_k8s.operator import shared_claims as sc
@@ -50,9 +50,9 @@ from qpu_k8s.operator.controller import Controller, OperatorConfig
 from qpu_k8s.operator.handlers import FINALIZER, build_registry, make_settings
 from qpu_k8s.operator.kube import Connection, Kube
 from qpu_k8s.operator.slices import BackendSlices, pool_name
-from qpu_k8s.slices import pool_label
-from qpu_k8s.testing import k8s_cluster
-from qpu_k8s.testing.resource_api import Allocator
+from qpu_k8s.resourceslices.slices import pool_label
+from testsupport import k8s_cluster
+from testsupport.resource_api import Allocator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

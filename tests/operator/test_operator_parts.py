@@ -12,9 +12,9 @@ import pytest
 import yaml
 from operator_testkit import cr
 
-from qpu_k8s.credentials import REDACTOR, redact
+from qpu_k8s.core.credentials import REDACTOR, redact
+from qpu_k8s.core.model import parse_backend, parse_backend_config
 from qpu_k8s.dra.health import UnhealthyMode
-from qpu_k8s.model import parse_backend, parse_backend_config
 from qpu_k8s.operator import configmap
 from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.reconcile import SecretProblem, SecretReason

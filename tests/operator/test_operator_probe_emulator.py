@@ -18,7 +18,7 @@ import pytest
 import yaml
 from operator_testkit import FakeKube, cr, ready_condition, until
 
-from qpu_k8s import logs
+from qpu_k8s.core import logs
 from qpu_k8s.emulator.server import Emulator, running_emulator
 from qpu_k8s.operator.controller import Controller, OperatorConfig
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from operator_testkit import valid_reason
 
-from qpu_k8s.model import parse_backend
+from qpu_k8s.core.model import parse_backend
+from qpu_k8s.core.qrmi_client import Health
 from qpu_k8s.operator.conditions import transitions
 from qpu_k8s.operator.reconcile import (
     Observation,
@@ -18,7 +19,6 @@ from qpu_k8s.operator.reconcile import (
     is_ready,
 )
 from qpu_k8s.operator.status import BackendStatus, ConditionStatus, ConditionType
-from qpu_k8s.qrmi_adapter import Health
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 BACKEND = parse_backend(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from qpu_k8s.testing import packaging, tools
+from testsupport import packaging, tools
 
 
 def _tool(get: Any) -> Path:
@@ -16,7 +16,7 @@ def _tool(get: Any) -> Path:
     except tools.UnsupportedPlatformError as err:
         pytest.skip(str(err))
     except tools.ToolError as err:
-        pytest.fail(f"{err} (python -m qpu_k8s.testing.tools install fetches the tools)")
+        pytest.fail(f"{err} (python -m testsupport.tools install fetches the tools)")
     return path
 
 

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from qpu_k8s import cli, cliutil
-from qpu_k8s.testing import packaging
-from qpu_k8s.testing.packaging import component, workloads
+from qpu_k8s.cli import commands as cli
+from qpu_k8s.core import flags as cliutil
+from testsupport import packaging
+from testsupport.packaging import component, workloads
 
 VALUE_SET_NAMES = [vs.name for vs in packaging.VALUE_SETS]
 

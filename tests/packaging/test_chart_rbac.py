@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from qpu_k8s.testing import packaging, tools
+from testsupport import packaging, tools
 
 # Value sets that together switch on every optional rule.
 RBAC_VALUE_SETS = ("custom", "emulator")
@@ -35,7 +35,7 @@ def _kopf_handles(what: str) -> tuple[str, str]:
 
 
 KOPF_HANDLERS = _kopf_handles(r"@kopf\.on\.(resume|create|update|delete)\(\*backends")
-SLICES = "qpu_k8s/slices.py"
+SLICES = "resourceslices/slices.py"
 
 # (component, apiGroup, resource, verb) -> the code that needs it.
 USES: dict[tuple[str, str, str, str], Use] = {
@@ -216,13 +216,13 @@ def _listing() -> list[Any]:
 def _evidence_problems(key: tuple[str, str, str, str], use: Use) -> list[str]:
     problems = []
     for rel, pattern in use.evidence:
-        path = packaging.REPO / rel
+        path = packaging.REPO / "qpu_k8s" / rel
         if not path.exists():
             problems.append(f"{rel} does not exist")
         elif not re.search(pattern, path.read_text()):
             problems.append(f"{rel} no longer matches {pattern!r}")
     for rel, pattern in use.absent:
-        path = packaging.REPO / rel
+        path = packaging.REPO / "qpu_k8s" / rel
         if path.exists() and re.search(pattern, path.read_text()):
             problems.append(f"{rel} matches {pattern!r}, so the verb is not needed")
     return [f"{key}: {p} ({use.why})" for p in problems]

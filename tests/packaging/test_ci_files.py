@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qpu_k8s.testing import packaging, tools
+from testsupport import packaging, tools
 
 WORKFLOW = packaging.REPO / ".github" / "workflows" / "ci.yaml"
 E2E = packaging.REPO / "scripts" / "kind" / "e2e.sh"

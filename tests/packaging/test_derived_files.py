@@ -10,13 +10,13 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from qpu_k8s.testing import example_workloads, packaging
+from testsupport import example_workloads, packaging
 
 
 def test_derived_files_are_current(helm_bin: Path) -> None:
     stale = [str(p.relative_to(packaging.REPO)) for p in packaging.drifted()]
     assert not stale, (
-        f"out of date: {stale}; run `python -m qpu_k8s.testing.packaging render` and commit"
+        f"out of date: {stale}; run `python -m testsupport.packaging render` and commit"
     )
 
 
@@ -121,6 +121,6 @@ def test_image_constraints_pin_every_dependency_within_pyproject() -> None:
         elif not req.specifier.contains(pins[name], prereleases=True):
             problems.append(f"{name}=={pins[name]} is outside {req.specifier}")
     assert not problems, (
-        "\n".join(problems) + "\nrun `python -m qpu_k8s.testing.packaging lock` and commit"
+        "\n".join(problems) + "\nrun `python -m testsupport.packaging lock` and commit"
     )
     assert "qpu-k8s" not in pins

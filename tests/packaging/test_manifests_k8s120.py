@@ -26,7 +26,7 @@ import pytest
 import yaml
 from kubernetes import config
 
-from qpu_k8s.testing import k8s_cluster, packaging, resource_api
+from testsupport import k8s_cluster, packaging, resource_api
 
 pytestmark = pytest.mark.k8s
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from qpu_k8s.testing import packaging
+from testsupport import packaging
 
 NS = packaging.NAMESPACE
 

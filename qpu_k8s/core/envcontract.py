@@ -1,0 +1,103 @@
+"""The job environment a pod's Qiskit/Pulser code reads: the paper's Slurm contract, unchanged.
+
+``QRMIService()`` in the pod reads ``QRMI_JOB_QPU_RESOURCES`` / ``QRMI_JOB_QPU_TYPES`` (or the
+legacy ``SLURM_JOB_QPU_*``), then for each resource name ``{name}_{KEY}`` for its config,
+credentials and ``{name}_QRMI_JOB_ACQUISITION_TOKEN``.
+
+Names: ``{name}`` is the QRMI resource id (the vendor's backend name), not the Kubernetes
+object name. qrmi looks up ``{id}_{KEY}`` verbatim, so those variables are always set under
+the raw id. When the id is not a shell identifier (e.g. ``my-qpu``), every character outside
+``[A-Za-z0-9_]`` is mapped to ``_`` (and a leading digit gets a ``_`` prefix) and the
+non-secret variables are also set under that alias, so shell scripts can read them.
+
+Credentials (``{id}_QRMI_IBM_QCS_IAM_APIKEY`` etc.) are part of the contract because
+``QRMIService()`` needs them; each agent chooses the path that carries them (see README:
+device-plugin Allocate envs, DRA CDI spec) and never writes them anywhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from qpu_k8s.core.model import QuantumBackend
+
+DEFAULT_DELIMITER = ","
+TOKEN_KEY = "QRMI_JOB_ACQUISITION_TOKEN"  # noqa: S105 - a variable name, not a value
+
+
+def shell_name(resource_id: str) -> str:
+    """Map a resource id to a shell identifier: ``[^A-Za-z0-9_]`` → ``_``; no leading digit."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", resource_id)
+    return f"_{name}" if name[:1].isdigit() else name
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One backend acquired for one container: what the env is rendered from."""
+
+    backend: QuantumBackend
+    token: str
+    credentials: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobEnv:
+    """The rendered environment, with the names whose values are credentials marked."""
+
+    env: dict[str, str]
+    secret_names: frozenset[str]
+
+    def public(self) -> dict[str, str]:
+        """The variables that may be shown, logged or stored."""
+        return {k: v for k, v in self.env.items() if k not in self.secret_names}
+
+
+class EnvContractError(ValueError):
+    """Two grants would write the same variables (e.g. one resource id configured twice)."""
+
+
+def render(
+    grants: Sequence[Grant],
+    *,
+    delimiter: str = DEFAULT_DELIMITER,
+    include_credentials: bool = True,
+) -> JobEnv:
+    """Render the job environment for one container holding ``grants``."""
+    env: dict[str, str] = {}
+    secrets: set[str] = set()
+    ids = [g.backend.spec.resource_id for g in grants]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise EnvContractError(
+            f"resource id(s) {', '.join(dupes)} allocated twice to one container: each "
+            "QuantumBackend in a container must have a distinct spec.resourceId"
+        )
+    if any(delimiter in i for i in ids):
+        raise EnvContractError(f"a resource id contains the list delimiter {delimiter!r}")
+    resources = delimiter.join(ids)
+    types = delimiter.join(g.backend.spec.type.value for g in grants)
+    env["QRMI_JOB_QPU_RESOURCES"] = resources
+    env["QRMI_JOB_QPU_TYPES"] = types
+    env["SLURM_JOB_QPU_RESOURCES"] = resources
+    env["SLURM_JOB_QPU_TYPES"] = types
+    if delimiter != DEFAULT_DELIMITER:
+        env["QRMI_LIST_DELIMITER"] = delimiter
+    for g in grants:
+        rid = g.backend.spec.resource_id
+        alias = shell_name(rid)
+        public = {**g.backend.spec.config, TOKEN_KEY: g.token}
+        for key, value in public.items():
+            env[f"{rid}_{key}"] = value
+            if alias != rid:
+                env[f"{alias}_{key}"] = value
+        if include_credentials:
+            for key, value in g.credentials.items():
+                env[f"{rid}_{key}"] = value
+                secrets.add(f"{rid}_{key}")
+                if not key.startswith("QRMI_"):
+                    # qrmi reads PASQAL_USERNAME/PASSWORD from the unprefixed process env.
+                    env[key] = value
+                    secrets.add(key)
+    return JobEnv(env, frozenset(secrets))

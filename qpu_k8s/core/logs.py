@@ -1,0 +1,68 @@
+"""Structured (JSON lines) logging with secret redaction on every record.
+
+Each agent calls :func:`setup` once. The redaction runs in a handler filter on the final,
+formatted text, so nothing logged through any library (qrmi forwards to ``logging``, kopf,
+grpc) can carry a registered credential value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+from qpu_k8s.core.credentials import redact
+
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ts, level, logger, msg and any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STD and not key.startswith("_"):
+                out[key] = value if isinstance(value, int | float | bool | None) else str(value)
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return redact(json.dumps(out, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines for the demo and terminals, redacted as well."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = {k: v for k, v in vars(record).items() if k not in _STD and not k.startswith("_")}
+        text = super().format(record)
+        if extras:
+            text += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return redact(text)
+
+
+def setup(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Configure the root logger (idempotent: replaces our previous handler)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_qpu_k8s", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler._qpu_k8s = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Vendor HTTP stacks are chatty at debug and would log URLs with tokens in query strings.
+    for noisy in ("urllib3", "aiohttp.access", "kubernetes.client.rest"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

@@ -1,0 +1,265 @@
+"""The device-plugin agent: wires registry, devices, ledger, allocator, reconciler, kubelet.
+
+Used by ``qpu-k8s device-plugin``, by tests (in-process) and by the demo. ``start()``
+returns once everything runs (registration continues in the background; see
+``wait_registered``); ``stop()`` ends serving without releasing anything pods still hold.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from qpu_k8s.core.credentials import CredentialSource, DirectoryCredentials
+from qpu_k8s.core.metrics import serve_metrics
+from qpu_k8s.core.model import QuantumBackend
+from qpu_k8s.core.qrmi_client import Health, QrmiClient, QuantumResourceClient, TaskState
+from qpu_k8s.deviceplugin.allocator import Allocator
+from qpu_k8s.deviceplugin.devices import DeviceBoard
+from qpu_k8s.deviceplugin.node import NodeLabels
+from qpu_k8s.deviceplugin.podresources import PodResourcesClient, Reconciler
+from qpu_k8s.deviceplugin.registration import KubeletRegistrar
+from qpu_k8s.deviceplugin.server import DevicePluginServicer
+from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Ledger
+from qpu_k8s.node.registry import BackendRegistry, ClientFactory
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESOURCE = "quantum.example.com/qpu"
+
+
+@dataclass
+class AgentConfig:
+    """Everything the agent needs; the CLI fills it from flags and env."""
+
+    device_plugin_dir: Path
+    pod_resources_socket: Path
+    state_dir: Path
+    config: Path
+    credentials_dir: Path | None = None
+    resource_name: str = DEFAULT_RESOURCE
+    node_name: str = ""
+    node_labels: dict[str, str] = field(default_factory=dict)
+    kubeconfig: str | None = None
+    include_shared: bool = True
+    metrics_address: str = ""
+    probe_timeout: float = 10.0
+    acquire_timeout: float = 30.0
+    reconcile_interval: float = 2.0
+    release_grace: float = 10.0
+    restart_hold: float = 30.0
+    config_reload_interval: float = 2.0
+    node_labels_refresh: float = 60.0
+    # How long a vendor call that missed our deadline is still waited for (its late answer
+    # is then released or recorded) before it is given up as lost.
+    abandon_after: float = 600.0
+    lock_timeout: float = 30.0
+
+
+class SplitDeadlineClient:
+    """Health probes under the probe deadline; acquire/release under a long horizon.
+
+    A probe must fail fast so a hung vendor shows as Unhealthy within seconds. Acquire and
+    release are bounded by the allocator's own deadline (``--acquire-timeout``), which keeps
+    waiting in the background for a late answer (to release a late session, or record a
+    late release) until the client's much longer horizon (``abandon_after``) gives up.
+    """
+
+    def __init__(self, probe: QuantumResourceClient, ops: QuantumResourceClient) -> None:
+        self.backend = ops.backend
+        self._probe = probe
+        self._ops = ops
+
+    def acquire(self) -> str:
+        return self._ops.acquire()
+
+    def release(self, token: str) -> None:
+        self._ops.release(token)
+
+    def health(self) -> Health:
+        return self._probe.health()
+
+    def target(self) -> dict[str, Any]:
+        return self._probe.target()
+
+    def metadata(self) -> dict[str, str]:
+        return self._probe.metadata()
+
+    def task_start(self, payload: Any, token: str | None = None) -> str:
+        return self._ops.task_start(payload, token)
+
+    def task_status(self, task_id: str, token: str | None = None) -> TaskState:
+        return self._ops.task_status(task_id, token)
+
+    def task_result(self, task_id: str, token: str | None = None) -> str:
+        return self._ops.task_result(task_id, token)
+
+    def task_stop(self, task_id: str, token: str | None = None) -> None:
+        self._ops.task_stop(task_id, token)
+
+
+def qrmi_client_factory(probe_timeout: float, acquire_timeout: float) -> ClientFactory:
+    def make(backend: QuantumBackend, creds: Mapping[str, str]) -> QuantumResourceClient:
+        return SplitDeadlineClient(
+            QrmiClient(backend, creds, timeout=probe_timeout),
+            QrmiClient(backend, creds, timeout=acquire_timeout),
+        )
+
+    return make
+
+
+class StateDirLock:
+    """One agent per state dir: a second one (rolling update overlap) waits for the first."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "lock"
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise RuntimeError(
+                        f"--state-dir {self.path.parent} is locked by another device plugin "
+                        f"for more than {timeout:g}s; only one may run per node"
+                    ) from None
+                time.sleep(0.1)  # waiting for another process: nothing to be notified by
+                continue
+            self._fd = fd
+            return
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Agent:
+    """The running device plugin."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        client_factory: ClientFactory | None = None,
+        credentials: CredentialSource | None = None,
+    ) -> None:
+        self.cfg = cfg
+        if credentials is None and cfg.credentials_dir is not None:
+            credentials = DirectoryCredentials(cfg.credentials_dir)
+        self.node_labels = NodeLabels(
+            cfg.node_labels, cfg.node_name, cfg.kubeconfig, refresh=cfg.node_labels_refresh
+        )
+        self.registry = BackendRegistry(
+            cfg.config,
+            credentials,
+            node_labels=cfg.node_labels,
+            include_shared=cfg.include_shared,
+            client_factory=client_factory
+            or qrmi_client_factory(cfg.probe_timeout, max(cfg.abandon_after, cfg.acquire_timeout)),
+            probe_timeout=cfg.probe_timeout,
+            reload_interval=cfg.config_reload_interval,
+        )
+        self.board = DeviceBoard(self.registry)
+        self.ledger = Ledger(cfg.state_dir / CHECKPOINT_NAME, release_grace=cfg.release_grace)
+        self.allocator = Allocator(
+            self.board,
+            self.registry,
+            self.ledger,
+            cfg.resource_name,
+            acquire_timeout=cfg.acquire_timeout,
+            release_timeout=cfg.acquire_timeout,
+        )
+        self.pod_resources = PodResourcesClient(cfg.pod_resources_socket)
+        self.reconciler = Reconciler(
+            self.ledger,
+            self.pod_resources.list,
+            self.allocator.release,
+            cfg.resource_name,
+            interval=cfg.reconcile_interval,
+            restart_hold=cfg.restart_hold,
+        )
+        self.registrar = KubeletRegistrar(
+            cfg.device_plugin_dir,
+            cfg.resource_name,
+            self._servicer,
+            on_kubelet_restart=self.reconciler.kubelet_restarted,
+        )
+        self._lock = StateDirLock(cfg.state_dir)
+        self._metrics: WSGIServer | None = None
+        self._started = False
+
+    def _servicer(self) -> DevicePluginServicer:
+        # After an Allocate, reconcile soon so the new acquisition is bound promptly.
+        return DevicePluginServicer(self.board, self.allocator, after_allocate=self.reconciler.poke)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics.server_port if self._metrics else None
+
+    def start(self) -> None:
+        self._lock.acquire(self.cfg.lock_timeout)
+        try:
+            self.ledger.load(time.time())
+            # The kubelet may have (re)started with us (node reboot) and list no pods until
+            # it has synced them: decide no release before the hold has passed.
+            self.ledger.interrupt(time.time(), self.cfg.restart_hold, "plugin started")
+            self.registry.node_labels = self.node_labels.load()
+            self.registry.start()
+            self.board.refresh()
+            self.node_labels.watch(self._labels_changed)
+            self.reconciler.start()
+            self.registrar.start()
+            self._metrics = serve_metrics(self.cfg.metrics_address)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._started = True
+        log.info(
+            "device plugin started",
+            extra={
+                "resource": self.cfg.resource_name,
+                "socket": str(self.registrar.socket_path),
+                "metrics_port": self.metrics_port or 0,
+                "backends": len(self.registry.snapshot()),
+            },
+        )
+
+    def _labels_changed(self, labels: dict[str, str]) -> None:
+        self.registry.node_labels = labels
+        self.registry.reload()
+
+    def wait_registered(self, count: int = 1, timeout: float = 10.0) -> bool:
+        return self.registrar.wait_registered(count, timeout)
+
+    def stop(self) -> None:
+        """Stop serving; acquisitions of running pods stay held (checkpointed)."""
+        if not self._started:
+            return
+        self._started = False
+        self.registrar.stop()
+        self.reconciler.stop()
+        self.node_labels.stop()
+        self.board.close()
+        self.registry.stop()
+        self.pod_resources.close()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+        self.ledger.commit()
+        self._lock.release()
+        live = len(self.ledger.live())
+        log.info("device plugin stopped; acquisitions kept for running pods", extra={"live": live})

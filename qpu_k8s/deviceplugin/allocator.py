@@ -1,0 +1,462 @@
+"""Allocate → QRMI acquire → the env contract; and the one place that releases.
+
+Decisions:
+
+* One acquisition per backend per container. Several lanes of one backend in one container
+  are one acquisition (one vendor session): the env contract has one token per resource
+  name, so a second session could not be handed to the container anyway. The extra lanes
+  still count against the backend's concurrency. GetPreferredAllocation spreads a
+  container's devices over distinct backends so this rarely happens.
+* All or nothing. If any acquire of a call fails, every acquisition this call made is
+  released before the error is returned, and the error names the backend, the QRMI
+  resource and the redacted cause; the kubelet shows it as the pod's admission error.
+* Credentials reach the container only through the Allocate response ``envs``, as
+  ``{resource_id}_{KEY}`` (e.g. ``ibm_torino_QRMI_IBM_QCS_IAM_APIKEY``; Pasqal
+  username/password also unprefixed), because ``QRMIService()`` in the pod reads them from
+  its environment. Exposure: the kubelet keeps Allocate responses in its device-manager
+  checkpoint (``/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint``, root-only)
+  and passes them to the container runtime; they are not in the pod object, its
+  annotations, events, our logs, metrics or our checkpoint. They come from the Secret
+  mounted at ``--credentials-dir`` (``<dir>/<secret name>/<KEY>``), which the registry reads
+  and registers with the log redactor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from qpu_k8s.core import errors
+from qpu_k8s.core.credentials import redact
+from qpu_k8s.core.envcontract import DEFAULT_DELIMITER, EnvContractError, Grant, JobEnv, render
+from qpu_k8s.core.faultpoints import crash_point
+from qpu_k8s.core.model import split_device_id
+from qpu_k8s.core.qrmi_client import QuantumResourceClient
+from qpu_k8s.core.vendors import held_at_most
+from qpu_k8s.deviceplugin import metrics
+from qpu_k8s.deviceplugin.devices import DeviceBoard
+from qpu_k8s.deviceplugin.state import AcqState, Acquisition, Intent, Ledger
+from qpu_k8s.node.registry import BackendRegistry, BackendState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_CODES = {
+    "timeout": grpc.StatusCode.UNAVAILABLE,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "auth": grpc.StatusCode.PERMISSION_DENIED,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "config": grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+class AllocateError(Exception):
+    """Allocate must fail; ``message`` is what the pod shows (never a secret)."""
+
+    def __init__(self, code: grpc.StatusCode, kind: str, message: str) -> None:
+        self.code = code
+        self.kind = kind
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One backend's share of one container request."""
+
+    state: BackendState
+    devices: tuple[str, ...]
+    request: tuple[str, ...]
+
+
+class _AcquireFailed(Exception):
+    def __init__(self, part: _Part, err: errors.QpuError, *, late: bool = False) -> None:
+        self.part = part
+        self.err = err
+        self.late = late  # the vendor call is still running (missed our deadline)
+
+
+class Allocator:
+    """Turns Allocate requests into acquisitions and env contracts; releases them later."""
+
+    def __init__(
+        self,
+        board: DeviceBoard,
+        registry: BackendRegistry,
+        ledger: Ledger,
+        resource_name: str,
+        *,
+        delimiter: str = DEFAULT_DELIMITER,
+        acquire_timeout: float = 30.0,
+        release_timeout: float = 30.0,
+    ) -> None:
+        self.board = board
+        self.registry = registry
+        self.ledger = ledger
+        self.resource_name = resource_name
+        self.delimiter = delimiter
+        self.acquire_timeout = acquire_timeout
+        self.release_timeout = release_timeout
+        self._lock = threading.Lock()
+        # The client an acquisition was made with: a later config change may replace the
+        # registry's client, but the session lives where it was opened.
+        self._clients: dict[str, QuantumResourceClient] = {}
+        self._inflight: set[str] = set()
+
+    # -- Allocate ---------------------------------------------------------------------------
+    def allocate(self, requests: Sequence[Sequence[str]]) -> list[JobEnv]:
+        """Acquire for every container request; returns each container's environment."""
+        start = time.perf_counter()
+        try:
+            envs = self._allocate(requests)
+        except AllocateError as err:
+            metrics.ALLOCATIONS.labels(err.kind).inc()
+            raise
+        finally:
+            metrics.ALLOCATE_SECONDS.observe(time.perf_counter() - start)
+        metrics.ALLOCATIONS.labels("ok").inc()
+        return envs
+
+    def _allocate(self, requests: Sequence[Sequence[str]]) -> list[JobEnv]:
+        try:
+            plans = [self._plan(list(ids)) for ids in requests]
+        except AllocateError as err:
+            log.warning("allocate refused", extra={"error": err.message})
+            raise
+        parts = [p for plan in plans for p in plan]
+        acqs = self.ledger.begin(
+            (
+                Intent(
+                    p.state.backend.name,
+                    p.state.backend.spec.resource_id,
+                    p.devices,
+                    p.request,
+                    held_at_most(p.state.backend.spec.type, p.state.backend.spec.config),
+                )
+                for p in parts
+            ),
+            time.time(),
+        )
+        tokens: dict[int, str] = {}
+        try:
+            for i, (part, acq) in enumerate(zip(parts, acqs, strict=True)):
+                tokens[i] = self._acquire(part, acq)
+        except _AcquireFailed as failed:
+            self._roll_back(acqs, tokens, failed)
+        envs = []
+        i = 0
+        for plan in plans:
+            grants = []
+            for part in plan:
+                name = part.state.backend.name
+                grants.append(
+                    Grant(part.state.backend, tokens[i], self.registry.credentials_for(name))
+                )
+                i += 1
+            envs.append(render(grants, delimiter=self.delimiter))
+        log.info(
+            "allocated",
+            extra={
+                "containers": len(requests),
+                "acquisitions": ",".join(a.id for a in acqs),
+                "backends": ",".join(p.state.backend.name for p in parts),
+                "devices": ";".join(",".join(ids) for ids in requests),
+            },
+        )
+        return envs
+
+    def _plan(self, ids: list[str]) -> list[_Part]:
+        if not ids:
+            raise AllocateError(
+                grpc.StatusCode.INVALID_ARGUMENT, "invalid", "container request has no devices"
+            )
+        groups: dict[str, list[str]] = {}
+        for dev_id in dict.fromkeys(ids):
+            dev = self.board.lookup(dev_id)
+            if dev is None:
+                try:
+                    backend, _ = split_device_id(dev_id)
+                except ValueError:
+                    raise AllocateError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "invalid",
+                        f"{self.resource_name}: device {dev_id!r} is not a device of this plugin",
+                    ) from None
+                raise AllocateError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "unknown_device",
+                    f"{self.resource_name}: device {dev_id!r}: backend {backend!r} is not "
+                    "offered on this node any more (removed from the config, or the node's "
+                    "labels no longer match its nodeSelector)",
+                )
+            groups.setdefault(dev.backend, []).append(dev_id)
+        request = tuple(sorted(dict.fromkeys(ids)))
+        parts = []
+        for backend, devs in groups.items():
+            st = self.registry.get(backend)
+            if st is None or st.client is None or st.error:
+                why = (st.error if st else None) or "it is not configured on this node"
+                raise AllocateError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "config",
+                    f"{self.resource_name}: backend {backend!r} cannot be used: {why}",
+                )
+            parts.append(_Part(st, tuple(devs), request))
+        try:
+            render([Grant(p.state.backend, "-") for p in parts], delimiter=self.delimiter)
+        except EnvContractError as err:
+            raise AllocateError(
+                grpc.StatusCode.FAILED_PRECONDITION, "config", f"{self.resource_name}: {err}"
+            ) from None
+        return parts
+
+    def _acquire(self, part: _Part, acq: Acquisition) -> str:
+        client = part.state.client
+        assert client is not None  # checked in _plan
+        name = part.state.backend.name
+        start = time.perf_counter()
+
+        def acquire_and_record() -> str:
+            # Written here, in the thread the vendor answered in, before anything else: the
+            # only window in which a crash loses the token is this one checkpoint write.
+            token = client.acquire()
+            try:
+                self.ledger.acquired(acq.id, token, time.time())
+                self.ledger.commit()
+            except Exception:
+                # Not recorded (disk full, read-only state dir): give the session back now.
+                with contextlib.suppress(Exception):
+                    client.release(token)
+                raise
+            with self._lock:
+                self._clients[acq.id] = client
+            crash_point("after-acquire-recorded")
+            return token
+
+        fut = _in_thread(acquire_and_record, f"acquire-{name}")
+        try:
+            token = fut.result(timeout=self.acquire_timeout)
+        except FutureTimeout:
+            # The vendor may still answer: remember the call and release a late session.
+            fut.add_done_callback(lambda f: self._late_acquire(acq, client, f))
+            raise _AcquireFailed(
+                part,
+                errors.QpuTimeoutError(
+                    name,
+                    "acquire",
+                    f"no answer within {self.acquire_timeout:g}s (a late answer is released "
+                    "at once)",
+                ),
+                late=True,
+            ) from None
+        except errors.QpuError as err:
+            raise _AcquireFailed(part, err) from None
+        except Exception as exc:  # a client that broke its contract: still all-or-nothing
+            msg = redact(str(exc)) or type(exc).__name__
+            raise _AcquireFailed(part, errors.QpuUnavailableError(name, "acquire", msg)) from None
+        finally:
+            metrics.ACQUIRE_SECONDS.labels(name).observe(time.perf_counter() - start)
+        return token
+
+    def _late_acquire(
+        self, acq: Acquisition, client: QuantumResourceClient, fut: Future[str]
+    ) -> None:
+        """An acquire that missed our deadline finished: release what it got, or forget it."""
+        exc = fut.exception()
+        if isinstance(exc, errors.QpuTimeoutError):
+            self.ledger.lose(acq.id, time.time())
+            metrics.ACQUISITIONS_LOST.labels(acq.backend).inc()
+            log.error(
+                "acquire gave no answer within the client's horizon; if it answers later the "
+                "adapter releases it, else the vendor session (if any) expires on its own",
+                extra={"acquisition": acq.id, "backend": acq.backend},
+            )
+            return
+        if exc is not None:
+            self.ledger.abandon([acq.id])
+            self.ledger.commit()
+            log.info(
+                "late acquire failed; nothing is held",
+                extra={"acquisition": acq.id, "backend": acq.backend},
+            )
+            return
+        with self._lock:
+            self._clients[acq.id] = client
+        self.ledger.late_acquired(
+            acq.id, fut.result(), "acquire answered after its Allocate had failed", time.time()
+        )
+        late = self.ledger.get(acq.id)
+        if late is not None:
+            self.release(late)
+
+    def _roll_back(
+        self, acqs: list[Acquisition], tokens: dict[int, str], failed: _AcquireFailed
+    ) -> None:
+        err, part = failed.err, failed.part
+        made = [acqs[i] for i in tokens]
+        failed_id = acqs[len(tokens)].id
+        self.ledger.abandon(
+            a.id
+            for i, a in enumerate(acqs)
+            if i not in tokens and not (failed.late and a.id == failed_id)
+        )
+        reason = f"Allocate failed: acquire of {part.state.backend.name} failed"
+        self.ledger.mark_releasing([a.id for a in made], reason, time.time())
+        left = [a.backend for a in made if not self.release(self.ledger.get(a.id) or a)]
+        backend = part.state.backend
+        msg = (
+            f"{self.resource_name}: acquire of backend {backend.name!r} (QRMI resource "
+            f"{backend.spec.resource_id!r}, {backend.spec.type.value}) failed: "
+            f"[{err.kind}] {err.message}. Nothing is held"
+        )
+        if made:
+            msg += f" (released the {len(made)} other acquisition(s) of this call"
+            msg += f"; release of {', '.join(left)} is retried in the background)" if left else ")"
+        log.warning(
+            "allocate failed", extra={"backend": backend.name, "kind": err.kind, "error": msg}
+        )
+        if err.kind in ("timeout", "unavailable", "auth"):
+            # Let the health probe confirm at once, so the lanes stop being scheduled.
+            threading.Thread(
+                target=self._probe, args=(backend.name,), name="probe-after-acquire", daemon=True
+            ).start()
+        raise AllocateError(_CODES.get(err.kind, grpc.StatusCode.UNAVAILABLE), err.kind, msg)
+
+    def _probe(self, name: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.registry.probe_now(name)
+
+    # -- release ----------------------------------------------------------------------------
+    def release(self, acq: Acquisition) -> bool:
+        """One release attempt of a RELEASING acquisition; True when it is released.
+
+        At most one attempt per acquisition runs at a time, and the state is re-read under
+        that guard, so a record is never released twice. An attempt that misses the
+        deadline keeps the guard until the vendor answers (its answer is recorded then), so
+        no retry can overlap it.
+        """
+        with self._lock:
+            if acq.id in self._inflight:
+                return False
+            self._inflight.add(acq.id)
+        deferred = False
+        try:
+            current = self.ledger.get(acq.id)
+            if current is None or current.state is not AcqState.RELEASING:
+                return current is not None and current.state is AcqState.RELEASED
+            done, deferred = self._release(current)
+            return done
+        finally:
+            if not deferred:
+                with self._lock:
+                    self._inflight.discard(acq.id)
+
+    def _release(self, acq: Acquisition) -> tuple[bool, bool]:
+        """Returns (released, still running in the background)."""
+        with self._lock:
+            client = self._clients.get(acq.id)
+        if client is None:
+            st = self.registry.get(acq.backend)
+            client = st.client if st else None
+        if client is None or acq.token is None:
+            metrics.RELEASES.labels(acq.backend, "no_backend").inc()
+            delay = self.ledger.release_failed(
+                acq.id,
+                f"backend {acq.backend!r} is not configured on this node; retrying until it is",
+                time.time(),
+            )
+            log.warning(
+                "cannot release: backend not configured",
+                extra={"acquisition": acq.id, "backend": acq.backend, "retry_in": delay},
+            )
+            return False, False
+        start = time.perf_counter()
+        token = acq.token
+        fut = _in_thread(lambda: client.release(token), f"release-{acq.backend}")
+        wait([fut], timeout=self.release_timeout)
+        if not fut.done():
+            log.warning(
+                "release is taking long; its answer will be recorded when it comes",
+                extra={"acquisition": acq.id, "backend": acq.backend},
+            )
+            fut.add_done_callback(lambda f: self._release_answered(acq, f, start, deferred=True))
+            return False, True
+        return self._release_answered(acq, fut, start, deferred=False), False
+
+    def _release_answered(
+        self, acq: Acquisition, fut: Future[None], start: float, *, deferred: bool
+    ) -> bool:
+        try:
+            return self._record_release(acq, fut.exception(), start)
+        finally:
+            if deferred:
+                with self._lock:
+                    self._inflight.discard(acq.id)
+
+    def _record_release(self, acq: Acquisition, exc: BaseException | None, start: float) -> bool:
+        metrics.RELEASE_SECONDS.labels(acq.backend).observe(time.perf_counter() - start)
+        if isinstance(exc, errors.QpuNotFoundError):
+            # The vendor no longer knows the session (expired or closed): nothing is held.
+            log.info(
+                "release: vendor has no such acquisition; treating as released",
+                extra={"acquisition": acq.id, "backend": acq.backend, "error": exc.message},
+            )
+        elif exc is not None:
+            err = (
+                exc
+                if isinstance(exc, errors.QpuError)
+                else errors.QpuUnavailableError(
+                    acq.backend, "release", redact(str(exc)) or type(exc).__name__
+                )
+            )
+            metrics.RELEASES.labels(acq.backend, err.kind).inc()
+            delay = self.ledger.release_failed(acq.id, f"[{err.kind}] {err.message}", time.time())
+            log.warning(
+                "release failed; will retry",
+                extra={
+                    "acquisition": acq.id,
+                    "backend": acq.backend,
+                    "kind": err.kind,
+                    "error": err.message,
+                    "retry_in": delay,
+                },
+            )
+            return False
+        metrics.RELEASES.labels(acq.backend, "ok").inc()
+        self.ledger.release_succeeded(acq.id, time.time())
+        with self._lock:
+            self._clients.pop(acq.id, None)
+        log.info(
+            "released",
+            extra={
+                "acquisition": acq.id,
+                "backend": acq.backend,
+                "container": str(acq.holder or ""),
+                "reason": acq.release_reason,
+            },
+        )
+        return True
+
+
+def _in_thread(fn: Callable[[], T], name: str) -> Future[T]:
+    """Run a vendor call in a daemon thread (a hung call must not block exit or callers)."""
+    fut: Future[T] = Future()
+    fut.set_running_or_notify_cancel()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return fut

@@ -1,0 +1,79 @@
+"""Prometheus metrics of the device plugin (prefix ``qpu_k8s_deviceplugin_``).
+
+Vendor-call latency and errors by kind come from the shared adapter metrics
+(``qpu_k8s_vendor_call_duration_seconds``, ``qpu_k8s_vendor_errors_total``); these add what
+only the device plugin knows. Labels hold backend names, device IDs and outcomes, never a
+token or credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from qpu_k8s.core.metrics import LATENCY_BUCKETS, PREFIX
+
+P = PREFIX + "deviceplugin_"
+
+ALLOCATIONS = Counter(
+    P + "allocations_total",
+    "Allocate calls, by result (ok or the error kind).",
+    ["result"],
+)
+ALLOCATE_SECONDS = Histogram(
+    P + "allocate_duration_seconds",
+    "Duration of whole Allocate calls, vendor acquires included.",
+    buckets=LATENCY_BUCKETS,
+)
+ACQUIRE_SECONDS = Histogram(
+    P + "acquire_duration_seconds",
+    "Duration of QRMI acquire calls made for Allocate, by backend.",
+    ["backend"],
+    buckets=LATENCY_BUCKETS,
+)
+RELEASE_SECONDS = Histogram(
+    P + "release_duration_seconds",
+    "Duration of QRMI release calls, by backend.",
+    ["backend"],
+    buckets=LATENCY_BUCKETS,
+)
+RELEASES = Counter(
+    P + "releases_total",
+    "Release attempts, by backend and result (ok or the error kind).",
+    ["backend", "result"],
+)
+ACQUISITIONS_LIVE = Gauge(
+    P + "acquisitions_live",
+    "Acquisitions held for pods (acquired and not yet released), by backend.",
+    ["backend"],
+)
+ACQUISITIONS_LOST = Counter(
+    P + "acquisitions_lost_total",
+    "Acquires that were in flight when the plugin died: the token is unknown, so the "
+    "vendor session can only expire on its own.",
+    ["backend"],
+)
+DEVICE_HEALTHY = Gauge(
+    P + "device_healthy",
+    "1 if the device (one lane of a backend) is advertised Healthy to the kubelet.",
+    ["device", "backend"],
+)
+REGISTRATIONS = Counter(
+    P + "registrations_total",
+    "Successful registrations with the kubelet (more than one means it restarted).",
+)
+RECONCILES = Counter(
+    P + "reconciles_total",
+    "PodResources reconcile passes, by result (ok, or error when List failed).",
+    ["result"],
+)
+
+
+def set_live(counts: dict[str, int], known: set[str]) -> None:
+    """Set the live-acquisition gauge per backend; drop backends that have none left."""
+    for backend, n in counts.items():
+        ACQUISITIONS_LIVE.labels(backend).set(n)
+    for backend in known - counts.keys():
+        with contextlib.suppress(KeyError):
+            ACQUISITIONS_LIVE.remove(backend)

@@ -1,0 +1,106 @@
+"""Reading ResourceClaims (and per-claim Secrets) for NodePrepareResources.
+
+The kubelet sends only namespace, name and UID; the allocation lives in the claim's status.
+:class:`KubeClaims` reads it through the real Kubernetes client at the REST path of
+``resource.k8s.io/v1`` (or ``v1beta1``: the parts we read, ``status.allocation.devices``
+results and config, have the same shape in both). :class:`StaticClaims` serves the same
+interface from memory for unit tests and the benchmark's apiserver-free mode.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from qpu_k8s.resourceslices.slices import GROUP, as_object
+
+
+class ClaimNotFoundError(LookupError):
+    """The claim (or Secret) does not exist, or the apiserver said so."""
+
+
+class ClaimSource(Protocol):
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any]: ...
+    def get_secret(self, namespace: str, name: str) -> dict[str, str]: ...
+
+
+class KubeClaims:
+    """Claims and Secrets from the apiserver (needs get on resourceclaims and secrets)."""
+
+    # 5 s a try, one retry (see agent.API_RETRIES): a claim read answers in milliseconds, and
+    # a prepare that cannot reach the apiserver must fail well within the kubelet's deadline.
+    def __init__(self, api: client.ApiClient, api_version: str = "v1", timeout: float = 5.0):
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.api_version = api_version
+        self.timeout = timeout
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            return as_object(
+                self.custom.get_namespaced_custom_object(
+                    GROUP,
+                    self.api_version,
+                    namespace,
+                    "resourceclaims",
+                    name,
+                    _request_timeout=self.timeout,
+                )
+            )
+        except ApiException as err:
+            if err.status == 404:
+                raise ClaimNotFoundError(f"ResourceClaim {namespace}/{name} not found") from None
+            raise
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, str]:
+        try:
+            secret = self.core.read_namespaced_secret(
+                name, namespace, _request_timeout=self.timeout
+            )
+        except ApiException as err:
+            if err.status == 404:
+                raise ClaimNotFoundError(f"Secret {namespace}/{name} not found") from None
+            if err.status == 403:
+                raise ClaimNotFoundError(
+                    f"Secret {namespace}/{name} cannot be read by the driver (RBAC: get secrets)"
+                ) from None
+            raise
+        data = secret.data or {}
+        return {k: base64.b64decode(v).decode("utf-8") for k, v in data.items()}
+
+
+class StaticClaims:
+    """In-memory claims and Secrets (thread-safe), shaped like the apiserver's answers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claims: dict[tuple[str, str], dict[str, Any]] = {}
+        self._secrets: dict[tuple[str, str], dict[str, str]] = {}
+
+    def put_claim(self, claim: Mapping[str, Any]) -> None:
+        meta = claim["metadata"]
+        with self._lock:
+            self._claims[(meta["namespace"], meta["name"])] = dict(claim)
+
+    def put_secret(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
+        with self._lock:
+            self._secrets[(namespace, name)] = dict(data)
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            claim = self._claims.get((namespace, name))
+        if claim is None:
+            raise ClaimNotFoundError(f"ResourceClaim {namespace}/{name} not found")
+        return claim
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, str]:
+        with self._lock:
+            secret = self._secrets.get((namespace, name))
+        if secret is None:
+            raise ClaimNotFoundError(f"Secret {namespace}/{name} not found")
+        return dict(secret)

@@ -1,0 +1,111 @@
+"""``qpu-k8s dra-plugin``: run the DRA kubelet plugin on this node.
+
+Every path is a flag with a ``QPU_K8S_*`` env fallback and the real kubelet default, so
+tests point the driver at a temporary directory and the Helm chart sets env vars. SIGTERM
+(and SIGINT) deregister from the kubelet, stop serving and exit 0; prepared claims stay
+in the checkpoint for the next instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import threading
+from pathlib import Path
+from types import FrameType
+
+from qpu_k8s.core.flags import add_common, add_flag, path_or_none
+
+DEFAULT_DRIVER = "qpu.quantum.example.com"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--driver-name", DEFAULT_DRIVER, "DRA driver name (also the device domain)")
+    add_flag(parser, "--node-name", socket.gethostname(), "this node's name (the pool name)")
+    add_flag(parser, "--config", "/etc/qpu-k8s/backends.yaml", "backend config file (ConfigMap)")
+    add_flag(parser, "--credentials-dir", "/etc/qpu-k8s/credentials", "mounted credential Secrets")
+    add_flag(parser, "--plugins-dir", "/var/lib/kubelet/plugins", "kubelet plugins directory")
+    add_flag(
+        parser, "--registry-dir", "/var/lib/kubelet/plugins_registry", "plugin registration dir"
+    )
+    add_flag(parser, "--cdi-dir", "/var/run/cdi", "CDI spec directory (tmpfs, root-only)")
+    add_flag(parser, "--state-dir", "/var/lib/qpu-k8s/dra", "checkpoint directory")
+    add_flag(parser, "--kubeconfig", None, "kubeconfig file; empty: in-cluster config")
+    add_flag(parser, "--metrics-address", ":9102", "host:port of /metrics; empty disables")
+    add_flag(
+        parser,
+        "--boot-id-file",
+        "/proc/sys/kernel/random/boot_id",
+        "file holding the boot ID (tests simulate a reboot by changing it)",
+    )
+    add_flag(
+        parser,
+        "--unhealthy",
+        "withdraw",
+        "unhealthy devices: withdraw (leave out of slices) or taint (NoSchedule DeviceTaint)",
+    )
+    add_flag(parser, "--api-version", "auto", "resource.k8s.io version: auto, v1 or v1beta1")
+    add_flag(parser, "--resync-seconds", "30", "slice resync period", kind=float)
+    add_flag(parser, "--target-refresh-seconds", "300", "calibration refresh period", kind=float)
+    add_flag(parser, "--probe-timeout", "10", "deadline of each vendor call, seconds", kind=float)
+    add_common(parser)
+
+
+def _config(args: argparse.Namespace) -> object:
+    # Heavy imports (grpc, qrmi, kubernetes) only when the command runs: --help stays fast.
+    from .agent import AgentConfig
+    from .health import UnhealthyMode
+
+    try:
+        mode = UnhealthyMode(args.unhealthy)
+    except ValueError:
+        raise SystemExit(f"--unhealthy: {args.unhealthy!r}; use withdraw or taint") from None
+    if args.api_version not in ("auto", "v1", "v1beta1"):
+        raise SystemExit(f"--api-version: {args.api_version!r}; use auto, v1 or v1beta1")
+    creds = path_or_none(args.credentials_dir)
+    return AgentConfig(
+        node_name=args.node_name,
+        config_path=Path(args.config),
+        plugins_dir=Path(args.plugins_dir),
+        registry_dir=Path(args.registry_dir),
+        cdi_dir=Path(args.cdi_dir),
+        state_dir=Path(args.state_dir),
+        credentials_dir=creds if creds and creds.is_dir() else None,
+        kubeconfig=path_or_none(args.kubeconfig),
+        driver_name=args.driver_name,
+        boot_id_file=Path(args.boot_id_file),
+        unhealthy=mode,
+        api_version=args.api_version,
+        resync_seconds=args.resync_seconds,
+        target_refresh_seconds=args.target_refresh_seconds,
+        probe_timeout=args.probe_timeout,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from qpu_k8s.core import logs
+    from qpu_k8s.core.metrics import serve_metrics
+
+    from .agent import AgentConfig, DraAgent
+
+    logs.setup(args.log_level, args.log_format)
+    cfg = _config(args)
+    assert isinstance(cfg, AgentConfig)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    metrics_server = serve_metrics(args.metrics_address)
+    agent = DraAgent(cfg)
+    try:
+        agent.start()
+        stop.wait()
+    finally:
+        agent.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+    return 0

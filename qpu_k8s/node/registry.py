@@ -1,0 +1,292 @@
+"""The node agents' view of their QuantumBackends: config reload, clients and live health.
+
+Both node agents (device plugin, DRA driver) need the same thing: the backends this node may
+use, read from the operator's ConfigMap (a mounted file, reloaded on change without a
+restart), a QRMI client per backend with its credentials, and a health probe per backend on
+its own interval under a deadline. Subscribers are called on every change so the device
+plugin can push ListAndWatch and the DRA driver can republish its slices at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from prometheus_client import Gauge
+
+from qpu_k8s.core.credentials import CredentialSource, resolve_credentials
+from qpu_k8s.core.errors import CredentialsError
+from qpu_k8s.core.metrics import PREFIX
+from qpu_k8s.core.model import AccessMode, InvalidBackendError, QuantumBackend, load_backend_config
+from qpu_k8s.core.qrmi_client import Health, QrmiClient, QuantumResourceClient
+
+log = logging.getLogger(__name__)
+
+ClientFactory = Callable[[QuantumBackend, Mapping[str, str]], QuantumResourceClient]
+
+BACKEND_HEALTHY = Gauge(
+    PREFIX + "backend_healthy", "1 if the backend's last health probe succeeded.", ["backend"]
+)
+CONFIG_ERRORS = Gauge(
+    PREFIX + "config_invalid", "1 while the backend config file on disk is invalid (old one kept)."
+)
+
+NOT_PROBED = Health(False, "unknown", "not probed yet")
+
+
+def default_client_factory(timeout: float) -> ClientFactory:
+    def make(backend: QuantumBackend, creds: Mapping[str, str]) -> QuantumResourceClient:
+        return QrmiClient(backend, creds, timeout=timeout)
+
+    return make
+
+
+def node_may_use(
+    backend: QuantumBackend, node_labels: Mapping[str, str], include_shared: bool = True
+) -> bool:
+    """Node-bound backends only where every selector label matches; shared ones everywhere."""
+    selector_ok = all(node_labels.get(k) == v for k, v in backend.spec.node_selector.items())
+    if backend.spec.access is AccessMode.NODE_BOUND:
+        return selector_ok
+    return include_shared and selector_ok
+
+
+@dataclass(frozen=True)
+class BackendState:
+    """One backend as the agent currently knows it."""
+
+    backend: QuantumBackend
+    client: QuantumResourceClient | None
+    health: Health = NOT_PROBED
+    # Why this backend cannot be used at all (missing Secret...): reported, never retried hot.
+    error: str | None = None
+    generation: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.client is not None and self.error is None and self.health.healthy
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    name: str = field(compare=False)
+    generation: int = field(compare=False)
+
+
+class BackendRegistry:
+    """Backends of this node, their clients and health; thread-safe; notifies on change."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        credentials: CredentialSource | None,
+        *,
+        node_labels: Mapping[str, str] | None = None,
+        include_shared: bool = True,
+        client_factory: ClientFactory | None = None,
+        probe_timeout: float = 10.0,
+        reload_interval: float = 2.0,
+        probe_workers: int = 8,
+    ) -> None:
+        self.config_path = config_path
+        self.credentials = credentials
+        self.node_labels = dict(node_labels or {})
+        self.include_shared = include_shared
+        self.client_factory = client_factory or default_client_factory(probe_timeout)
+        self.reload_interval = reload_interval
+        self._lock = threading.RLock()
+        self._states: dict[str, BackendState] = {}
+        self._creds: dict[str, dict[str, str]] = {}
+        self._subscribers: list[Callable[[], None]] = []
+        self._stamp: tuple[int, int, int] | None = None
+        self._loaded: list[QuantumBackend] | None = None
+        self._queue: list[_Due] = []
+        self._wake = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(probe_workers, thread_name_prefix="probe")
+        self._threads: list[threading.Thread] = []
+        self._gen = 0
+        self.config_error: str | None = None
+
+    # -- public API -----------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """``callback()`` runs (on a registry thread) after any backend or health change."""
+        self._subscribers.append(callback)
+
+    def snapshot(self) -> dict[str, BackendState]:
+        with self._lock:
+            return dict(self._states)
+
+    def get(self, name: str) -> BackendState | None:
+        with self._lock:
+            return self._states.get(name)
+
+    def credentials_for(self, name: str) -> dict[str, str]:
+        """The resolved credentials of a backend (for the env contract); never logged."""
+        with self._lock:
+            return dict(self._creds.get(name, {}))
+
+    def start(self) -> None:
+        self.reload()
+        for target, name in ((self._probe_loop, "probe-scheduler"), (self._watch_loop, "config")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def reload(self) -> bool:
+        """Re-read the config file (and Secrets) now; returns True when anything changed."""
+        try:
+            st = os.stat(self.config_path)
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._stamp or self._loaded is None:
+            try:
+                cfg = load_backend_config(self.config_path) if stamp else None
+            except (InvalidBackendError, OSError) as err:
+                if self.config_error != str(err):
+                    log.error(
+                        "backend config invalid, keeping the previous one",
+                        extra={"error": str(err)},
+                    )
+                self.config_error = str(err)
+                CONFIG_ERRORS.set(1)
+                self._stamp = stamp
+                return False
+            self.config_error = None
+            CONFIG_ERRORS.set(0)
+            self._stamp = stamp
+            self._loaded = list(cfg.backends) if cfg else []
+        wanted = {
+            b.name: b
+            for b in self._loaded
+            if node_may_use(b, self.node_labels, self.include_shared)
+        }
+        changed = False
+        with self._lock:
+            for name in list(self._states):
+                if name not in wanted:
+                    del self._states[name]
+                    self._creds.pop(name, None)
+                    with contextlib.suppress(KeyError):
+                        BACKEND_HEALTHY.remove(name)
+                    changed = True
+                    log.info("backend removed", extra={"backend": name})
+            for name, backend in wanted.items():
+                creds, error = self._resolve(backend)
+                old = self._states.get(name)
+                if (
+                    old
+                    and old.backend == backend
+                    and self._creds.get(name) == creds
+                    and old.error == error
+                ):
+                    continue
+                self._gen += 1
+                client = self.client_factory(backend, creds) if error is None else None
+                self._states[name] = BackendState(backend, client, NOT_PROBED, error, self._gen)
+                self._creds[name] = creds
+                changed = True
+                log.info(
+                    "backend configured" if old is None else "backend updated",
+                    extra={"backend": name, "error": error or ""},
+                )
+                if error is None:
+                    heapq.heappush(self._queue, _Due(0.0, name, self._gen))
+            if changed:
+                self._wake.notify_all()
+        if changed:
+            self._notify()
+        return changed
+
+    def probe_now(self, name: str) -> Health:
+        """Probe one backend synchronously (tests, and after a failed acquire)."""
+        state = self.get(name)
+        if state is None or state.client is None:
+            raise KeyError(name)
+        return self._probe(name, state.generation)
+
+    # -- internals ------------------------------------------------------------------------
+    def _resolve(self, backend: QuantumBackend) -> tuple[dict[str, str], str | None]:
+        try:
+            return resolve_credentials(backend, self.credentials), None
+        except CredentialsError as err:
+            return {}, str(err)
+
+    def _notify(self) -> None:
+        for cb in list(self._subscribers):
+            try:
+                cb()
+            except Exception:
+                log.exception("subscriber failed")
+
+    def _probe(self, name: str, generation: int) -> Health:
+        with self._lock:
+            state = self._states.get(name)
+        if state is None or state.client is None or state.generation != generation:
+            return NOT_PROBED
+        health = state.client.health()
+        changed = False
+        with self._lock:
+            cur = self._states.get(name)
+            if cur is not None and cur.generation == generation:
+                if (cur.health.healthy, cur.health.status, cur.health.reason) != (
+                    health.healthy,
+                    health.status,
+                    health.reason,
+                ):
+                    changed = True
+                self._states[name] = replace(cur, health=health)
+                BACKEND_HEALTHY.labels(name).set(1 if health.healthy else 0)
+        if changed:
+            log.info(
+                "backend health changed",
+                extra={
+                    "backend": name,
+                    "healthy": health.healthy,
+                    "status": health.status,
+                    "reason": health.reason,
+                },
+            )
+            self._notify()
+        return health
+
+    def _probe_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._wake:
+                now = time.monotonic()
+                if not self._queue or self._queue[0].at > now:
+                    timeout = (self._queue[0].at - now) if self._queue else None
+                    self._wake.wait(timeout)
+                    continue
+                due = heapq.heappop(self._queue)
+                state = self._states.get(due.name)
+                if state is None or state.generation != due.generation:
+                    continue
+                interval = state.backend.spec.probe_interval_seconds
+                heapq.heappush(self._queue, _Due(now + interval, due.name, due.generation))
+            self._pool.submit(self._probe, due.name, due.generation)
+
+    def _watch_loop(self) -> None:
+        while not self._stop.wait(self.reload_interval):
+            try:
+                self.reload()
+            except Exception:
+                log.exception("config reload failed")

@@ -1,0 +1,1 @@
+"""qpu_k8s.operator: the QuantumBackend operator (Kopf)."""

@@ -1,0 +1,599 @@
+"""The operator's state and loops: per-backend probes, status, events, node config, claims.
+
+Kopf tells the controller what exists (create/update/resume/delete, namespace and claim
+events); the controller does the rest in two loops it owns, so 1000 backends cost two tasks
+and a heap, not 1000 timers:
+
+* the **probe scheduler** pops the backend whose probe is due (``spec.probeIntervalSeconds``),
+  probes it under a deadline with bounded concurrency, writes status and posts Events on
+  condition changes;
+* the **sync loop** (debounced, and every ``resync`` seconds) lists the QuantumBackends and
+  derives the cluster-wide state from that listing: the node agents' ConfigMap and the shared
+  ResourceClaims. Deriving from a fresh listing, not from memory, means a restart can never
+  publish a partial config.
+
+What must survive a restart lives in the object: ``status`` (conditions with their transition
+times, last probe time) seeds the in-memory entry on resume. Nothing here imports kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from qpu_k8s.core.credentials import redact
+from qpu_k8s.core.metrics import serve_metrics
+from qpu_k8s.core.model import API_GROUP, API_VERSION, KIND, AccessMode, InvalidBackendError
+from qpu_k8s.core.model import QuantumBackend as Backend
+from qpu_k8s.operator import configmap
+from qpu_k8s.operator import metrics as m
+from qpu_k8s.operator import shared_claims as sc
+from qpu_k8s.operator.conditions import EventSpec, rfc3339, transitions
+from qpu_k8s.operator.kube import Kube
+from qpu_k8s.operator.probe import ClientCache, ClientFactory, qrmi_client_factory, run_probe
+from qpu_k8s.operator.reconcile import (
+    Observation,
+    SecretProblem,
+    compute_status,
+    is_ready,
+)
+from qpu_k8s.operator.secrets import ApiStatusError, SecretReader
+from qpu_k8s.operator.status import BackendStatus
+from qpu_k8s.resourceslices.attributes import DRIVER_NAME
+
+log = logging.getLogger(__name__)
+# The apiserver only accepts Events about cluster-scoped objects in "default" (or no
+# namespace); kubectl describe finds them there.
+EVENT_NAMESPACE = "default"
+
+
+class RetryLater(Exception):
+    """A step cannot finish yet; the caller (a kopf handler) retries after ``delay``."""
+
+    def __init__(self, message: str, delay: float = 5.0) -> None:
+        self.delay = delay
+        super().__init__(message)
+
+
+class SlicePublisher(Protocol):
+    """Cluster-wide ResourceSlices of shared backends (implemented in operator/slices.py)."""
+
+    async def publish(self, backend: Backend, status: BackendStatus, uid: str = "") -> bool: ...
+    async def remove(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the controller needs that is not an API client (flags of ``qpu-k8s operator``)."""
+
+    namespace: str = "qpu-system"
+    node_config_map: str = "qpu-k8s-node-config"
+    driver: str = DRIVER_NAME
+    probe_timeout: float = 10.0
+    probe_concurrency: int = 16
+    debounce: float = 0.3
+    resync: float = 300.0
+    deletion_grace: float = 120.0
+    secret_ttl: float = 20.0
+    # A missing or incomplete Secret is retried this soon (admins create it after reading
+    # the condition), not only after the probe interval.
+    secret_retry: float = 30.0
+    dra: bool = False
+    # Minimum seconds between status writes that would only move lastProbeTime (0: every probe).
+    status_refresh: float = 0.0
+    metrics_address: str = ""
+    # Only QuantumBackends matching this label selector ("k=v,k2"): sharding, tests, dev copies.
+    backend_selector: str = ""
+    # Slices of a shared backend that is not Ready: "withdraw" its devices or "taint" them.
+    unhealthy: str = "withdraw"
+
+
+@dataclass
+class Entry:
+    """One backend as the controller knows it."""
+
+    name: str
+    uid: str = ""
+    generation: int | None = None
+    backend: Backend | None = None
+    problems: tuple[tuple[str, str], ...] = ()
+    status: BackendStatus = field(default_factory=BackendStatus)
+    due: float = 0.0
+    probing: bool = False
+    deleting: bool = False
+    written: dict[str, Any] | None = None
+    last_write: float = 0.0
+    publish_problems: tuple[str, ...] = ()
+
+
+_VOLATILE = ("lastProbeTime", "probeLatencyMs", "pendingJobs")
+
+
+def _stable(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k not in _VOLATILE}
+
+
+class Controller:
+    """See the module docstring. One instance per operator process."""
+
+    def __init__(
+        self,
+        cfg: OperatorConfig,
+        kube: Kube,
+        *,
+        client_factory: ClientFactory = qrmi_client_factory,
+        slices: SlicePublisher | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.kube = kube
+        self.slices = slices
+        self.entries: dict[str, Entry] = {}
+        self.secrets = SecretReader(kube.secret_data, cfg.namespace, cfg.secret_ttl)
+        self.clients = ClientCache(client_factory, cfg.probe_timeout)
+        self.counts: dict[str, sc.Counts] = {}
+        self.ns_requests: dict[str, frozenset[str]] = {}
+        self.last_sync_error: str | None = None
+        self.syncs = 0
+        self._released: set[str] = set()
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake: asyncio.Event | None = None
+        self._sync_event: asyncio.Event | None = None
+        self._sync_cond: asyncio.Condition | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._sync_requested = 0
+        self._sync_done = 0
+        self._metrics_server: Any = None
+        self._instance = os.environ.get("HOSTNAME", "local")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._sync_event = asyncio.Event()
+        self._sync_cond = asyncio.Condition()
+        self._sem = asyncio.Semaphore(self.cfg.probe_concurrency)
+        if self.cfg.metrics_address and self._metrics_server is None:
+            self._metrics_server = serve_metrics(self.cfg.metrics_address)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._scheduler(), name="qpu-probe-scheduler"),
+            loop.create_task(self._sync_loop(), name="qpu-sync"),
+        ]
+        self.request_sync()
+        log.info("operator started", extra={"namespace": self.cfg.namespace, "dra": self.cfg.dra})
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server = None
+
+    def health(self) -> dict[str, Any]:
+        """For the liveness endpoint: raises when a loop died (the pod then gets restarted)."""
+        for t in self._tasks:
+            if t.done():
+                raise RuntimeError(f"operator loop {t.get_name()} stopped")
+        return {
+            "backends": len(self.entries),
+            "probing": sum(1 for e in self.entries.values() if e.probing),
+            "syncs": self.syncs,
+            "lastSyncError": self.last_sync_error,
+        }
+
+    # -- what kopf tells us ---------------------------------------------------------------
+    def observe(self, body: Mapping[str, Any], trigger: str) -> Entry:
+        """A QuantumBackend was created, changed or seen at start-up: (re)validate, schedule."""
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name"))
+        e = self.entries.get(name)
+        if e is None:
+            e = Entry(name=name, status=BackendStatus.from_api(body.get("status")))
+            self.entries[name] = e
+            m.BACKENDS.set(len(self.entries))
+        e.uid = str(meta.get("uid", ""))
+        e.deleting = bool(meta.get("deletionTimestamp"))
+        generation = meta.get("generation")
+        try:
+            e.backend, e.problems = Backend.from_object(body), ()
+        except InvalidBackendError as err:
+            e.backend, e.problems = None, tuple(err.problems)
+        fresh = trigger != "resume" or e.status.observed_generation != generation
+        e.generation = generation if isinstance(generation, int) else None
+        self._schedule(e, self._clock() if fresh else self._resume_due(e))
+        m.RECONCILES.labels(trigger, "ok").inc()
+        self.request_sync()
+        return e
+
+    def namespace_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name"))
+        wanted = (
+            frozenset() if event_type == "DELETED" else frozenset(sc.requested(meta.get("labels")))
+        )
+        old = self.ns_requests.get(name, frozenset())
+        if event_type == "DELETED":
+            self.ns_requests.pop(name, None)
+        else:
+            self.ns_requests[name] = wanted
+        if old != wanted:
+            self.request_sync()
+
+    def claims_changed(self) -> None:
+        self.request_sync()
+
+    async def finalize(self, body: Mapping[str, Any], runtime: float) -> None:
+        """Deletion, in order: slices, shared claims (waiting for them), node config.
+
+        Slices go first so the scheduler allocates nothing new; claims next, so their nodes
+        unprepare and release the QRMI acquisitions; the node config last, because the node
+        agents need the backend's config to make those releases. Waiting is bounded by
+        ``deletion_grace``; API errors raise and are retried by the caller.
+        """
+        name = str((body.get("metadata") or {}).get("name"))
+        e = self.entries.get(name)
+        if e is not None:
+            e.deleting = True
+        if self.cfg.dra:
+            if self.slices is not None:
+                await self.slices.remove(name)
+            selector = f"{sc.SELECTOR},{sc.BACKEND_LABEL}={name}"
+            for c in await self.kube.list_claims(selector):
+                meta = c.get("metadata") or {}
+                if not meta.get("deletionTimestamp"):
+                    await self.kube.delete_claim(meta["namespace"], meta["name"])
+            left = await self.kube.list_claims(selector)
+            if left and runtime < self.cfg.deletion_grace:
+                raise RetryLater(
+                    f"waiting for {len(left)} shared claim(s) of {name} to be released", 2.0
+                )
+            if left:
+                log.warning(
+                    "gave up waiting for shared claims; removing the backend anyway",
+                    extra={"backend": name, "claims": len(left)},
+                )
+        self._released.add(name)
+        ticket = self.request_sync()
+        if not await self.wait_synced(ticket, within=30.0):
+            raise RetryLater(f"node config not updated yet: {self.last_sync_error}", 5.0)
+        self.entries.pop(name, None)
+        self.clients.drop(name)
+        self.counts.pop(name, None)
+        m.forget_backend(name)
+        m.BACKENDS.set(len(self.entries))
+        m.RECONCILES.labels("delete", "ok").inc()
+        log.info("backend removed", extra={"backend": name})
+
+    # -- probe scheduler ------------------------------------------------------------------
+    @staticmethod
+    def _clock() -> float:
+        return time.monotonic()
+
+    def _resume_due(self, e: Entry) -> float:
+        """After a restart, keep the probe rhythm stored in status instead of probing all now."""
+        now = self._clock()
+        if e.backend is None or not e.status.last_probe_time:
+            return now
+        try:
+            last = datetime.fromisoformat(e.status.last_probe_time.replace("Z", "+00:00"))
+        except ValueError:
+            return now
+        age = (datetime.now(UTC) - last).total_seconds()
+        return now + max(0.0, e.backend.spec.probe_interval_seconds - age)
+
+    def _schedule(self, e: Entry, due: float) -> None:
+        e.due = due
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, e.name))
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _scheduler(self) -> None:
+        assert self._wake is not None
+        while True:
+            now = self._clock()
+            while self._heap and self._heap[0][0] <= now:
+                due, _, name = heapq.heappop(self._heap)
+                e = self.entries.get(name)
+                if e is None or e.due != due or e.probing or e.deleting:
+                    continue  # stale heap item, or already running (rescheduled after)
+                m.PROBE_LAG.set(max(0.0, now - due))
+                e.probing = True
+                asyncio.get_running_loop().create_task(self._probe(e))
+            self._wake.clear()
+            timeout = (self._heap[0][0] - now) if self._heap else None
+            await _wait(self._wake, timeout)
+
+    async def _probe(self, e: Entry) -> None:
+        assert self._sem is not None
+        generation = e.generation
+        started = self._clock()  # the next probe is due one interval after this one started
+        try:
+            async with self._sem:
+                m.PROBES_IN_FLIGHT.inc()
+                try:
+                    obs = await self._observe(e)
+                finally:
+                    m.PROBES_IN_FLIGHT.dec()
+            await self._apply(e, obs)
+            m.RECONCILES.labels("probe", "ok").inc()
+        except Exception:
+            m.RECONCILES.labels("probe", "error").inc()
+            log.exception("probe failed", extra={"backend": e.name})
+        finally:
+            e.probing = False
+            if not e.deleting and self.entries.get(e.name) is e:
+                if e.generation != generation:
+                    self._schedule(e, self._clock())
+                elif e.backend is not None:
+                    interval = float(e.backend.spec.probe_interval_seconds)
+                    if e.status.state == "no-credentials":
+                        interval = min(interval, self.cfg.secret_retry)
+                    self._schedule(e, max(started + interval, self._clock()))
+
+    async def _observe(self, e: Entry) -> Observation:
+        c = self.counts.get(e.name, sc.Counts())
+        base: dict[str, Any] = {
+            "generation": e.generation,
+            "now": datetime.now(UTC),
+            "backend": e.backend,
+            "live_acquisitions": c.live_acquisitions,
+            "shared_claims": c.shared_claims,
+            "publish_problems": e.publish_problems,
+        }
+        if e.backend is None:
+            return Observation(**base, spec_problems=e.problems)
+        try:
+            creds = await self.secrets.credentials(e.backend)
+        except SecretProblem as problem:
+            return Observation(**base, secret_problem=problem)
+        client = self.clients.get(e.backend, creds)
+        probe = await run_probe(client, self.cfg.probe_timeout)
+        rtype = e.backend.spec.type.value
+        m.PROBE_SECONDS.labels(rtype).observe(probe.seconds)
+        m.PROBES.labels(rtype, probe.health.status).inc()
+        # The raw target() (IBM: configuration + calibration, ~1 MB as Python objects) is
+        # not kept: status holds the attributes derived from it.
+        return Observation(**base, probe=probe)
+
+    async def _apply(self, e: Entry, obs: Observation) -> None:
+        status = compute_status(obs, e.status)
+        events = transitions(e.status.conditions, status.conditions)
+        e.status = status
+        await self._write_status(e)
+        for ev in events:
+            await self._post_event(e, ev)
+        m.BACKEND_READY.labels(e.name).set(1 if is_ready(status) else 0)
+        await self._publish_slice(e)
+
+    async def _publish_slice(self, e: Entry) -> None:
+        if self.slices is None or e.backend is None or e.deleting:
+            return
+        if e.backend.spec.access is not AccessMode.SHARED:
+            return
+        problems: tuple[str, ...] = ()
+        try:
+            if await self.slices.publish(e.backend, e.status, e.uid):
+                m.SLICE_WRITES.inc()
+        except ApiStatusError as err:
+            m.API_ERRORS.labels("slice").inc()
+            problems = (f"ResourceSlice not published: {err}",)
+        except Exception as err:  # a bug in the publisher must not stop the probe loop
+            log.exception("slice publishing failed", extra={"backend": e.name})
+            problems = (f"ResourceSlice not published: {type(err).__name__}",)
+        if problems != e.publish_problems:
+            e.publish_problems = problems
+            self._schedule(e, self._clock())  # re-reconcile so Degraded shows it
+
+    async def _write_status(self, e: Entry, force: bool = False) -> None:
+        body = e.status.to_api()
+        if body == e.written:
+            return
+        now = self._clock()
+        if (
+            not force
+            and e.written is not None
+            and self.cfg.status_refresh > 0
+            and _stable(body) == _stable(e.written)
+            and now - e.last_write < self.cfg.status_refresh
+        ):
+            return
+        try:
+            await self.kube.patch_backend_status(e.name, body)
+        except ApiStatusError as err:
+            if err.status != 404:
+                m.API_ERRORS.labels("status").inc()
+                log.warning("status write failed", extra={"backend": e.name, "error": str(err)})
+            return
+        e.written, e.last_write = body, now
+        m.STATUS_WRITES.inc()
+
+    async def _post_event(self, e: Entry, ev: EventSpec) -> None:
+        now = rfc3339(datetime.now(UTC))
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{e.name}.", "namespace": EVENT_NAMESPACE},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": e.name,
+                "uid": e.uid,
+            },
+            "reason": ev.reason,
+            "message": redact(ev.message),
+            "type": ev.type,
+            "source": {"component": "qpu-k8s-operator"},
+            "reportingComponent": "qpu-k8s-operator",
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create_event(EVENT_NAMESPACE, body)
+            m.EVENTS.labels(ev.type).inc()
+        except ApiStatusError as err:
+            m.API_ERRORS.labels("event").inc()
+            log.warning("event not posted", extra={"backend": e.name, "error": str(err)})
+        log.info(
+            "condition changed",
+            extra={"backend": e.name, "reason": ev.reason, "event": ev.type, "detail": ev.message},
+        )
+
+    # -- sync loop: node config + shared claims -------------------------------------------
+    def request_sync(self) -> int:
+        self._sync_requested += 1
+        if self._sync_event is not None:
+            self._sync_event.set()
+        return self._sync_requested
+
+    async def wait_synced(self, ticket: int, within: float) -> bool:
+        """Wait until a sync that started after ``ticket`` was requested has finished."""
+        assert self._sync_cond is not None
+        cond = self._sync_cond
+        try:
+            async with asyncio.timeout(within), cond:
+                await cond.wait_for(lambda: self._sync_done >= ticket)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _sync_loop(self) -> None:
+        assert self._sync_event is not None
+        assert self._sync_cond is not None
+        backoff = 1.0
+        while True:
+            await _wait(self._sync_event, self.cfg.resync)
+            self._sync_event.clear()
+            await asyncio.sleep(self.cfg.debounce)  # coalesce a burst of changes
+            ticket = self._sync_requested
+            try:
+                await self.sync_once()
+            except ApiStatusError as err:
+                m.API_ERRORS.labels("sync").inc()
+                self.last_sync_error = str(err)
+                log.warning("sync failed, retrying", extra={"error": str(err)})
+                # Back off, but a new request (a deletion waiting on us) retries at once.
+                await _wait(self._sync_event, backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._sync_event.set()
+                continue
+            backoff = 1.0
+            self.last_sync_error = None
+            self.syncs += 1
+            async with self._sync_cond:
+                self._sync_done = max(self._sync_done, ticket)
+                self._sync_cond.notify_all()
+
+    async def sync_once(self) -> None:
+        objs = await self.kube.list_backends(self.cfg.backend_selector)
+        listed = {str((o.get("metadata") or {}).get("name")) for o in objs}
+        self._released &= listed
+        selection = configmap.select(objs, self._released)
+        await self._write_config_map(selection)
+        if self.cfg.dra:
+            live = {
+                b.name
+                for b, o in zip(selection.backends, _valid_objects(objs, selection), strict=True)
+                if not (o.get("metadata") or {}).get("deletionTimestamp")
+            }
+            await self._sync_claims(live)
+
+    async def _write_config_map(self, selection: configmap.Selection) -> None:
+        try:
+            body = configmap.render(
+                self.cfg.node_config_map, self.cfg.namespace, selection.backends
+            )
+        except configmap.ConfigTooLargeError as err:
+            log.error("node config not written", extra={"error": str(err)})
+            return
+        current = await self.kube.read_config_map(self.cfg.namespace, self.cfg.node_config_map)
+        m.CONFIGMAP_BYTES.set(len(body["data"][configmap.DATA_KEY]))
+        if configmap.same_content(current, body):
+            return
+        await self.kube.write_config_map(body, exists=current is not None)
+        m.CONFIGMAP_WRITES.inc()
+        log.info(
+            "node config written",
+            extra={"backends": len(selection.backends), "configmap": self.cfg.node_config_map},
+        )
+
+    async def _sync_claims(self, live: set[str]) -> None:
+        namespaces = await self.kube.list_namespaces()
+        claims = await self.kube.list_claims(sc.SELECTOR)
+        todo = sc.plan(namespaces, live, claims, self.cfg.driver)
+        gone = set(todo.delete)
+        for ns, name in todo.delete:
+            await self.kube.delete_claim(ns, name)
+            log.info("shared claim deleted", extra={"namespace": ns, "claim": name})
+        kept = [
+            c
+            for c in claims
+            if ((c.get("metadata") or {}).get("namespace"), (c.get("metadata") or {}).get("name"))
+            not in gone
+        ]
+        for ns, backend in todo.create:
+            body = sc.claim_body(backend, ns, self.cfg.driver)
+            try:
+                await self.kube.create_claim(body)
+            except ApiStatusError as err:
+                if err.status != 409:
+                    raise
+                log.warning(
+                    "a ResourceClaim with the shared claim's name exists and is not ours",
+                    extra={"namespace": ns, "claim": body["metadata"]["name"]},
+                )
+                continue
+            kept.append(body)
+            log.info("shared claim created", extra={"namespace": ns, "backend": backend})
+        for ns, name in todo.held:
+            log.warning(
+                "shared claim outdated but in use; replaced once released",
+                extra={"namespace": ns, "claim": name},
+            )
+        counts = sc.count(kept)
+        m.SHARED_CLAIMS.set(sum(c.shared_claims for c in counts.values()))
+        changed = {n for n in set(counts) | set(self.counts) if counts.get(n) != self.counts.get(n)}
+        self.counts = counts
+        for name in changed:
+            e = self.entries.get(name)
+            if e is None or e.deleting:
+                continue
+            c = counts.get(name, sc.Counts())
+            e.status = e.status.model_copy(
+                update={"live_acquisitions": c.live_acquisitions, "shared_claims": c.shared_claims}
+            )
+            await self._write_status(e, force=True)
+
+
+async def _wait(event: asyncio.Event, seconds: float | None) -> None:
+    """Wait for ``event`` at most ``seconds``.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives just as
+    the event fires, and the operator could then never stop.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
+def _valid_objects(
+    objs: list[dict[str, Any]], selection: configmap.Selection
+) -> list[dict[str, Any]]:
+    """The listed objects matching ``selection.backends`` (same order: sorted by name)."""
+    by_name = {str((o.get("metadata") or {}).get("name")): o for o in objs}
+    return [by_name[b.name] for b in selection.backends]

@@ -1,0 +1,148 @@
+"""Kopf handlers: thin adapters from kopf's causes to the :class:`Controller`.
+
+The registry is built per controller (no module-level handlers, no global state), so the
+CLI, ``kopf.testing.KopfRunner`` and unit tests all run the same handlers. Kopf keeps its
+bookkeeping in annotations under ``quantum.example.com/`` (not in status, which belongs to
+the operator's schema) and its finalizer is ``quantum.example.com/cleanup``.
+
+Peering: Kopf's peering is not leader election. Two operators with the same priority both
+act, and one with a higher priority only *pauses* the others while it is alive. The
+Deployment therefore runs exactly one replica with the Recreate strategy, and the operator
+runs ``--standalone`` by default (no KopfPeering objects needed). ``--peering NAME`` is
+there for the documented Kopf use: pausing this operator while a developer's copy with a
+higher ``--priority`` runs against the same cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from qpu_k8s.core.model import API_GROUP, API_VERSION
+from qpu_k8s.operator import shared_claims as sc
+from qpu_k8s.operator.controller import Controller, RetryLater
+from qpu_k8s.operator.crd import PLURAL
+from qpu_k8s.operator.kube import RESOURCE_GROUP, RESOURCE_VERSION, Connection
+from qpu_k8s.operator.secrets import ApiStatusError
+
+PREFIX = API_GROUP
+FINALIZER = f"{API_GROUP}/cleanup"
+
+
+def make_settings(*, standalone: bool = True, priority: int = 0) -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    s.persistence.finalizer = FINALIZER
+    s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    s.posting.reporting_component = "qpu-k8s-operator"
+    s.posting.level = logging.WARNING  # our own Events say what changed; skip kopf's chatter
+    s.peering.standalone = standalone
+    s.peering.priority = priority
+    s.networking.request_timeout = 30.0
+    s.networking.connect_timeout = 10.0
+    s.watching.server_timeout = 300
+    s.watching.client_timeout = 330
+    s.watching.connect_timeout = 10.0
+    return s
+
+
+def connection_info(conn: Connection, namespace: str) -> kopf.ConnectionInfo:
+    """Kopf's credentials from the same configuration our own client uses."""
+    cfg = conn.configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme or ("Bearer" if token else None),
+        token=token or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        default_namespace=namespace,
+    )
+
+
+def selector_filter(selector: str) -> dict[str, Any] | None:
+    """Kopf's label filter for an equality selector ``k=v,k2`` (``k2``: label present)."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in selector.split(","))):
+        if any(op in part for op in ("!=", " in ", " notin ", "!")):
+            raise ValueError(f"backend selector {selector!r}: only k=v and k terms are supported")
+        key, eq, value = part.partition("=")
+        out[key.strip()] = value.strip().lstrip("=") if eq else kopf.PRESENT
+    return out or None
+
+
+def _retry(err: Exception) -> kopf.TemporaryError:
+    delay = err.delay if isinstance(err, RetryLater) else 5.0
+    return kopf.TemporaryError(str(err), delay=delay)
+
+
+def build_registry(ctl: Controller, conn: Connection | None = None) -> kopf.OperatorRegistry:
+    """All handlers of the operator, bound to ``ctl``."""
+    reg = kopf.OperatorRegistry()
+    backends = (API_GROUP, API_VERSION, PLURAL)
+    only = selector_filter(ctl.cfg.backend_selector)
+
+    if conn is not None:
+
+        @kopf.on.login(id="login", registry=reg)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return connection_info(conn, ctl.cfg.namespace)
+
+    @kopf.on.startup(id="startup", registry=reg)
+    async def startup(**_: Any) -> None:
+        await ctl.start()
+
+    @kopf.on.cleanup(id="cleanup", registry=reg)
+    async def cleanup(**_: Any) -> None:
+        await ctl.stop()
+
+    @kopf.on.probe(registry=reg, id="operator")
+    def probe(**_: Any) -> dict[str, Any]:
+        return ctl.health()
+
+    @kopf.on.resume(*backends, id="resume", labels=only, registry=reg)
+    async def resume(body: kopf.Body, **_: Any) -> None:
+        ctl.observe(body, "resume")
+
+    @kopf.on.create(*backends, id="create", labels=only, registry=reg)
+    async def create(body: kopf.Body, **_: Any) -> None:
+        ctl.observe(body, "create")
+
+    @kopf.on.update(*backends, id="update", labels=only, registry=reg, field="spec")
+    async def update(body: kopf.Body, **_: Any) -> None:
+        ctl.observe(body, "update")
+
+    @kopf.on.delete(*backends, id="delete", labels=only, registry=reg, backoff=5)
+    async def delete(body: kopf.Body, runtime: Any, **_: Any) -> None:
+        try:
+            await ctl.finalize(body, runtime.total_seconds())
+        except (RetryLater, ApiStatusError) as err:
+            raise _retry(err) from None
+
+    @kopf.on.event("", "v1", "namespaces", id="namespace", registry=reg)
+    async def namespace(body: kopf.Body, type: str | None, **_: Any) -> None:
+        ctl.namespace_event(body, type)
+
+    if ctl.cfg.dra:
+
+        @kopf.on.event(
+            RESOURCE_GROUP,
+            RESOURCE_VERSION,
+            "resourceclaims",
+            id="claim",
+            labels={sc.MANAGED_BY_KEY: sc.MANAGED_BY},
+            registry=reg,
+        )
+        async def claim(**_: Any) -> None:
+            ctl.claims_changed()
+
+    return reg

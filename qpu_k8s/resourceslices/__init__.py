@@ -1,0 +1,1 @@
+"""qpu_k8s.resourceslices: DRA ResourceSlices and device attributes (node driver and operator)."""

@@ -1,0 +1,6 @@
+"""Test and development support: never shipped in the wheel, never imported by qpu_k8s.
+
+The fake kubelet the demo also uses is product code (``qpu_k8s.fakekubelet``); what is
+here serves only tests, benchmarks and the developer commands (tools, packaging, the
+real-cluster fixture).
+"""
