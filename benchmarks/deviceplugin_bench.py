@@ -36,7 +36,7 @@ import yaml
 
 from qpu_k8s.core.model import QuantumBackend, parse_backend
 from qpu_k8s.core.qrmi_client import QrmiClient, QuantumResourceClient
-from qpu_k8s.deviceplugin.agent import Agent, AgentConfig
+from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
 from testsupport.grpc_floor import LatencySummary, measure_unary_floor, summarize
@@ -108,8 +108,8 @@ def bench_overhead(emu: Emulator, n: int) -> tuple[LatencySummary, LatencySummar
             FakeDevicePluginKubelet(root / "dp") as kubelet,
             FakePodResourcesServer(root / "pr.sock"),
         ):
-            agent = Agent(
-                AgentConfig(
+            agent = DevicePlugin(
+                DevicePluginConfig(
                     device_plugin_dir=root / "dp",
                     pod_resources_socket=root / "pr.sock",
                     state_dir=root / "state",

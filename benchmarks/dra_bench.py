@@ -35,8 +35,9 @@ from typing import Any
 import yaml
 
 from qpu_k8s.core.model import QuantumBackend
+from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import QrmiClient, QuantumResourceClient
-from qpu_k8s.dra.agent import AgentConfig, DraAgent
+from qpu_k8s.dra.agent import DraDriver, DraDriverConfig
 from qpu_k8s.dra.claims import ClaimSource, KubeClaims, StaticClaims
 from qpu_k8s.emulator import running_emulator
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
@@ -44,7 +45,7 @@ from qpu_k8s.resourceslices.slices import GROUP, as_object
 from testsupport.grpc_floor import LatencySummary, measure_unary_floor, summarize
 from testsupport.instant_client import InstantClient
 
-DRIVER = "qpu.quantum.example.com"
+DRIVER = DRIVER_NAME
 NODE = "bench-node"
 API_KEY = "bench-apikey-0001"
 
@@ -111,7 +112,7 @@ def bench_prepare(  # noqa: PLR0917
     try:
         _layout(root, emu)
         static = claims or StaticClaims()
-        cfg = AgentConfig(
+        cfg = DraDriverConfig(
             node_name=NODE,
             config_path=root / "backends.yaml",
             plugins_dir=root / "plugins",
@@ -123,7 +124,7 @@ def bench_prepare(  # noqa: PLR0917
             node_labels={"bench": "yes"},
             kubeconfig=kubeconfig,
         )
-        agent = DraAgent(cfg, claims=static, client_factory=factory, publish_slices=False)
+        agent = DraDriver(cfg, claims=static, client_factory=factory, publish_slices=False)
         agent.start()
         refs: list[ClaimRef] = []
         for i in range(n + 20):

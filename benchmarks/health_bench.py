@@ -36,16 +36,17 @@ from typing import Any
 
 import yaml
 
-from qpu_k8s.deviceplugin.agent import Agent, AgentConfig
-from qpu_k8s.dra.agent import AgentConfig as DraConfig
-from qpu_k8s.dra.agent import DraAgent
+from qpu_k8s.core.names import DRIVER_NAME
+from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
+from qpu_k8s.dra.agent import DraDriver
+from qpu_k8s.dra.agent import DraDriverConfig as DraConfig
 from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakeDRAKubelet, FakePodResourcesServer
 from qpu_k8s.node.registry import BackendRegistry
 
 RESOURCE = "quantum.example.com/qpu"
-DRIVER = "qpu.quantum.example.com"
+DRIVER = DRIVER_NAME
 API_KEY = "health-bench-apikey-0001"
 LABEL = "health-bench/node"
 TARGET = 1.0  # seconds (issue 8)
@@ -118,7 +119,7 @@ def bench_device_plugin(emu: Emulator, n: int) -> Series:
     try:
         _files(root, [_backend(emu, "manila", "fake_manila")])
         (root / "dp").mkdir()
-        cfg = AgentConfig(
+        cfg = DevicePluginConfig(
             device_plugin_dir=root / "dp",
             pod_resources_socket=root / "pr.sock",
             state_dir=root / "state",
@@ -131,7 +132,7 @@ def bench_device_plugin(emu: Emulator, n: int) -> Series:
             FakeDevicePluginKubelet(root / "dp") as kubelet,
             FakePodResourcesServer(root / "pr.sock"),
         ):
-            agent = Agent(cfg)
+            agent = DevicePlugin(cfg)
             agent.start()
             try:
                 kubelet.wait_for_devices(
@@ -259,7 +260,7 @@ def bench_dra(emu: Emulator, n: int, cluster: tuple[Any, Path] | None) -> list[S
                 client.V1Node(metadata=client.V1ObjectMeta(name=node, labels={LABEL: node}))
             )
             watch = _SliceWatch(cluster[0], f"{LABEL_POOL}={pool_label(DRIVER, node)}")
-        agent = DraAgent(cfg, claims=StaticClaims(), publish_slices=cluster is not None)
+        agent = DraDriver(cfg, claims=StaticClaims(), publish_slices=cluster is not None)
         agent.start()
         try:
             with FakeDRAKubelet(root / "registry") as kubelet:

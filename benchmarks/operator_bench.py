@@ -42,11 +42,12 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
 from qpu_k8s.emulator.server import Emulator, running_emulator
 from qpu_k8s.operator import crd
 from testsupport import k8s_cluster, resource_api
 
-GROUP, VERSION, PLURAL = "quantum.example.com", "v1alpha1", "quantumbackends"
+GROUP, VERSION = API_GROUP, API_VERSION
 LABEL = "qpu-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

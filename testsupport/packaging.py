@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from qpu_k8s.core.names import DRIVER_NAME
 from testsupport import example_workloads, tools
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,6 @@ VAP_TEMPLATE = CHART / "templates" / "generated-admission-policy.yaml"
 EMULATOR_BACKENDS_SOURCE = MANIFESTS / "examples" / "backends" / "emulator.yaml"
 EMULATOR_BACKENDS_TEMPLATE = CHART / "templates" / "generated-emulator-backends.yaml"
 # What the sources say that the chart makes configurable.
-DEFAULT_DRIVER = "qpu.quantum.example.com"
 EMULATOR_LOCAL_URL = "http://127.0.0.1:18080"
 
 RELEASE = "qpu-k8s"
@@ -242,7 +242,7 @@ def admission_policy_template() -> str:
     """The DRA claim-parameters ValidatingAdmissionPolicy, for the chart's driver name."""
     body = _as_template(
         VAP_SOURCE,
-        {f'c.opaque.driver == "{DEFAULT_DRIVER}"': 'c.opaque.driver == "{{ .Values.driverName }}"'},
+        {f'c.opaque.driver == "{DRIVER_NAME}"': 'c.opaque.driver == "{{ .Values.driverName }}"'},
         "the opaque config of our driver, whatever driverName is",
     )
     cond = "{{- if and .Values.dra.enabled .Values.dra.admissionPolicy.enabled }}\n"

@@ -1,7 +1,7 @@
 """The demo's main job through the device plugin, with an in-repo fake kubelet.
 
 ``run_device_plugin_flow`` plays every part a node plays for a pod that asks for
-``quantum.example.com/qpu: 1``: the device plugin (in this process, the same ``Agent`` that
+``quantum.example.com/qpu: 1``: the device plugin (in this process, the same ``DevicePlugin`` that
 ``qpu-k8s device-plugin`` runs), the kubelet (the fake: registration server, ListAndWatch
 consumer, Allocate caller, PodResources endpoint), and the pod (the example script in a
 child process whose environment is exactly what Allocate returned). Each lifecycle step is
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from qpu_k8s.core.model import load_backend_config
 from qpu_k8s.core.vendors import ResourceType
-from qpu_k8s.deviceplugin.agent import Agent, AgentConfig
+from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer, PodAllocation
 
@@ -117,8 +117,8 @@ def run_device_plugin_flow(
         FakePodResourcesServer(workdir / "pod-resources.sock") as pod_resources,
     ):
         say(f"[kubelet] fake kubelet serving {kubelet.socket_path}")
-        agent = Agent(
-            AgentConfig(
+        agent = DevicePlugin(
+            DevicePluginConfig(
                 device_plugin_dir=dp_dir,
                 pod_resources_socket=workdir / "pod-resources.sock",
                 state_dir=workdir / "state",

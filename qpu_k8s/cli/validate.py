@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from qpu_k8s.core.model import KIND, InvalidBackendError, QuantumBackend, parse_backend_config
+from qpu_k8s.core.model import InvalidBackendError, QuantumBackend, parse_backend_config
+from qpu_k8s.core.names import KIND
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

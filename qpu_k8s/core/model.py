@@ -27,11 +27,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from qpu_k8s.core.names import KIND
 from qpu_k8s.core.vendors import ResourceType, info, looks_secret
-
-API_GROUP = "quantum.example.com"
-API_VERSION = "v1alpha1"
-KIND = "QuantumBackend"
 
 # A device ID is "<name>-lane-<n>" and must stay a DNS label (<= 63 chars).
 MAX_LANES = 64

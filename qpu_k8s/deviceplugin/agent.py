@@ -20,6 +20,7 @@ from wsgiref.simple_server import WSGIServer
 from qpu_k8s.core.credentials import CredentialSource, DirectoryCredentials
 from qpu_k8s.core.metrics import serve_metrics
 from qpu_k8s.core.model import QuantumBackend
+from qpu_k8s.core.names import RESOURCE_NAME
 from qpu_k8s.core.qrmi_client import Health, QrmiClient, QuantumResourceClient, TaskState
 from qpu_k8s.deviceplugin.allocator import Allocator
 from qpu_k8s.deviceplugin.devices import DeviceBoard
@@ -32,11 +33,9 @@ from qpu_k8s.node.registry import BackendRegistry, ClientFactory
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RESOURCE = "quantum.example.com/qpu"
-
 
 @dataclass
-class AgentConfig:
+class DevicePluginConfig:
     """Everything the agent needs; the CLI fills it from flags and env."""
 
     device_plugin_dir: Path
@@ -44,7 +43,7 @@ class AgentConfig:
     state_dir: Path
     config: Path
     credentials_dir: Path | None = None
-    resource_name: str = DEFAULT_RESOURCE
+    resource_name: str = RESOURCE_NAME
     node_name: str = ""
     node_labels: dict[str, str] = field(default_factory=dict)
     kubeconfig: str | None = None
@@ -147,12 +146,12 @@ class StateDirLock:
             self._fd = None
 
 
-class Agent:
+class DevicePlugin:
     """The running device plugin."""
 
     def __init__(
         self,
-        cfg: AgentConfig,
+        cfg: DevicePluginConfig,
         *,
         client_factory: ClientFactory | None = None,
         credentials: CredentialSource | None = None,

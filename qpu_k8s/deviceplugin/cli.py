@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 
 from qpu_k8s.core.flags import add_common, add_flag
-
-DEFAULT_RESOURCE = "quantum.example.com/qpu"
+from qpu_k8s.core.names import RESOURCE_NAME
 
 
 def _bool(flag: str, value: str) -> bool:
@@ -54,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "/etc/qpu-k8s/credentials",
         "mounted Secrets with vendor credentials: <dir>/<secret name>/<KEY>",
     )
-    add_flag(parser, "--resource-name", DEFAULT_RESOURCE, "extended resource name to register")
+    add_flag(parser, "--resource-name", RESOURCE_NAME, "extended resource name to register")
     add_flag(parser, "--node-name", "", "this node's name (reads its labels from the apiserver)")
     add_flag(
         parser,
@@ -98,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (grpc, qrmi, pydantic models) only when the command runs.
     from qpu_k8s.core import logs
-    from qpu_k8s.deviceplugin.agent import Agent, AgentConfig
+    from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
     from qpu_k8s.deviceplugin.node import NodeLabelsError, parse_labels
 
     logs.setup(args.log_level, args.log_format)
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     except (NodeLabelsError, ValueError) as err:
         print(f"qpu-k8s device-plugin: {err}", file=sys.stderr)
         return 2
-    cfg = AgentConfig(
+    cfg = DevicePluginConfig(
         device_plugin_dir=Path(args.device_plugin_dir),
         pod_resources_socket=Path(args.pod_resources_socket),
         state_dir=Path(args.state_dir),
@@ -128,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         config_reload_interval=args.config_reload_interval,
     )
     try:
-        agent = Agent(cfg)
+        agent = DevicePlugin(cfg)
     except ValueError as err:
         print(f"qpu-k8s device-plugin: {err}", file=sys.stderr)
         return 2

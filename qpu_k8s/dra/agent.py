@@ -31,7 +31,8 @@ from urllib3 import Retry
 from qpu_k8s.core.checkpoint import BOOT_ID_PATH, read_boot_id
 from qpu_k8s.core.credentials import DirectoryCredentials
 from qpu_k8s.core.errors import QpuError
-from qpu_k8s.core.model import AccessMode, device_id
+from qpu_k8s.core.model import AccessMode, AttributeValue, device_id
+from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.node.registry import BackendRegistry, ClientFactory
 from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
@@ -39,8 +40,6 @@ from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
 from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2_grpc as h_v1a1_grpc
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from qpu_k8s.resourceslices.attributes import (
-    DRIVER_NAME,
-    AttrValue,
     InvalidAttributesError,
     device_attributes,
     target_attributes,
@@ -76,7 +75,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class AgentConfig:
+class DraDriverConfig:
     """Everything the driver needs; the CLI fills it from flags and env."""
 
     node_name: str
@@ -107,7 +106,7 @@ class _Target:
 
     generation: int
     fetched_at: float
-    probed: dict[str, AttrValue]
+    probed: dict[str, AttributeValue]
     metadata: dict[str, str] | None
 
 
@@ -132,12 +131,12 @@ def kube_client(kubeconfig: Path | None) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-class DraAgent:
+class DraDriver:
     """One DRA driver instance on one node."""
 
     def __init__(
         self,
-        cfg: AgentConfig,
+        cfg: DraDriverConfig,
         *,
         api: client.ApiClient | None = None,
         claims: ClaimSource | None = None,

@@ -21,8 +21,10 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from qpu_k8s.core.names import API_GROUP
+
 CDI_VERSION = "0.6.0"  # containerEdits.env has been in the spec since 0.3; 0.6 is widely read
-VENDOR = "quantum.example.com"
+VENDOR = API_GROUP
 CLASS = "qpu"
 KIND = f"{VENDOR}/{CLASS}"
 _PREFIX = f"{VENDOR}-{CLASS}_"

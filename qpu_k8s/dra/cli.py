@@ -16,12 +16,11 @@ from pathlib import Path
 from types import FrameType
 
 from qpu_k8s.core.flags import add_common, add_flag, path_or_none
-
-DEFAULT_DRIVER = "qpu.quantum.example.com"
+from qpu_k8s.core.names import DRIVER_NAME
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--driver-name", DEFAULT_DRIVER, "DRA driver name (also the device domain)")
+    add_flag(parser, "--driver-name", DRIVER_NAME, "DRA driver name (also the device domain)")
     add_flag(parser, "--node-name", socket.gethostname(), "this node's name (the pool name)")
     add_flag(parser, "--config", "/etc/qpu-k8s/backends.yaml", "backend config file (ConfigMap)")
     add_flag(parser, "--credentials-dir", "/etc/qpu-k8s/credentials", "mounted credential Secrets")
@@ -54,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> object:
     # Heavy imports (grpc, qrmi, kubernetes) only when the command runs: --help stays fast.
-    from .agent import AgentConfig
+    from .agent import DraDriverConfig
     from .health import UnhealthyMode
 
     try:
@@ -64,7 +63,7 @@ def _config(args: argparse.Namespace) -> object:
     if args.api_version not in ("auto", "v1", "v1beta1"):
         raise SystemExit(f"--api-version: {args.api_version!r}; use auto, v1 or v1beta1")
     creds = path_or_none(args.credentials_dir)
-    return AgentConfig(
+    return DraDriverConfig(
         node_name=args.node_name,
         config_path=Path(args.config),
         plugins_dir=Path(args.plugins_dir),
@@ -87,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
     from qpu_k8s.core import logs
     from qpu_k8s.core.metrics import serve_metrics
 
-    from .agent import AgentConfig, DraAgent
+    from .agent import DraDriver, DraDriverConfig
 
     logs.setup(args.log_level, args.log_format)
     cfg = _config(args)
-    assert isinstance(cfg, AgentConfig)
+    assert isinstance(cfg, DraDriverConfig)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     metrics_server = serve_metrics(args.metrics_address)
-    agent = DraAgent(cfg)
+    agent = DraDriver(cfg)
     try:
         agent.start()
         stop.wait()

@@ -27,8 +27,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-API_VERSION = "qpu.quantum.example.com/v1alpha1"
-KIND = "QPUClaimParameters"
+from qpu_k8s.core.names import CLAIM_PARAMETERS_API_VERSION, CLAIM_PARAMETERS_KIND
+
+API_VERSION = CLAIM_PARAMETERS_API_VERSION
+KIND = CLAIM_PARAMETERS_KIND
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 

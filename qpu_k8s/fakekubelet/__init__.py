@@ -28,7 +28,7 @@ from qpu_k8s.fakekubelet.dra import (
     DRARejection,
     FakeDRAKubelet,
     HealthWatch,
-    PreparedDevice,
+    AnsweredDevice,
     PrepareResult,
 )
 from qpu_k8s.fakekubelet.podresources import (
@@ -61,7 +61,7 @@ __all__ = [
     "PluginOptions",
     "PodAllocation",
     "PrepareResult",
-    "PreparedDevice",
+    "AnsweredDevice",
     "Registration",
     "Rejection",
     "is_extended_resource_name",

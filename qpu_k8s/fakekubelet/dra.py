@@ -60,7 +60,7 @@ class ClaimRef:
 
 
 @dataclass(frozen=True)
-class PreparedDevice:
+class AnsweredDevice:
     request_names: tuple[str, ...]
     pool_name: str
     device_name: str
@@ -70,7 +70,7 @@ class PreparedDevice:
 
 @dataclass(frozen=True)
 class PrepareResult:
-    devices: tuple[PreparedDevice, ...]
+    devices: tuple[AnsweredDevice, ...]
     error: str = ""
 
 
@@ -252,11 +252,11 @@ class HealthWatch:
         self.close()
 
 
-def _prepared(device: dra_v1.Device | dra_v1beta1.Device) -> PreparedDevice:
+def _prepared(device: dra_v1.Device | dra_v1beta1.Device) -> AnsweredDevice:
     share_id = None
     if isinstance(device, dra_v1.Device) and device.HasField("share_id"):
         share_id = device.share_id
-    return PreparedDevice(
+    return AnsweredDevice(
         tuple(device.request_names),
         device.pool_name,
         device.device_name,

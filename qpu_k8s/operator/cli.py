@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 from qpu_k8s.core.flags import add_common, add_flag, path_or_none
-from qpu_k8s.resourceslices.attributes import DRIVER_NAME
+from qpu_k8s.core.names import DRIVER_NAME
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ async def _main(args: argparse.Namespace) -> int:
 
     from qpu_k8s.operator.controller import Controller, OperatorConfig
     from qpu_k8s.operator.handlers import build_registry, make_settings
-    from qpu_k8s.operator.kube import Connection, Kube
-    from qpu_k8s.operator.secrets import ApiStatusError
+    from qpu_k8s.operator.kube import ApiStatusError, Connection, Kube
     from qpu_k8s.operator.slices import make_publisher
 
     conn = Connection.load(path_or_none(args.kubeconfig))

@@ -31,13 +31,14 @@ from typing import Any, Protocol
 
 from qpu_k8s.core.credentials import redact
 from qpu_k8s.core.metrics import serve_metrics
-from qpu_k8s.core.model import API_GROUP, API_VERSION, KIND, AccessMode, InvalidBackendError
+from qpu_k8s.core.model import AccessMode, InvalidBackendError
 from qpu_k8s.core.model import QuantumBackend as Backend
+from qpu_k8s.core.names import API_GROUP, API_VERSION, DRIVER_NAME, KIND
 from qpu_k8s.operator import configmap
 from qpu_k8s.operator import metrics as m
 from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.conditions import EventSpec, rfc3339, transitions
-from qpu_k8s.operator.kube import Kube
+from qpu_k8s.operator.kube import ApiStatusError, Kube
 from qpu_k8s.operator.probe import ClientCache, ClientFactory, qrmi_client_factory, run_probe
 from qpu_k8s.operator.reconcile import (
     Observation,
@@ -45,9 +46,8 @@ from qpu_k8s.operator.reconcile import (
     compute_status,
     is_ready,
 )
-from qpu_k8s.operator.secrets import ApiStatusError, SecretReader
+from qpu_k8s.operator.secrets import SecretReader
 from qpu_k8s.operator.status import BackendStatus
-from qpu_k8s.resourceslices.attributes import DRIVER_NAME
 
 log = logging.getLogger(__name__)
 # The apiserver only accepts Events about cluster-scoped objects in "default" (or no

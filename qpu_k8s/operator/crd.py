@@ -30,11 +30,8 @@ from typing import Any
 import yaml
 
 from qpu_k8s.core.model import (
-    API_GROUP,
-    API_VERSION,
     CONFIG_KEY_RE,
     DNS_LABEL_RE,
-    KIND,
     LABEL_KEY_RE,
     MAX_NAME_LEN,
     RESOURCE_ID_RE,
@@ -42,10 +39,10 @@ from qpu_k8s.core.model import (
     QuantumBackend,
     QuantumBackendSpec,
 )
+from qpu_k8s.core.names import API_GROUP, API_VERSION, KIND, PLURAL
 from qpu_k8s.core.vendors import SECRET_LOOKING_RE, TYPES, ResourceType
 from qpu_k8s.operator.status import BackendStatus
 
-PLURAL = "quantumbackends"
 SINGULAR = "quantumbackend"
 SHORT_NAMES = ["qb"]
 CATEGORIES = ["qpu"]

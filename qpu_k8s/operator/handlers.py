@@ -20,12 +20,10 @@ from typing import Any
 
 import kopf
 
-from qpu_k8s.core.model import API_GROUP, API_VERSION
+from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
 from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.controller import Controller, RetryLater
-from qpu_k8s.operator.crd import PLURAL
-from qpu_k8s.operator.kube import RESOURCE_GROUP, RESOURCE_VERSION, Connection
-from qpu_k8s.operator.secrets import ApiStatusError
+from qpu_k8s.operator.kube import RESOURCE_GROUP, RESOURCE_VERSION, ApiStatusError, Connection
 
 PREFIX = API_GROUP
 FINALIZER = f"{API_GROUP}/cleanup"

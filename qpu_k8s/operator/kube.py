@@ -21,15 +21,21 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from qpu_k8s.core.model import API_GROUP, API_VERSION
-from qpu_k8s.operator.crd import PLURAL
-from qpu_k8s.operator.secrets import ApiStatusError
+from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
 from qpu_k8s.resourceslices.slices import as_object
 
 T = TypeVar("T")
 MERGE = "application/merge-patch+json"
 RESOURCE_GROUP = "resource.k8s.io"
 RESOURCE_VERSION = "v1"
+
+
+class ApiStatusError(Exception):
+    """An API call answered with an HTTP error status (``status`` 0: no answer at all)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from enum import StrEnum
 from typing import Any
 
 from qpu_k8s.core.credentials import redact
-from qpu_k8s.core.model import QuantumBackend
+from qpu_k8s.core.model import AttributeValue, QuantumBackend
 from qpu_k8s.core.qrmi_client import Health
 from qpu_k8s.core.vendors import info
 from qpu_k8s.operator.conditions import Want, merge, rfc3339
 from qpu_k8s.operator.status import BackendStatus, ConditionStatus, ConditionType
-from qpu_k8s.resourceslices.attributes import AttrValue, InvalidAttributesError, device_attributes
+from qpu_k8s.resourceslices.attributes import InvalidAttributesError, device_attributes
 
 T, F, U = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 READY, ACCESSIBLE, DEGRADED = ConditionType.READY, ConditionType.ACCESSIBLE, ConditionType.DEGRADED
@@ -139,7 +139,7 @@ def _probe_wants(backend: QuantumBackend, probe: ProbeResult) -> list[Want]:
 
 def _attributes(
     backend: QuantumBackend, probe: ProbeResult | None, previous: BackendStatus
-) -> tuple[dict[str, AttrValue], str | None]:
+) -> tuple[dict[str, AttributeValue], str | None]:
     """Lane-independent device attributes: fresh from target() when we have it."""
     fresh = probe is not None and probe.target is not None
     try:

@@ -18,16 +18,8 @@ from qpu_k8s.core.credentials import REDACTOR, resolve_credentials
 from qpu_k8s.core.errors import CredentialsError
 from qpu_k8s.core.model import QuantumBackend, SecretRef
 from qpu_k8s.core.vendors import info
+from qpu_k8s.operator.kube import ApiStatusError
 from qpu_k8s.operator.reconcile import SecretProblem, SecretReason
-
-
-class ApiStatusError(Exception):
-    """An API call answered with an HTTP error status (``status`` 0: no answer at all)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
-
 
 # (namespace, name) -> the Secret's ``data`` (base64 values), or raises ApiStatusError.
 SecretFetcher = Callable[[str, str], Awaitable[Mapping[str, str] | None]]

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from qpu_k8s.resourceslices.attributes import DRIVER_NAME
+from qpu_k8s.core.names import DRIVER_NAME
 
 NS_LABEL_PREFIX = "shared.quantum.example.com/"
 MANAGED_BY_KEY = "app.kubernetes.io/managed-by"

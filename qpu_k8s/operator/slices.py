@@ -28,11 +28,11 @@ from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from qpu_k8s.core.model import API_GROUP, API_VERSION, KIND, MAX_LANES, QuantumBackend, device_id
+from qpu_k8s.core.model import MAX_LANES, QuantumBackend, device_id
+from qpu_k8s.core.names import API_GROUP, API_VERSION, KIND
 from qpu_k8s.dra.health import UnhealthyMode, unhealthy_taint
-from qpu_k8s.operator.kube import Kube
+from qpu_k8s.operator.kube import ApiStatusError, Kube
 from qpu_k8s.operator.reconcile import is_ready
-from qpu_k8s.operator.secrets import ApiStatusError
 from qpu_k8s.operator.shared_claims import BACKEND_LABEL
 from qpu_k8s.operator.status import BackendStatus
 from qpu_k8s.resourceslices.slices import (

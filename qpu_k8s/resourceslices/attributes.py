@@ -46,14 +46,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from qpu_k8s.core.model import QuantumBackend
+from qpu_k8s.core.model import AttributeValue, QuantumBackend
 from qpu_k8s.core.qrmi_client import Health
 from qpu_k8s.core.vendors import info
-
-DRIVER_NAME = "qpu.quantum.example.com"
-"""Default DRA driver name; also the attribute domain seen by CEL."""
-
-AttrValue = bool | int | str
 
 MAX_ATTRIBUTES = 32  # attributes + capacities per device (ResourceSlice validation)
 MAX_STRING = 64
@@ -97,9 +92,9 @@ def _epoch(date: Any) -> int | None:
         return None
 
 
-def ibm_quality(properties: Mapping[str, Any]) -> dict[str, AttrValue]:
+def ibm_quality(properties: Mapping[str, Any]) -> dict[str, AttributeValue]:
     """Quality figures from IBM backend properties (the ``props_*.json`` / API shape)."""
-    out: dict[str, AttrValue] = {}
+    out: dict[str, AttributeValue] = {}
     t1: list[float] = []
     t2: list[float] = []
     readout: list[float] = []
@@ -159,8 +154,8 @@ def ibm_quality(properties: Mapping[str, Any]) -> dict[str, AttrValue]:
     return out
 
 
-def ibm_configuration(conf: Mapping[str, Any]) -> dict[str, AttrValue]:
-    out: dict[str, AttrValue] = {}
+def ibm_configuration(conf: Mapping[str, Any]) -> dict[str, AttributeValue]:
+    out: dict[str, AttributeValue] = {}
     n = conf.get("n_qubits")
     if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         out["qubits"] = n
@@ -183,9 +178,9 @@ def ibm_configuration(conf: Mapping[str, Any]) -> dict[str, AttrValue]:
     return out
 
 
-def pulser_specs(specs: Mapping[str, Any]) -> dict[str, AttrValue]:
+def pulser_specs(specs: Mapping[str, Any]) -> dict[str, AttributeValue]:
     """Figures from a pulser abstract-repr device (what Pasqal's ``target()`` returns)."""
-    out: dict[str, AttrValue] = {}
+    out: dict[str, AttributeValue] = {}
     n = specs.get("max_atom_num")
     if isinstance(n, int) and not isinstance(n, bool) and n > 0:
         out["qubits"] = n
@@ -225,14 +220,14 @@ def _pulser_device(target: Any, resource_id: str | None) -> Mapping[str, Any] | 
 
 def target_attributes(
     target: Mapping[str, Any] | None, resource_id: str | None = None
-) -> dict[str, AttrValue]:
+) -> dict[str, AttributeValue]:
     """Attributes derived from a ``QrmiClient.target()`` answer of any known vendor shape.
 
     ``resource_id`` picks the right record when a Pasqal answer lists several devices.
     """
     if not target:
         return {}
-    out: dict[str, AttrValue] = {}
+    out: dict[str, AttributeValue] = {}
     conf = target.get("configuration")
     props = target.get("properties")
     if isinstance(conf, Mapping) or isinstance(props, Mapping):
@@ -250,7 +245,7 @@ def target_attributes(
     return out
 
 
-def metadata_attributes(metadata: Mapping[str, str] | None) -> dict[str, AttrValue]:
+def metadata_attributes(metadata: Mapping[str, str] | None) -> dict[str, AttributeValue]:
     """Nothing in qrmi 0.26 metadata is a stable device property (it holds the session id)."""
     del metadata
     return {}
@@ -262,8 +257,8 @@ def device_attributes(
     target: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
     *,
-    probed: Mapping[str, AttrValue] | None = None,
-) -> dict[str, AttrValue]:
+    probed: Mapping[str, AttributeValue] | None = None,
+) -> dict[str, AttributeValue]:
     """All attributes of one lane of ``backend`` (unqualified names, in our driver's domain).
 
     ``probed``: the ``target_attributes()`` of an earlier ``target()`` answer, used instead
@@ -272,7 +267,7 @@ def device_attributes(
     """
     spec = backend.spec
     t = info(spec.type)
-    attrs: dict[str, AttrValue] = {"vendor": t.vendor, "technology": t.technology}
+    attrs: dict[str, AttributeValue] = {"vendor": t.vendor, "technology": t.technology}
     if t.vendor == "pasqal":
         attrs["simulator"] = spec.resource_id.startswith("EMU_")
     attrs.update(probed if probed is not None else target_attributes(target, spec.resource_id))
@@ -291,7 +286,7 @@ def device_attributes(
     return attrs
 
 
-def check_attributes(attrs: Mapping[str, AttrValue], capacities: int = 0) -> None:
+def check_attributes(attrs: Mapping[str, AttributeValue], capacities: int = 0) -> None:
     """Raise InvalidAttributesError naming what DRA's ResourceSlice validation would refuse."""
     if len(attrs) + capacities > MAX_ATTRIBUTES:
         raise InvalidAttributesError(
@@ -311,9 +306,9 @@ def check_attributes(attrs: Mapping[str, AttrValue], capacities: int = 0) -> Non
             raise InvalidAttributesError(f"attribute {name!r}: {value} does not fit in int64")
 
 
-def to_api(attrs: Mapping[str, AttrValue]) -> dict[str, dict[str, AttrValue]]:
+def to_api(attrs: Mapping[str, AttributeValue]) -> dict[str, dict[str, AttributeValue]]:
     """The ``DeviceAttribute`` form: ``{"qubits": {"int": 133}, "vendor": {"string": ...}}``."""
-    out: dict[str, dict[str, AttrValue]] = {}
+    out: dict[str, dict[str, AttributeValue]] = {}
     for name in sorted(attrs):
         value = attrs[name]
         if isinstance(value, bool):
@@ -325,9 +320,9 @@ def to_api(attrs: Mapping[str, AttrValue]) -> dict[str, dict[str, AttrValue]]:
     return out
 
 
-def from_api(api: Mapping[str, Mapping[str, Any]]) -> dict[str, AttrValue]:
+def from_api(api: Mapping[str, Mapping[str, Any]]) -> dict[str, AttributeValue]:
     """Inverse of :func:`to_api` (``version`` values come back as strings)."""
-    out: dict[str, AttrValue] = {}
+    out: dict[str, AttributeValue] = {}
     for name, typed in api.items():
         for key in ("bool", "int", "string", "version"):
             if key in typed and typed[key] is not None:
@@ -336,6 +331,6 @@ def from_api(api: Mapping[str, Mapping[str, Any]]) -> dict[str, AttrValue]:
     return out
 
 
-def health_attributes(health: Health) -> dict[str, AttrValue]:
+def health_attributes(health: Health) -> dict[str, AttributeValue]:
     """Optional live fields (not published by default: every flip would rewrite the slice)."""
     return {"healthy": health.healthy, "status": health.status[:MAX_STRING]}

@@ -32,7 +32,8 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from qpu_k8s.resourceslices.attributes import AttrValue, check_attributes, to_api
+from qpu_k8s.core.model import AttributeValue
+from qpu_k8s.resourceslices.attributes import check_attributes, to_api
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Device:
     """One published device: a name unique in its pool (a DNS label), attributes, taints."""
 
     name: str
-    attributes: Mapping[str, AttrValue]
+    attributes: Mapping[str, AttributeValue]
     taints: tuple[DeviceTaint, ...] = ()
 
     def to_api(self) -> dict[str, Any]:

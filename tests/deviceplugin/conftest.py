@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from dp_support import RESOURCE, Layout, PluginProcess, fast_config
 
-from qpu_k8s.deviceplugin.agent import Agent
+from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
 
@@ -55,12 +55,12 @@ def pod_resources(layout: Layout) -> Iterator[FakePodResourcesServer]:
 @pytest.fixture
 def start_agent(
     layout: Layout, kubelet: FakeDevicePluginKubelet, pod_resources: FakePodResourcesServer
-) -> Iterator[Callable[..., Agent]]:
+) -> Iterator[Callable[..., DevicePlugin]]:
     """Start the agent in this process; it is registered and advertising when returned."""
-    agents: list[Agent] = []
+    agents: list[DevicePlugin] = []
 
-    def start(healthy: bool = True, **overrides: Any) -> Agent:
-        agent = Agent(fast_config(layout, **overrides))
+    def start(healthy: bool = True, **overrides: Any) -> DevicePlugin:
+        agent = DevicePlugin(fast_config(layout, **overrides))
         agents.append(agent)
         agent.start()
         assert agent.wait_registered(timeout=5), "the agent did not register"

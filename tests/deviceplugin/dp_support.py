@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from qpu_k8s.deviceplugin.agent import AgentConfig
+from qpu_k8s.deviceplugin.agent import DevicePluginConfig
 from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Acquisition, LedgerData
 from qpu_k8s.emulator import Emulator
 
@@ -252,7 +252,7 @@ class PluginProcess:
             self._log_file.close()
 
 
-def fast_config(layout: Layout, **overrides: Any) -> AgentConfig:
+def fast_config(layout: Layout, **overrides: Any) -> DevicePluginConfig:
     """The agent's settings for tests: every interval short, paths in the layout."""
     values: dict[str, Any] = {
         "device_plugin_dir": layout.dp_dir,
@@ -268,4 +268,4 @@ def fast_config(layout: Layout, **overrides: Any) -> AgentConfig:
         "config_reload_interval": 0.2,
         **overrides,
     }
-    return AgentConfig(**values)
+    return DevicePluginConfig(**values)

@@ -18,7 +18,7 @@ from dp_support import (
     wait_for,
 )
 
-from qpu_k8s.deviceplugin.agent import Agent
+from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.deviceplugin.state import HOLDING, AcqState
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
@@ -29,7 +29,7 @@ from qpu_k8s.fakekubelet import (
     PodAllocation,
 )
 
-StartAgent = Callable[..., Agent]
+StartAgent = Callable[..., DevicePlugin]
 
 
 def manila_and_fresnel(emu: Emulator, layout: Layout, **manila: object) -> None:
@@ -45,7 +45,7 @@ def healthy_of(devs: list[DeviceState], prefix: str) -> set[bool]:
     return {d.healthy for d in devs if d.id.startswith(prefix)}
 
 
-def only_acquisition(agent: Agent) -> str:
+def only_acquisition(agent: DevicePlugin) -> str:
     (acq,) = agent.ledger.snapshot()
     return acq.id
 

@@ -13,7 +13,7 @@ import qiskit_ibm_runtime
 import yaml
 
 from qpu_k8s.core.model import QuantumBackend, parse_backend
-from qpu_k8s.dra.agent import AgentConfig
+from qpu_k8s.dra.agent import DraDriverConfig
 
 FAKE_BACKENDS = Path(qiskit_ibm_runtime.__file__).parent / "fake_provider" / "backends"
 
@@ -204,7 +204,7 @@ class NodeEnv:
     def reboot(self) -> None:
         self.boot_id_file.write_text(str(uuid.uuid4()))
 
-    def agent_config(self, **overrides: Any) -> AgentConfig:
+    def agent_config(self, **overrides: Any) -> DraDriverConfig:
         values: dict[str, Any] = {
             "node_name": self.node,
             "config_path": self.config,
@@ -219,7 +219,7 @@ class NodeEnv:
             "resync_seconds": 5.0,
         }
         values.update(overrides)
-        return AgentConfig(**values)
+        return DraDriverConfig(**values)
 
 
 NODE_LABEL_KEY = "qpu-k8s.test/node"

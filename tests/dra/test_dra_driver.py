@@ -26,7 +26,7 @@ from dra_builders import (
 from prometheus_client import REGISTRY
 
 from qpu_k8s.core.checkpoint import read_boot_id
-from qpu_k8s.dra.agent import DraAgent
+from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.dra.registration import SERVICES
 from qpu_k8s.dra.state import CHECKPOINT_NAME, ClaimPhase, ClaimRecord, DeviceRecord, StateStore
@@ -41,14 +41,14 @@ def claims() -> StaticClaims:
     return StaticClaims()
 
 
-def start(node_env: NodeEnv, claims: StaticClaims, **overrides: Any) -> DraAgent:
-    agent = DraAgent(node_env.agent_config(**overrides), claims=claims, publish_slices=False)
+def start(node_env: NodeEnv, claims: StaticClaims, **overrides: Any) -> DraDriver:
+    agent = DraDriver(node_env.agent_config(**overrides), claims=claims, publish_slices=False)
     agent.start()
     return agent
 
 
 @pytest.fixture
-def agent(node_env: NodeEnv, claims: StaticClaims) -> Iterator[DraAgent]:
+def agent(node_env: NodeEnv, claims: StaticClaims) -> Iterator[DraDriver]:
     a = start(node_env, claims)
     yield a
     a.stop()
@@ -105,7 +105,7 @@ def test_rolling_update_two_instances_side_by_side(
     node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     old = start(node_env, claims, instance="old")
-    new: DraAgent | None = None
+    new: DraDriver | None = None
     try:
         kubelet.wait_for_registration(DRIVER)
         new = start(node_env, claims, instance="new")
@@ -125,7 +125,7 @@ def test_rolling_update_two_instances_side_by_side(
 
 @pytest.mark.parametrize("version", ["v1", "v1beta1"])
 def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent, version: str
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -168,7 +168,7 @@ def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
 
 
 def test_claim_on_a_shared_backend_is_prepared_from_the_operators_pool(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     """Shared (cloud) backends live in the operator's cluster-wide pool ``shared/<name>``;
     the node that runs the pod acquires them, and refuses a device from the wrong pool."""
@@ -197,7 +197,7 @@ def test_claim_on_a_shared_backend_is_prepared_from_the_operators_pool(
 
 
 def test_shared_claim_is_acquired_once_and_released_once(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -323,7 +323,7 @@ def test_half_prepared_claim_from_a_crash_is_released_at_start(
 
 
 def test_failures_name_the_problem_and_leave_nothing_behind(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -373,7 +373,7 @@ def test_bad_parameters_fail_prepare_naming_the_field(  # noqa: PLR0917
     node_env: NodeEnv,
     claims: StaticClaims,
     kubelet: FakeDRAKubelet,
-    agent: DraAgent,
+    agent: DraDriver,
     params: dict[str, Any],
     needle: str,
 ) -> None:
@@ -385,7 +385,7 @@ def test_bad_parameters_fail_prepare_naming_the_field(  # noqa: PLR0917
 
 
 def test_session_parameters_and_per_claim_credentials(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -425,7 +425,7 @@ def test_session_parameters_and_per_claim_credentials(
 
 
 def test_claim_with_two_backends_gets_one_env(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     kubelet.wait_for_registration(DRIVER)
     ref = _claim(
@@ -444,7 +444,7 @@ def test_claim_with_two_backends_gets_one_env(
 
 @pytest.mark.parametrize("version", ["v1alpha1", "v1"])
 def test_health_stream_follows_the_backend(
-    node_env: NodeEnv, kubelet: FakeDRAKubelet, agent: DraAgent, version: str
+    node_env: NodeEnv, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -474,7 +474,7 @@ def test_health_stream_follows_the_backend(
 
 
 def test_metrics_count_calls_and_results(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -503,7 +503,7 @@ def test_no_credential_in_logs_checkpoint_or_health(
     node_env: NodeEnv,
     claims: StaticClaims,
     kubelet: FakeDRAKubelet,
-    agent: DraAgent,
+    agent: DraDriver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level("DEBUG")
@@ -521,7 +521,7 @@ def test_no_credential_in_logs_checkpoint_or_health(
 
 
 def test_transient_release_failure_fails_unprepare_until_the_vendor_is_back(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraAgent
+    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)

@@ -23,7 +23,7 @@ from dra_builders import ALICE_KEY, DRIVER, SECRET_VALUES, NodeEnv, node_backend
 from kubernetes import client
 
 from qpu_k8s.core.qrmi_client import QrmiClient
-from qpu_k8s.dra.agent import DraAgent
+from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.dra.health import UnhealthyMode
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.fakekubelet.common import poll_until
@@ -76,11 +76,11 @@ def _wait_devices(
 def agent_factory(
     k8s_api: client.ApiClient, k8s_kubeconfig: Path, node_env: NodeEnv, k8s_node: str
 ) -> Iterator[Any]:
-    agents: list[DraAgent] = []
+    agents: list[DraDriver] = []
 
-    def make(**overrides: Any) -> DraAgent:
+    def make(**overrides: Any) -> DraDriver:
         cfg = node_env.agent_config(kubeconfig=k8s_kubeconfig, node_labels=None, **overrides)
-        agent = DraAgent(cfg)
+        agent = DraDriver(cfg)
         agent.start()
         agents.append(agent)
         return agent
@@ -166,7 +166,7 @@ def test_calibration_change_updates_quality_attributes(
 ) -> None:
     DriftingClient.t1_factor = 1.0
     cfg = node_env.agent_config(kubeconfig=k8s_kubeconfig, node_labels=None)
-    agent = DraAgent(cfg, client_factory=lambda b, c: DriftingClient(b, c, timeout=10))
+    agent = DraDriver(cfg, client_factory=lambda b, c: DriftingClient(b, c, timeout=10))
     agent.start()
     try:
         devs = _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)

@@ -21,7 +21,7 @@ for _folder in ("deviceplugin", "dra"):
 
 from dp_support import RESOURCE, Layout, PluginProcess, fast_config  # noqa: E402
 
-from qpu_k8s.deviceplugin.agent import Agent  # noqa: E402
+from qpu_k8s.deviceplugin.agent import DevicePlugin  # noqa: E402
 from qpu_k8s.emulator import Emulator, running_emulator  # noqa: E402
 from qpu_k8s.fakekubelet import (  # noqa: E402
     FakeDevicePluginKubelet,
@@ -105,12 +105,12 @@ def plugin_process(
 @pytest.fixture
 def start_agent(
     layout: Layout, kubelet: FakeDevicePluginKubelet, pod_resources: FakePodResourcesServer
-) -> Iterator[Callable[..., Agent]]:
+) -> Iterator[Callable[..., DevicePlugin]]:
     """The device plugin in this process (load tests read its state directly)."""
-    agents: list[Agent] = []
+    agents: list[DevicePlugin] = []
 
-    def start(**overrides: Any) -> Agent:
-        agent = Agent(fast_config(layout, **overrides))
+    def start(**overrides: Any) -> DevicePlugin:
+        agent = DevicePlugin(fast_config(layout, **overrides))
         agents.append(agent)
         agent.start()
         assert agent.wait_registered(timeout=10), "the agent did not register"

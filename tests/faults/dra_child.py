@@ -1,6 +1,6 @@
 """The DRA node driver as a real child process for the fault tests.
 
-Same ``DraAgent`` as ``qpu-k8s dra-plugin``, but claims and per-claim Secrets come from JSON
+Same ``DraDriver`` as ``qpu-k8s dra-plugin``, but claims and per-claim Secrets come from JSON
 files under ``<root>/claims`` and ``<root>/secrets`` (the test plays the apiserver) and no
 slices are published, so the driver can be SIGKILLed and restarted without a cluster.
 Run: ``python tests/faults/dra_child.py --root DIR --node NAME`` (JSON logs on stderr).
@@ -52,11 +52,11 @@ def main() -> int:
 
     from qpu_k8s.core import logs
     from qpu_k8s.core.metrics import serve_metrics
-    from qpu_k8s.dra.agent import AgentConfig, DraAgent
+    from qpu_k8s.dra.agent import DraDriver, DraDriverConfig
 
     logs.setup("debug", "json")
     root: Path = args.root
-    cfg = AgentConfig(
+    cfg = DraDriverConfig(
         node_name=args.node,
         config_path=root / "backends.yaml",
         plugins_dir=root / "plugins",
@@ -74,7 +74,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     metrics = serve_metrics("127.0.0.1:0")
     assert metrics is not None
-    agent = DraAgent(cfg, claims=FileClaims(root), publish_slices=False)
+    agent = DraDriver(cfg, claims=FileClaims(root), publish_slices=False)
     agent.start()
     import logging
 

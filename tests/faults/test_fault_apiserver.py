@@ -26,7 +26,7 @@ import yaml
 from dp_support import REPO, RESOURCE, Layout, wait_for
 from kubernetes import client, config
 
-from qpu_k8s.deviceplugin.agent import Agent
+from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
     ClaimRef,
@@ -260,7 +260,7 @@ def test_apiserver_unreachable_device_plugin_keeps_the_node_labels_it_knows(  # 
     proxy: tuple[TcpProxy, Path],
     kubelet: FakeDevicePluginKubelet,
     pod_resources: FakePodResourcesServer,
-    start_agent: Callable[..., Agent],
+    start_agent: Callable[..., DevicePlugin],
     layout: Layout,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

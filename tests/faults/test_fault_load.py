@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pytest
 from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
-from qpu_k8s.deviceplugin.agent import Agent
+from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.deviceplugin.state import HOLDING
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
@@ -41,7 +41,7 @@ def test_200_pods_in_bursts_on_4_lanes_balanced_and_nothing_leaked(
     layout: Layout,
     kubelet: FakeDevicePluginKubelet,
     pod_resources: FakePodResourcesServer,
-    start_agent: Callable[..., Agent],
+    start_agent: Callable[..., DevicePlugin],
 ) -> None:
     layout.write_config(
         [

@@ -28,6 +28,7 @@ import pytest
 from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.core.model import device_id, parse_backend
+from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import QrmiClient
 from qpu_k8s.core.vendors import info
 from qpu_k8s.deviceplugin.state import AcqState
@@ -39,7 +40,7 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-from qpu_k8s.resourceslices.attributes import DRIVER_NAME, device_attributes
+from qpu_k8s.resourceslices.attributes import device_attributes
 from qpu_k8s.resourceslices.slices import Device, PoolScope, build_slices
 
 from .fault_support import (

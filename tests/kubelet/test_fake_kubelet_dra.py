@@ -15,7 +15,7 @@ from qpu_k8s.fakekubelet import (
     ClaimRef,
     FakeDRAKubelet,
     KubeletFakeError,
-    PreparedDevice,
+    AnsweredDevice,
     PrepareResult,
 )
 from qpu_k8s.fakekubelet.dra import choose_service
@@ -50,7 +50,7 @@ def test_prepare_and_unprepare_reach_both_service_versions(
         v1 = kubelet.node_prepare_resources([CLAIM], "v1")
         assert v1["uid-1"].error == ""
         assert v1["uid-1"].devices == (
-            PreparedDevice(("qpu",), "node-a", "qpu-0", (f"{DRIVER}/claim=uid-1",), "share-1"),
+            AnsweredDevice(("qpu",), "node-a", "qpu-0", (f"{DRIVER}/claim=uid-1",), "share-1"),
         )
         beta = kubelet.node_prepare_resources(
             [CLAIM, ClaimRef("team-a", "bad", "x")], "v1beta1", driver_name=DRIVER

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.qrmi_client import Health, TaskState
-from qpu_k8s.operator.secrets import ApiStatusError
+from qpu_k8s.operator.kube import ApiStatusError
 
 
 # -- CRD schema and CEL ----------------------------------------------------------------------

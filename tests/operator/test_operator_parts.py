@@ -17,8 +17,9 @@ from qpu_k8s.core.model import parse_backend, parse_backend_config
 from qpu_k8s.dra.health import UnhealthyMode
 from qpu_k8s.operator import configmap
 from qpu_k8s.operator import shared_claims as sc
+from qpu_k8s.operator.kube import ApiStatusError
 from qpu_k8s.operator.reconcile import SecretProblem, SecretReason
-from qpu_k8s.operator.secrets import ApiStatusError, SecretReader, decode
+from qpu_k8s.operator.secrets import SecretReader, decode
 from qpu_k8s.operator.slices import devices_for, pool_name, scope_of
 from qpu_k8s.operator.status import BackendStatus, Condition
 

@@ -18,7 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from qpu_k8s.core.model import API_GROUP, API_VERSION, KIND, InvalidBackendError, QuantumBackend
+from qpu_k8s.core.model import InvalidBackendError, QuantumBackend
+from qpu_k8s.core.names import API_GROUP, API_VERSION, KIND
 from testsupport import packaging
 
 # Oldest release with resource.k8s.io/v1 (our DRA floor) and the newest schemas shipped.

@@ -1,0 +1,21 @@
+"""The names qpu-k8s puts into the Kubernetes API, defined once.
+
+Every default here can be changed at install time (the chart's ``resourceName`` and
+``driverName``; the agents' ``--resource-name`` / ``--driver-name``), so code takes these
+as defaults and passes the configured value on; it never compares against them.
+"""
+
+from __future__ import annotations
+
+API_GROUP = "quantum.example.com"
+API_VERSION = "v1alpha1"
+KIND = "QuantumBackend"
+PLURAL = "quantumbackends"
+
+# The extended resource a pod asks for (device plugin; the DeviceClass maps it to DRA).
+RESOURCE_NAME = f"{API_GROUP}/qpu"
+# The DRA driver: also the DeviceClass's name and the attribute domain CEL selectors use.
+DRIVER_NAME = f"qpu.{API_GROUP}"
+# apiVersion of the opaque claim parameters our DRA driver accepts.
+CLAIM_PARAMETERS_API_VERSION = f"{DRIVER_NAME}/v1alpha1"
+CLAIM_PARAMETERS_KIND = "QPUClaimParameters"
