@@ -14,7 +14,7 @@ from typing import Protocol
 
 from qpu_k8s.core.errors import CredentialsError
 from qpu_k8s.core.model import QuantumBackend, SecretRef
-from qpu_k8s.core.vendors import info
+from qpu_k8s.core.vendors import profile
 
 _MIN_REDACT_LEN = 4
 
@@ -101,7 +101,7 @@ def resolve_credentials(backend: QuantumBackend, source: CredentialSource | None
     the Secret and the missing key, never a value.
     """
     spec = backend.spec
-    t = info(spec.type)
+    t = profile(spec.type)
     if spec.credentials_secret_ref is None:
         return {}
     ref = spec.credentials_secret_ref

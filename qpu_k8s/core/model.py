@@ -18,9 +18,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -28,7 +25,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from qpu_k8s.core.names import KIND
-from qpu_k8s.core.vendors import ResourceType, info, looks_secret
+from qpu_k8s.core.values import ATTR_NAME_RE, MAX_ATTRIBUTE_STRING, AttributeValue
+from qpu_k8s.core.vendors import ResourceType, looks_secret, profile
 
 # A device ID is "<name>-lane-<n>" and must stay a DNS label (<= 63 chars).
 MAX_LANES = 64
@@ -40,9 +38,6 @@ RESOURCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 LABEL_KEY_RE = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-ATTR_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]{0,31}$")
-
-AttributeValue = StrictBool | StrictInt | StrictStr
 
 
 class InvalidBackendError(ValueError):
@@ -221,13 +216,16 @@ class QuantumBackendSpec(_Model):
                     f"attribute name {key!r} must be a C identifier of at most 32 characters "
                     "(DRA attribute rules)"
                 )
-            if isinstance(value, str) and len(value) > 64:
-                raise ValueError(f"attribute {key!r}: string values are limited to 64 characters")
+            if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_STRING:
+                raise ValueError(
+                    f"attribute {key!r}: string values are limited to "
+                    f"{MAX_ATTRIBUTE_STRING} characters"
+                )
         return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
-        t = info(self.type)
+        t = profile(self.type)
         if t.allowed_resource_ids is not None and self.resource_id not in t.allowed_resource_ids:
             allowed = ", ".join(sorted(t.allowed_resource_ids))
             raise ValueError(

@@ -33,7 +33,7 @@ from qpu_k8s.core.metrics import (
     VENDOR_ERRORS,
 )
 from qpu_k8s.core.model import QuantumBackend
-from qpu_k8s.core.vendors import ResourceType
+from qpu_k8s.core.vendors import profile
 
 log = logging.getLogger(__name__)
 # qrmi re-exports its Rust core with a star import that type checkers cannot follow.
@@ -48,17 +48,6 @@ MAX_KEPT_OBJECTS = 32
 # Calls of one client that missed their deadline and still run (see QrmiClient._call).
 MAX_STUCK_CALLS = 4
 STUCK_RETRY_AFTER = 600.0
-
-_QRMI_TYPE_NAMES: dict[ResourceType, str] = {
-    ResourceType.IBM_QUANTUM_COMPUTE_SERVICE: "IBMQuantumComputeService",
-    ResourceType.QISKIT_RUNTIME_SERVICE: "IBMQiskitRuntimeService",
-    ResourceType.IBM_QUANTUM_SYSTEM: "IBMQuantumSystem",
-    ResourceType.PASQAL_CLOUD: "PasqalCloud",
-    ResourceType.PASQAL_LOCAL: "PasqalLocal",
-    ResourceType.ALICE_BOB_FELIS: "AliceBobFelis",
-    ResourceType.IQM_SERVER: "IQMServer",
-    ResourceType.OQTOPUS: "OQTOPUS",
-}
 
 
 class TaskState(StrEnum):
@@ -178,7 +167,7 @@ class QrmiClient:
         self.timeout = timeout
         self._config = {**backend.spec.config, **(credentials or {})}
         REDACTOR.register((credentials or {}).values())
-        self._qrmi_type = getattr(qrmi.ResourceType, _QRMI_TYPE_NAMES[backend.spec.type])
+        self._qrmi_type = getattr(qrmi.ResourceType, profile(backend.spec.type).qrmi_type)
         self._idle: list[Any] = []
         self._held: dict[str, Any] = {}
         self._stuck: dict[object, float] = {}

@@ -41,7 +41,7 @@ from qpu_k8s.core.envcontract import DEFAULT_DELIMITER, EnvContractError, Grant,
 from qpu_k8s.core.faultpoints import crash_point
 from qpu_k8s.core.model import split_device_id
 from qpu_k8s.core.qrmi_client import QuantumResourceClient
-from qpu_k8s.core.vendors import held_at_most
+from qpu_k8s.core.vendors import profile
 from qpu_k8s.deviceplugin import metrics
 from qpu_k8s.deviceplugin.devices import DeviceBoard
 from qpu_k8s.deviceplugin.state import AcqState, Acquisition, Intent, Ledger
@@ -140,7 +140,7 @@ class Allocator:
                     p.state.backend.spec.resource_id,
                     p.devices,
                     p.request,
-                    held_at_most(p.state.backend.spec.type, p.state.backend.spec.config),
+                    profile(p.state.backend.spec.type).held_at_most(p.state.backend.spec.config),
                 )
                 for p in parts
             ),

@@ -31,8 +31,9 @@ from urllib3 import Retry
 from qpu_k8s.core.checkpoint import BOOT_ID_PATH, read_boot_id
 from qpu_k8s.core.credentials import DirectoryCredentials
 from qpu_k8s.core.errors import QpuError
-from qpu_k8s.core.model import AccessMode, AttributeValue, device_id
+from qpu_k8s.core.model import AccessMode, device_id
 from qpu_k8s.core.names import DRIVER_NAME
+from qpu_k8s.core.values import AttributeValue
 from qpu_k8s.node.registry import BackendRegistry, ClientFactory
 from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
@@ -453,7 +454,7 @@ class DraDriver:
             except QpuError as err:
                 log.warning("target() failed", extra={"backend": name, "error": str(err)})
                 continue
-            probed = target_attributes(target, state.backend.spec.resource_id)
+            probed = target_attributes(state.backend, target)
             del target  # only the derived attributes are kept
             new = _Target(state.generation, now, probed, md)
             before = self._attrs(state.backend, cur)

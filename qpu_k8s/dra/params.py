@@ -21,7 +21,6 @@ Kubernetes documents for opaque configs.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -139,10 +138,3 @@ def effective_parameters(
         if params.credentials_secret_ref is not None:
             merged["credentials_secret"] = params.credentials_secret_ref.name
     return Effective(**merged)
-
-
-def session_keys(known_config: frozenset[str]) -> tuple[str | None, str | None]:
-    """The QRMI config keys for session mode and max TTL of a type (None: no sessions)."""
-    mode = next((k for k in sorted(known_config) if re.search(r"_SESSION_MODE$", k)), None)
-    ttl = next((k for k in sorted(known_config) if re.search(r"_SESSION_MAX_TTL$", k)), None)
-    return mode, ttl

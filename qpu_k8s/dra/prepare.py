@@ -40,14 +40,14 @@ from qpu_k8s.core.envcontract import EnvContractError, Grant, render
 from qpu_k8s.core.faultpoints import crash_point
 from qpu_k8s.core.model import AccessMode, QuantumBackend, SecretRef, split_device_id
 from qpu_k8s.core.qrmi_client import QuantumResourceClient
-from qpu_k8s.core.vendors import held_at_most, info
+from qpu_k8s.core.vendors import profile
 from qpu_k8s.node.registry import BackendRegistry, ClientFactory
 from qpu_k8s.resourceslices.slices import shared_pool_name
 
 from . import metrics
 from .cdi import CdiWriter
 from .claims import ClaimNotFoundError, ClaimSource
-from .params import Effective, InvalidParametersError, effective_parameters, session_keys
+from .params import Effective, InvalidParametersError, effective_parameters
 from .state import ClaimPhase, ClaimRecord, DeviceRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,8 @@ class Preparer:
 
     @staticmethod
     def _check_params(backend: QuantumBackend, params: Effective) -> None:
-        mode_key, ttl_key = session_keys(info(backend.spec.type).known_config)
+        vendor = profile(backend.spec.type)
+        mode_key, ttl_key = vendor.session_mode_key, vendor.session_ttl_key
         for field, value, key in (
             ("sessionMode", params.session_mode, mode_key),
             ("sessionMaxTtlSeconds", params.session_max_ttl_seconds, ttl_key),
@@ -323,7 +324,8 @@ class Preparer:
     ) -> tuple[QuantumBackend, dict[str, str]]:
         spec = backend.spec
         config = dict(spec.config)
-        mode_key, ttl_key = session_keys(info(spec.type).known_config)
+        vendor = profile(spec.type)
+        mode_key, ttl_key = vendor.session_mode_key, vendor.session_ttl_key
         if dev.session_mode and mode_key:
             config[mode_key] = dev.session_mode
         if dev.session_max_ttl_seconds and ttl_key:
@@ -384,10 +386,10 @@ class Preparer:
         bound: int | None = None
         if state is not None:
             config = dict(state.backend.spec.config)
-            _, ttl_key = session_keys(info(state.backend.spec.type).known_config)
-            if ttl_key and dev.session_max_ttl_seconds:
-                config[ttl_key] = str(dev.session_max_ttl_seconds)
-            bound = held_at_most(state.backend.spec.type, config)
+            vendor = profile(state.backend.spec.type)
+            if vendor.session_ttl_key and dev.session_max_ttl_seconds:
+                config[vendor.session_ttl_key] = str(dev.session_max_ttl_seconds)
+            bound = vendor.held_at_most(config)
         metrics.ACQUISITIONS_LOST.labels(dev.backend).inc()
         log.error(
             "acquire may have been in flight when the driver stopped: token unknown, the "

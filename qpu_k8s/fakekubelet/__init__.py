@@ -21,6 +21,7 @@ from qpu_k8s.fakekubelet.deviceplugin import (
     is_extended_resource_name,
 )
 from qpu_k8s.fakekubelet.dra import (
+    AnsweredDevice,
     ClaimRef,
     DeviceHealthState,
     DRAPluginClient,
@@ -28,7 +29,6 @@ from qpu_k8s.fakekubelet.dra import (
     DRARejection,
     FakeDRAKubelet,
     HealthWatch,
-    AnsweredDevice,
     PrepareResult,
 )
 from qpu_k8s.fakekubelet.podresources import (
@@ -43,6 +43,7 @@ from qpu_k8s.fakekubelet.podresources import (
 __all__ = [
     "HEALTHY",
     "UNHEALTHY",
+    "AnsweredDevice",
     "ClaimAllocation",
     "ClaimDevice",
     "ClaimRef",
@@ -61,7 +62,6 @@ __all__ = [
     "PluginOptions",
     "PodAllocation",
     "PrepareResult",
-    "AnsweredDevice",
     "Registration",
     "Rejection",
     "is_extended_resource_name",

@@ -40,7 +40,7 @@ from qpu_k8s.core.model import (
     QuantumBackendSpec,
 )
 from qpu_k8s.core.names import API_GROUP, API_VERSION, KIND, PLURAL
-from qpu_k8s.core.vendors import SECRET_LOOKING_RE, TYPES, ResourceType
+from qpu_k8s.core.vendors import PROFILES, SECRET_LOOKING_RE, ResourceType
 from qpu_k8s.operator.status import BackendStatus
 
 SINGULAR = "quantumbackend"
@@ -238,7 +238,7 @@ def validation_rules() -> list[Rule]:
             scope="spec.nodeSelector",
         ),
     ]
-    needs_creds = [t.value for t, i in TYPES.items() if i.credential_options]
+    needs_creds = [t.value for t, i in PROFILES.items() if i.credential_options]
     rules.append(
         Rule(
             rule=f"!(self.type in {_q(needs_creds)}) || has(self.credentialsSecretRef)",
@@ -249,7 +249,7 @@ def validation_rules() -> list[Rule]:
         )
     )
     for rtype in ResourceType:
-        t = TYPES[rtype]
+        t = PROFILES[rtype]
         if t.allowed_resource_ids is not None:
             rules.append(
                 Rule(

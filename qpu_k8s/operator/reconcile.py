@@ -15,9 +15,10 @@ from enum import StrEnum
 from typing import Any
 
 from qpu_k8s.core.credentials import redact
-from qpu_k8s.core.model import AttributeValue, QuantumBackend
+from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.qrmi_client import Health
-from qpu_k8s.core.vendors import info
+from qpu_k8s.core.values import AttributeValue
+from qpu_k8s.core.vendors import profile
 from qpu_k8s.operator.conditions import Want, merge, rfc3339
 from qpu_k8s.operator.status import BackendStatus, ConditionStatus, ConditionType
 from qpu_k8s.resourceslices.attributes import InvalidAttributesError, device_attributes
@@ -216,7 +217,7 @@ def compute_status(obs: Observation, previous: BackendStatus) -> BackendStatus:
             DEGRADED, T, "PublishFailed", "; ".join(obs.publish_problems) + " (retrying)"
         )
     wants.append(degraded)
-    t = info(backend.spec.type) if backend is not None else None
+    t = profile(backend.spec.type) if backend is not None else None
     qubits = attrs.get("qubits")
     tech = attrs.get("technology")
     return BackendStatus(

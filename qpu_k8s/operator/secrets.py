@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from qpu_k8s.core.credentials import REDACTOR, resolve_credentials
 from qpu_k8s.core.errors import CredentialsError
 from qpu_k8s.core.model import QuantumBackend, SecretRef
-from qpu_k8s.core.vendors import info
+from qpu_k8s.core.vendors import profile
 from qpu_k8s.operator.kube import ApiStatusError
 from qpu_k8s.operator.reconcile import SecretProblem, SecretReason
 
@@ -26,7 +26,7 @@ SecretFetcher = Callable[[str, str], Awaitable[Mapping[str, str] | None]]
 
 
 def _needed(backend: QuantumBackend) -> str:
-    options = info(backend.spec.type).credential_options
+    options = profile(backend.spec.type).credential_options
     return " or ".join("+".join(sorted(o)) for o in options) or "the vendor's credential keys"
 
 

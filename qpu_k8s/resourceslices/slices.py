@@ -32,7 +32,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from qpu_k8s.core.model import AttributeValue
+from qpu_k8s.core.values import AttributeValue
 from qpu_k8s.resourceslices.attributes import check_attributes, to_api
 
 log = logging.getLogger(__name__)

@@ -9,16 +9,19 @@ from typing import Any
 import pytest
 from dra_builders import ibm_backend, ibm_target, pasqal_backend, pulser_target
 
+from qpu_k8s.core.values import MAX_DEVICE_ATTRIBUTES as MAX_ATTRIBUTES
+from qpu_k8s.core.vendors import ResourceType, profile
+from qpu_k8s.core.vendors.ibm import ibm_quality
 from qpu_k8s.resourceslices.attributes import (
-    MAX_ATTRIBUTES,
     InvalidAttributesError,
     check_attributes,
     device_attributes,
     from_api,
-    ibm_quality,
-    target_attributes,
     to_api,
 )
+
+IBM = profile(ResourceType.IBM_QUANTUM_COMPUTE_SERVICE)
+PASQAL = profile(ResourceType.PASQAL_CLOUD)
 
 
 def _median_param(props: dict[str, Any], gate: str, param: str = "gate_error") -> float:
@@ -74,7 +77,7 @@ def test_ibm_torino_quality_figures_in_documented_units() -> None:
 
 @pytest.mark.parametrize(("source", "qubits"), [("manila", 5), ("nairobi", 7), ("lagos", 7)])
 def test_every_emulated_ibm_backend_gets_quality(source: str, qubits: int) -> None:
-    attrs = target_attributes(ibm_target(source))
+    attrs = IBM.target_attributes(ibm_target(source), f"fake_{source}")
     assert attrs["qubits"] == qubits
     for key in ("twoQubitErrorPpm", "readoutErrorPpm", "t1Us", "t2Us"):
         value = attrs[key]
@@ -157,7 +160,9 @@ def test_pasqal_target_as_qrmi_returns_it() -> None:
             {"device_type": "EMU_FREE", "specs": specs},
         ]
     }
-    assert target_attributes(wrapped, "EMU_FREE")["qubits"] == 100
-    assert target_attributes(wrapped, "FRESNEL")["qubits"] == 80
-    assert target_attributes({"device_type": "FRESNEL", "specs": specs})["qubits"] == 100
-    assert target_attributes({"value": "not json"}) == {}
+    assert PASQAL.target_attributes(wrapped, "EMU_FREE")["qubits"] == 100
+    assert PASQAL.target_attributes(wrapped, "FRESNEL")["qubits"] == 80
+    assert (
+        PASQAL.target_attributes({"device_type": "FRESNEL", "specs": specs}, "X")["qubits"] == 100
+    )
+    assert PASQAL.target_attributes({"value": "not json"}, "FRESNEL") == {}

@@ -11,7 +11,7 @@ import pytest
 from dra_builders import DRIVER, params_config
 
 from qpu_k8s.core.qrmi_client import Health
-from qpu_k8s.core.vendors import ResourceType, info
+from qpu_k8s.core.vendors import ResourceType, profile
 from qpu_k8s.dra.cdi import CdiWriter
 from qpu_k8s.dra.health import (
     DeviceHealth,
@@ -20,7 +20,7 @@ from qpu_k8s.dra.health import (
     status_of,
     unhealthy_taint,
 )
-from qpu_k8s.dra.params import effective_parameters, session_keys
+from qpu_k8s.dra.params import effective_parameters
 from qpu_k8s.dra.registration import instance_id, socket_paths
 from qpu_k8s.dra.state import ClaimRecord, DeviceRecord, StateStore
 
@@ -40,9 +40,12 @@ def test_parameters_merge_in_order_and_follow_requests() -> None:
 
 
 def test_session_keys_per_type() -> None:
-    qcs = info(ResourceType.IBM_QUANTUM_COMPUTE_SERVICE).known_config
-    assert session_keys(qcs) == ("QRMI_IBM_QCS_SESSION_MODE", "QRMI_IBM_QCS_SESSION_MAX_TTL")
-    assert session_keys(info(ResourceType.PASQAL_CLOUD).known_config) == (None, None)
+    qcs = profile(ResourceType.IBM_QUANTUM_COMPUTE_SERVICE)
+    keys = (qcs.session_mode_key, qcs.session_ttl_key)
+    assert keys == ("QRMI_IBM_QCS_SESSION_MODE", "QRMI_IBM_QCS_SESSION_MAX_TTL")
+    assert set(keys) <= qcs.known_config
+    pasqal = profile(ResourceType.PASQAL_CLOUD)
+    assert (pasqal.session_mode_key, pasqal.session_ttl_key) == (None, None)
 
 
 def test_cdi_spec_is_atomic_private_and_removable(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 from qpu_k8s.core.model import device_id, parse_backend
 from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import QrmiClient
-from qpu_k8s.core.vendors import info
+from qpu_k8s.core.vendors import profile
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
@@ -74,7 +74,7 @@ def allowed_name(name: str, resource_ids: set[str]) -> bool:
 def _keys(rtype: str) -> frozenset[str]:
     from qpu_k8s.core.vendors import ResourceType
 
-    return info(ResourceType(rtype)).secret_keys
+    return profile(ResourceType(rtype)).secret_keys
 
 
 def carriers(env: Mapping[str, str]) -> dict[str, str]:

@@ -12,10 +12,10 @@ import pytest
 from tiny_plugins import DRIVER, TinyDRAPlugin, health
 
 from qpu_k8s.fakekubelet import (
+    AnsweredDevice,
     ClaimRef,
     FakeDRAKubelet,
     KubeletFakeError,
-    AnsweredDevice,
     PrepareResult,
 )
 from qpu_k8s.fakekubelet.dra import choose_service

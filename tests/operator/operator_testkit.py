@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.qrmi_client import Health, TaskState
+from qpu_k8s.core.vendors import profile
 from qpu_k8s.operator.kube import ApiStatusError
 
 
@@ -114,10 +115,18 @@ class FakeClient:
         self.creds = dict(creds)
         self.timeout = timeout
         self.health_answer = Health(True, "online", "", 0)
-        self.target_answer: dict[str, Any] | Exception = {
-            "configuration": {"n_qubits": 7, "processor_type": {"family": "Falcon", "revision": 5}},
-            "properties": {"qubits": [], "gates": []},
-        }
+        # What the vendor's target() answers, in its own shape (IBM configuration, pulser specs).
+        self.target_answer: dict[str, Any] | Exception = (
+            {"max_atom_num": 7, "dimensions": 2, "min_atom_distance": 5.0}
+            if profile(backend.spec.type).vendor == "pasqal"
+            else {
+                "configuration": {
+                    "n_qubits": 7,
+                    "processor_type": {"family": "Falcon", "revision": 5},
+                },
+                "properties": {"qubits": [], "gates": []},
+            }
+        )
         self.calls: list[str] = []
 
     def health(self) -> Health:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from operator_testkit import cel_errors, cr, schema_errors
 
 from qpu_k8s.core.model import InvalidBackendError, QuantumBackend
-from qpu_k8s.core.vendors import TYPES
+from qpu_k8s.core.vendors import PROFILES
 from qpu_k8s.operator import crd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ def test_schema_is_structural_and_explained() -> None:
     for name, node in SCHEMA["properties"]["spec"]["properties"].items():
         assert len(node.get("description", "")) > 10, f"spec.{name}: kubectl explain needs text"
     spec = SCHEMA["properties"]["spec"]["properties"]
-    assert spec["type"]["enum"] == [t.value for t in TYPES]
+    assert spec["type"]["enum"] == [t.value for t in PROFILES]
     assert (spec["lanes"]["minimum"], spec["lanes"]["maximum"]) == (1, 64)
     assert spec["access"]["default"] == "shared"
 
@@ -128,7 +128,7 @@ def test_examples_pass_schema_cel_and_model(path: Path) -> None:
         assert cel_errors(SCHEMA, doc) == []
         QuantumBackend.from_object(doc)
         text = yaml.safe_dump(doc)
-        for t in TYPES.values():
+        for t in PROFILES.values():
             for key in t.secret_keys:
                 assert key not in doc["spec"].get("config", {}), "examples hold no secrets"
         assert "APIKEY:" not in text
@@ -204,7 +204,7 @@ def test_oqtopus_open_prefix_is_mirrored() -> None:
 
 
 _KEYS = sorted(
-    {k for t in TYPES.values() for k in t.known_config}
+    {k for t in PROFILES.values() for k in t.known_config}
     | {"QRMI_FOO", "lower", "QRMI_IBM_QCS_IAM_APIKEY", "PASQAL_USERNAME", "QRMI_OQTOPUS_X"}
 )
 
@@ -212,7 +212,7 @@ _KEYS = sorted(
 @st.composite
 def _objects(draw: st.DrawFn) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "type": draw(st.sampled_from([t.value for t in TYPES])),
+        "type": draw(st.sampled_from([t.value for t in PROFILES])),
         "resourceId": draw(st.sampled_from(["ibm_torino", "FRESNEL", "EMU_MPS", "bad id", "x"])),
         "config": draw(
             st.dictionaries(st.sampled_from(_KEYS), st.sampled_from(["http://x", ""]), max_size=7)
