@@ -19,7 +19,7 @@ from typing import Any
 import qrmi as _qrmi
 
 from qpu_k8s.core.model import parse_backend
-from qpu_k8s.core.qrmi_client import QrmiClient
+from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient
 from qpu_k8s.emulator import running_emulator
 from testsupport.grpc_floor import LatencySummary, summarize
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
             }
         )
-        client = QrmiClient(backend, emu.ibm_credentials(), timeout=30)
+        client = QrmiClient(backend, emu.ibm_credentials(), timeouts=CallTimeouts.uniform(30))
 
         def direct_cycle() -> None:
             direct.release(direct.acquire())

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from qpu_k8s.core.model import QuantumBackend, parse_backend
-from qpu_k8s.core.qrmi_client import QrmiClient, QuantumResourceClient
+from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient, QuantumResourceClient
 from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
@@ -145,7 +145,7 @@ def bench_overhead(emu: Emulator, n: int) -> tuple[LatencySummary, LatencySummar
 
 def bench_direct_acquire(emu: Emulator, n: int) -> LatencySummary:
     backend = parse_backend(_backend_doc(emu))
-    client = QrmiClient(backend, emu.ibm_credentials(), timeout=30)
+    client = QrmiClient(backend, emu.ibm_credentials(), timeouts=CallTimeouts.uniform(30))
     client.release(client.acquire())  # warm: IAM token cached, connections open
     samples = []
     for _ in range(n):

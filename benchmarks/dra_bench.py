@@ -36,7 +36,7 @@ import yaml
 
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.names import DRIVER_NAME
-from qpu_k8s.core.qrmi_client import QrmiClient, QuantumResourceClient
+from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient, QuantumResourceClient
 from qpu_k8s.dra.agent import DraDriver, DraDriverConfig
 from qpu_k8s.dra.claims import ClaimSource, KubeClaims, StaticClaims
 from qpu_k8s.emulator import running_emulator
@@ -172,7 +172,9 @@ def bench_direct_acquire(emu: Any, n: int) -> LatencySummary:
             },
         }
     )
-    client = QrmiClient(backend, {"QRMI_IBM_QCS_IAM_APIKEY": API_KEY}, timeout=30)
+    client = QrmiClient(
+        backend, {"QRMI_IBM_QCS_IAM_APIKEY": API_KEY}, timeouts=CallTimeouts.uniform(30)
+    )
     samples = []
     for i in range(n + 5):
         start = time.perf_counter()

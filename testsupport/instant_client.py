@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from qpu_k8s.core.model import QuantumBackend
-from qpu_k8s.core.qrmi_client import Health, TaskState
+from qpu_k8s.core.qrmi_client import Health, LateAcquire, LateRelease, TaskState
 
 
 class InstantClient:
@@ -20,10 +20,10 @@ class InstantClient:
     def __init__(self, backend: QuantumBackend, creds: Mapping[str, str] | None = None) -> None:
         self.backend = backend
 
-    def acquire(self) -> str:
+    def acquire(self, *, on_late: LateAcquire | None = None) -> str:
         return uuid.uuid4().hex[:20]
 
-    def release(self, token: str) -> None:
+    def release(self, token: str, *, on_late: LateRelease | None = None) -> None:
         return None
 
     def health(self) -> Health:

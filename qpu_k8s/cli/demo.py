@@ -135,7 +135,7 @@ def _via_qrmi(
     emu: Emulator, backends: list[QuantumBackend], jobs: list[tuple[str, Path]], out: TextIO
 ) -> list[dict[str, Any]]:
     from qpu_k8s.core.envcontract import Grant, render
-    from qpu_k8s.core.qrmi_client import QrmiClient
+    from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient
 
     by_name = {b.name: b for b in backends}
     results = []
@@ -143,7 +143,7 @@ def _via_qrmi(
         backend = by_name[backend_name]
         is_ibm = backend.spec.type.value.startswith("ibm")
         creds = emu.ibm_credentials() if is_ibm else emu.pasqal_credentials()
-        client = QrmiClient(backend, creds, timeout=30)
+        client = QrmiClient(backend, creds, timeouts=CallTimeouts.uniform(30))
         print(f"\n=== {script.name} on {backend.spec.resource_id} ===", file=out, flush=True)
         health = client.health()
         print(f"[qrmi] status: {health.status} (healthy={health.healthy})", file=out, flush=True)

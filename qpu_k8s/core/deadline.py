@@ -67,16 +67,10 @@ def _abandon(fut: Future[T]) -> None:
             _ABANDONED.count += 1
 
 
-def _on_late(fut: Future[T], on_late: Callable[[T], None] | None) -> None:
-    """After a timeout: hand a late result to ``on_late`` (in the abandoned thread)."""
-    if on_late is None:
-        return
-
-    def done(f: Future[T]) -> None:
-        if f.exception() is None:
-            on_late(f.result())
-
-    fut.add_done_callback(done)
+def _on_late(fut: Future[T], on_late: Callable[[Future[T]], None] | None) -> None:
+    """After a timeout: hand the finished call to ``on_late`` (in the thread that ran it)."""
+    if on_late is not None:
+        fut.add_done_callback(on_late)
 
 
 def call_with_deadline(
@@ -84,12 +78,13 @@ def call_with_deadline(
     timeout: float,
     name: str = "qrmi-call",
     *,
-    on_late: Callable[[T], None] | None = None,
+    on_late: Callable[[Future[T]], None] | None = None,
 ) -> T:
     """Return ``fn()``, or raise DeadlineExceeded after ``timeout`` seconds.
 
-    ``on_late`` receives the result of a call that answers after its deadline (an acquire
-    whose session must still be released), in the thread that ran it.
+    ``on_late`` receives the call's future once a call that missed its deadline ends (an
+    acquire whose session must still be released, a release whose outcome must be
+    recorded), in the thread that ran it.
     """
     fut = _start(fn, name)
     try:
@@ -100,18 +95,11 @@ def call_with_deadline(
         raise DeadlineExceeded(f"no answer within {timeout:g}s") from None
 
 
-async def acall_with_deadline(
-    fn: Callable[[], T],
-    timeout: float,  # noqa: ASYNC109 - the deadline is the point of this helper
-    name: str = "qrmi-call",
-) -> T:
-    """Async form of :func:`call_with_deadline` for the operator's event loop."""
-    fut = _start(fn, name)
-    try:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-        # arrives just as the call completes, which hangs a stopping event loop.
-        async with asyncio.timeout(timeout):
-            return await asyncio.wrap_future(fut)
-    except TimeoutError:
-        _abandon(fut)
-        raise DeadlineExceeded(f"no answer within {timeout:g}s") from None
+async def in_thread(fn: Callable[[], T], name: str = "qrmi-call") -> T:
+    """Await ``fn()`` run in its own daemon thread, from an event loop.
+
+    No deadline of its own: ``fn`` carries one (every :class:`QrmiClient` call does). A
+    thread per call rather than the loop's default executor, which has a handful of
+    workers on a small node and would queue probes behind each other.
+    """
+    return await asyncio.wrap_future(_start(fn, name))

@@ -20,9 +20,17 @@ class QpuError(Exception):
 
 
 class QpuTimeoutError(QpuError):
-    """The vendor did not answer within our deadline (qrmi itself has no client timeout)."""
+    """The vendor did not answer within our deadline (qrmi itself has no client timeout).
+
+    ``in_flight``: the call was sent and may still take effect at the vendor (a late
+    session, a late release); False when it was refused before anything was sent.
+    """
 
     kind = "timeout"
+
+    def __init__(self, backend: str, operation: str, message: str, *, in_flight: bool = True):
+        self.in_flight = in_flight
+        super().__init__(backend, operation, message)
 
 
 class QpuAuthError(QpuError):

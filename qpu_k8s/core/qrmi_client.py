@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 qrmi: Any = _qrmi_module
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 30.0
 # A late release's outcome is kept this long for a retry of the same release to find.
 _FORGET_RELEASES_AFTER = 3600.0
 # qrmi objects kept between calls, process-wide (see _Kept).
@@ -69,14 +68,45 @@ class Health:
     checked_at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class CallTimeouts:
+    """The deadline of each kind of vendor call, in seconds: the one deadline that call has.
+
+    qrmi has no client timeout, so each call runs under ours. Probes must fail fast (a hung
+    vendor shows as unhealthy within seconds); an acquire or a release may take longer.
+    """
+
+    probe: float = 10.0  # status, target, metadata
+    acquire: float = 30.0
+    release: float = 30.0
+    task: float = 30.0  # task_start / status / result / stop
+
+    @classmethod
+    def uniform(cls, seconds: float) -> CallTimeouts:
+        return cls(seconds, seconds, seconds, seconds)
+
+
+# The answer of an acquire that missed its deadline: the token the vendor gave after all
+# (whoever passed the handler now owns it and must release it), or why it failed.
+LateAcquire = Callable[[str | None, errors.QpuError | None], None]
+# The outcome of a release that missed its deadline: None when the vendor released it.
+LateRelease = Callable[[errors.QpuError | None], None]
+
+
 @runtime_checkable
 class QuantumResourceClient(Protocol):
-    """The QRMI lifecycle as every agent sees it (real vendors and test doubles alike)."""
+    """The QRMI lifecycle as every agent sees it (real vendors and test doubles alike).
+
+    Every call is bounded by its own deadline (:class:`CallTimeouts` for QrmiClient) and
+    raises :class:`~qpu_k8s.core.errors.QpuTimeoutError` when it passes; callers add no
+    deadline of their own. ``on_late`` hands over what a timed-out acquire or release
+    still did at the vendor.
+    """
 
     backend: QuantumBackend
 
-    def acquire(self) -> str: ...
-    def release(self, token: str) -> None: ...
+    def acquire(self, *, on_late: LateAcquire | None = None) -> str: ...
+    def release(self, token: str, *, on_late: LateRelease | None = None) -> None: ...
     def health(self) -> Health: ...
     def target(self) -> dict[str, Any]: ...
     def metadata(self) -> dict[str, str]: ...
@@ -161,10 +191,10 @@ class QrmiClient:
         backend: QuantumBackend,
         credentials: Mapping[str, str] | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeouts: CallTimeouts | None = None,
     ) -> None:
         self.backend = backend
-        self.timeout = timeout
+        self.timeouts = timeouts or CallTimeouts()
         self._config = {**backend.spec.config, **(credentials or {})}
         REDACTOR.register((credentials or {}).values())
         self._qrmi_type = getattr(qrmi.ResourceType, profile(backend.spec.type).qrmi_type)
@@ -222,12 +252,12 @@ class QrmiClient:
         *,
         obj: Any = None,
         token: str | None = None,
+        timeout: float,
         checkin: bool = True,
-        timeout: float | None = None,
-        on_late: Callable[[T], None] | None = None,
+        on_late: Callable[[Future[T]], None] | None = None,
         capped: bool = True,
     ) -> T:
-        """Run ``fn(resource)`` under the deadline, with metrics and error mapping.
+        """Run ``fn(resource)`` under ``timeout``, with metrics and error mapping.
 
         The resource is ``obj`` when given, else an idle pooled one (no token) or a new one
         bound to ``token``. It goes back to the pool after the call when ``checkin`` allows
@@ -261,9 +291,7 @@ class QrmiClient:
                     self._stuck.pop(key, None)
 
         try:
-            out = call_with_deadline(
-                run, timeout or self.timeout, name=f"qrmi-{op}", on_late=on_late
-            )
+            out = call_with_deadline(run, timeout, name=f"qrmi-{op}", on_late=on_late)
         except DeadlineExceeded as exc:
             with self._lock:
                 if not ended[0]:
@@ -296,6 +324,7 @@ class QrmiClient:
                 op,
                 f"{stuck} earlier calls to the vendor are still unanswered; no new call "
                 "until one of them returns",
+                in_flight=False,
             )
 
     @property
@@ -305,18 +334,20 @@ class QrmiClient:
             return len(self._stuck)
 
     # -- lifecycle ------------------------------------------------------------------------
-    def acquire(self) -> str:
+    def acquire(self, *, on_late: LateAcquire | None = None) -> str:
         """Acquire on an object that holds no session; it stays with the acquisition.
 
         qrmi keeps the session in the resource object and a second ``acquire()`` on the
         same object returns the *same* session, so an object that acquired is kept aside
         (keyed by token) until its release, never handed to another caller meanwhile.
 
-        An acquire that misses the deadline raises QpuTimeoutError, but the vendor may
-        still open the session and answer later: that late token is released at once
-        (nobody was given it), so a slow vendor does not leak sessions.
+        An acquire that misses its deadline raises QpuTimeoutError, but the vendor may
+        still open the session and answer later. Without ``on_late`` that late token is
+        released at once (nobody was given it), so a slow vendor does not leak sessions;
+        with it, the caller gets the late token (or the late error) and owns the release.
         """
         holder: list[Any] = []
+        name = self.backend.name
 
         def acquire(r: Any) -> str:
             holder.append(r)
@@ -324,19 +355,38 @@ class QrmiClient:
             crash_point("after-acquire")
             return token
 
-        def late(token: str) -> None:
-            self._release_late(holder[0], token)
+        def late(fut: Future[str]) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                if on_late is not None:
+                    on_late(None, _map_error(name, "acquire", exc))
+                return
+            token = fut.result()
+            if on_late is None:
+                self._release_late(holder[0], token)
+                return
+            self._hold(token, holder[0])
+            on_late(token, None)
 
-        token = self._call("acquire", acquire, checkin=False, on_late=late)
+        token = self._call(
+            "acquire", acquire, timeout=self.timeouts.acquire, checkin=False, on_late=late
+        )
         self._hold(token, holder[0])
-        log.info("acquired", extra={"backend": self.backend.name})
+        log.info("acquired", extra={"backend": name})
         return token
 
     def _release_late(self, obj: Any, token: str) -> None:
         """Release the session of an acquire that answered after its deadline."""
         name = self.backend.name
         try:
-            self._call("release", lambda r: r.release(token), obj=obj, checkin=False, capped=False)
+            self._call(
+                "release",
+                lambda r: r.release(token),
+                obj=obj,
+                timeout=self.timeouts.release,
+                checkin=False,
+                capped=False,
+            )
         except errors.QpuError as err:
             LATE_ACQUISITIONS.labels(name, "release_failed").inc()
             log.error(
@@ -348,13 +398,14 @@ class QrmiClient:
         LATE_ACQUISITIONS.labels(name, "released").inc()
         log.warning("an acquire answered after its deadline; released it", extra={"backend": name})
 
-    def release(self, token: str) -> None:
+    def release(self, token: str, *, on_late: LateRelease | None = None) -> None:
         """Release ``token``; never sends a second release while an earlier one is unanswered.
 
-        A release that missed its deadline may still reach the vendor. A retry of it (the
-        kubelet retrying NodeUnprepareResources) first waits for that earlier call: if it
-        went through, the acquisition is released and nothing is sent again; if it failed,
-        a new release is sent; if it is still unanswered, the retry times out too.
+        A release that missed its deadline may still reach the vendor; ``on_late`` gets its
+        outcome when it comes. A retry (the kubelet retrying NodeUnprepareResources) first
+        waits for that earlier call: if it went through, the acquisition is released and
+        nothing is sent again; if it failed, a new release is sent; if it is still
+        unanswered, the retry times out too.
         """
         if self._earlier_release_done(token):
             log.info("released by an earlier call", extra={"backend": self.backend.name})
@@ -374,8 +425,13 @@ class QrmiClient:
             done.set_result(None)
             crash_point("after-release")
 
+        def late(fut: Future[None]) -> None:
+            if on_late is not None:
+                exc = fut.exception()
+                on_late(None if exc is None else _map_error(self.backend.name, "release", exc))
+
         try:
-            self._call("release", release, obj=held)
+            self._call("release", release, obj=held, timeout=self.timeouts.release, on_late=late)
         except errors.QpuTimeoutError:
             raise  # still in flight: the next release() of this token waits for it
         except errors.QpuError:
@@ -399,13 +455,14 @@ class QrmiClient:
         if earlier is None:
             return False
         try:
-            earlier[1].result(timeout=self.timeout)
+            earlier[1].result(timeout=self.timeouts.release)
         except FutureTimeout:
             raise errors.QpuTimeoutError(
                 self.backend.name,
                 "release",
                 f"an earlier release of this acquisition is still unanswered after "
                 f"{time.monotonic() - earlier[0]:.0f}s; not sending another",
+                in_flight=False,
             ) from None
         except Exception:  # the earlier attempt failed: send a new one
             with self._lock:
@@ -418,7 +475,7 @@ class QrmiClient:
     def health(self) -> Health:
         """Probe the backend; never raises: failures are an unhealthy answer with a reason."""
         try:
-            st = self._call("status", lambda r: r.status())
+            st = self._call("status", lambda r: r.status(), timeout=self.timeouts.probe)
         except errors.QpuTimeoutError as exc:
             return Health(False, "timeout", exc.message)
         except errors.QpuAuthError as exc:
@@ -432,7 +489,7 @@ class QrmiClient:
         return Health(code == "online", code, reason, st.pending_job_count)
 
     def target(self) -> dict[str, Any]:
-        raw = self._call("target", lambda r: r.target().value)
+        raw = self._call("target", lambda r: r.target().value, timeout=self.timeouts.probe)
         try:
             value = json.loads(raw) if raw else {}
         except json.JSONDecodeError:
@@ -440,20 +497,47 @@ class QrmiClient:
         return value if isinstance(value, dict) else {"value": value}
 
     def metadata(self) -> dict[str, str]:
-        md: dict[str, str] = self._call("metadata", lambda r: dict(r.metadata()))
+        md: dict[str, str] = self._call(
+            "metadata", lambda r: dict(r.metadata()), timeout=self.timeouts.probe
+        )
         return md
 
     def task_start(self, payload: Any, token: str | None = None) -> str:
-        task_id: str = self._call("task_start", lambda r: r.task_start(payload), token=token)
+        task_id: str = self._call(
+            "task_start", lambda r: r.task_start(payload), token=token, timeout=self.timeouts.task
+        )
         return task_id
 
     def task_status(self, task_id: str, token: str | None = None) -> TaskState:
-        st = self._call("task_status", lambda r: r.task_status(task_id), token=token)
+        st = self._call(
+            "task_status", lambda r: r.task_status(task_id), token=token, timeout=self.timeouts.task
+        )
         return TaskState(str(st).rsplit(".", 1)[-1])
 
     def task_result(self, task_id: str, token: str | None = None) -> str:
-        value: str = self._call("task_result", lambda r: r.task_result(task_id).value, token=token)
+        value: str = self._call(
+            "task_result",
+            lambda r: r.task_result(task_id).value,
+            token=token,
+            timeout=self.timeouts.task,
+        )
         return value
 
     def task_stop(self, task_id: str, token: str | None = None) -> None:
-        self._call("task_stop", lambda r: r.task_stop(task_id), token=token)
+        self._call(
+            "task_stop", lambda r: r.task_stop(task_id), token=token, timeout=self.timeouts.task
+        )
+
+
+# Builds the client of one backend from its spec and resolved credentials. Agents take one
+# so tests can give them doubles; the real one is :func:`qrmi_client_factory`.
+ClientFactory = Callable[[QuantumBackend, Mapping[str, str]], QuantumResourceClient]
+
+
+def qrmi_client_factory(timeouts: CallTimeouts) -> ClientFactory:
+    """A factory of :class:`QrmiClient` whose calls run under ``timeouts``."""
+
+    def make(backend: QuantumBackend, creds: Mapping[str, str]) -> QuantumResourceClient:
+        return QrmiClient(backend, creds, timeouts=timeouts)
+
+    return make

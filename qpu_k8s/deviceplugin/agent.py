@@ -11,17 +11,14 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from qpu_k8s.core.credentials import CredentialSource, DirectoryCredentials
 from qpu_k8s.core.metrics import serve_metrics
-from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.names import RESOURCE_NAME
-from qpu_k8s.core.qrmi_client import Health, QrmiClient, QuantumResourceClient, TaskState
+from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
 from qpu_k8s.deviceplugin.allocator import Allocator
 from qpu_k8s.deviceplugin.devices import DeviceBoard
 from qpu_k8s.deviceplugin.node import NodeLabels
@@ -29,7 +26,7 @@ from qpu_k8s.deviceplugin.podresources import PodResourcesClient, Reconciler
 from qpu_k8s.deviceplugin.registration import KubeletRegistrar
 from qpu_k8s.deviceplugin.server import DevicePluginServicer
 from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Ledger
-from qpu_k8s.node.registry import BackendRegistry, ClientFactory
+from qpu_k8s.node.registry import BackendRegistry
 
 log = logging.getLogger(__name__)
 
@@ -56,62 +53,16 @@ class DevicePluginConfig:
     restart_hold: float = 30.0
     config_reload_interval: float = 2.0
     node_labels_refresh: float = 60.0
-    # How long a vendor call that missed our deadline is still waited for (its late answer
-    # is then released or recorded) before it is given up as lost.
+    # How long an acquire that missed its deadline is still waited for before it is
+    # reported lost (a later answer is still released).
     abandon_after: float = 600.0
     lock_timeout: float = 30.0
 
-
-class SplitDeadlineClient:
-    """Health probes under the probe deadline; acquire/release under a long horizon.
-
-    A probe must fail fast so a hung vendor shows as Unhealthy within seconds. Acquire and
-    release are bounded by the allocator's own deadline (``--acquire-timeout``), which keeps
-    waiting in the background for a late answer (to release a late session, or record a
-    late release) until the client's much longer horizon (``abandon_after``) gives up.
-    """
-
-    def __init__(self, probe: QuantumResourceClient, ops: QuantumResourceClient) -> None:
-        self.backend = ops.backend
-        self._probe = probe
-        self._ops = ops
-
-    def acquire(self) -> str:
-        return self._ops.acquire()
-
-    def release(self, token: str) -> None:
-        self._ops.release(token)
-
-    def health(self) -> Health:
-        return self._probe.health()
-
-    def target(self) -> dict[str, Any]:
-        return self._probe.target()
-
-    def metadata(self) -> dict[str, str]:
-        return self._probe.metadata()
-
-    def task_start(self, payload: Any, token: str | None = None) -> str:
-        return self._ops.task_start(payload, token)
-
-    def task_status(self, task_id: str, token: str | None = None) -> TaskState:
-        return self._ops.task_status(task_id, token)
-
-    def task_result(self, task_id: str, token: str | None = None) -> str:
-        return self._ops.task_result(task_id, token)
-
-    def task_stop(self, task_id: str, token: str | None = None) -> None:
-        self._ops.task_stop(task_id, token)
-
-
-def qrmi_client_factory(probe_timeout: float, acquire_timeout: float) -> ClientFactory:
-    def make(backend: QuantumBackend, creds: Mapping[str, str]) -> QuantumResourceClient:
-        return SplitDeadlineClient(
-            QrmiClient(backend, creds, timeout=probe_timeout),
-            QrmiClient(backend, creds, timeout=acquire_timeout),
+    def call_timeouts(self) -> CallTimeouts:
+        """Probes fail fast; acquire and release get the longer Allocate deadline."""
+        return CallTimeouts(
+            probe=self.probe_timeout, acquire=self.acquire_timeout, release=self.acquire_timeout
         )
-
-    return make
 
 
 class StateDirLock:
@@ -167,9 +118,7 @@ class DevicePlugin:
             credentials,
             node_labels=cfg.node_labels,
             include_shared=cfg.include_shared,
-            client_factory=client_factory
-            or qrmi_client_factory(cfg.probe_timeout, max(cfg.abandon_after, cfg.acquire_timeout)),
-            probe_timeout=cfg.probe_timeout,
+            client_factory=client_factory or qrmi_client_factory(cfg.call_timeouts()),
             reload_interval=cfg.config_reload_interval,
         )
         self.board = DeviceBoard(self.registry)
@@ -179,8 +128,7 @@ class DevicePlugin:
             self.registry,
             self.ledger,
             cfg.resource_name,
-            acquire_timeout=cfg.acquire_timeout,
-            release_timeout=cfg.acquire_timeout,
+            abandon_after=cfg.abandon_after,
         )
         self.pod_resources = PodResourcesClient(cfg.pod_resources_socket)
         self.reconciler = Reconciler(

@@ -27,9 +27,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, wait
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -96,16 +94,16 @@ class Allocator:
         resource_name: str,
         *,
         delimiter: str = DEFAULT_DELIMITER,
-        acquire_timeout: float = 30.0,
-        release_timeout: float = 30.0,
+        abandon_after: float = 600.0,
     ) -> None:
         self.board = board
         self.registry = registry
         self.ledger = ledger
         self.resource_name = resource_name
         self.delimiter = delimiter
-        self.acquire_timeout = acquire_timeout
-        self.release_timeout = release_timeout
+        # How long an acquire that missed its deadline is waited for before it is reported
+        # lost (its token unknown); a later answer is still released.
+        self.abandon_after = abandon_after
         self._lock = threading.Lock()
         # The client an acquisition was made with: a later config change may replace the
         # registry's client, but the session lives where it was opened.
@@ -224,40 +222,17 @@ class Allocator:
         assert client is not None  # checked in _plan
         name = part.state.backend.name
         start = time.perf_counter()
-
-        def acquire_and_record() -> str:
-            # Written here, in the thread the vendor answered in, before anything else: the
-            # only window in which a crash loses the token is this one checkpoint write.
-            token = client.acquire()
-            try:
-                self.ledger.acquired(acq.id, token, time.time())
-                self.ledger.commit()
-            except Exception:
-                # Not recorded (disk full, read-only state dir): give the session back now.
-                with contextlib.suppress(Exception):
-                    client.release(token)
-                raise
-            with self._lock:
-                self._clients[acq.id] = client
-            crash_point("after-acquire-recorded")
-            return token
-
-        fut = _in_thread(acquire_and_record, f"acquire-{name}")
         try:
-            token = fut.result(timeout=self.acquire_timeout)
-        except FutureTimeout:
-            # The vendor may still answer: remember the call and release a late session.
-            fut.add_done_callback(lambda f: self._late_acquire(acq, client, f))
-            raise _AcquireFailed(
-                part,
-                errors.QpuTimeoutError(
-                    name,
-                    "acquire",
-                    f"no answer within {self.acquire_timeout:g}s (a late answer is released "
-                    "at once)",
-                ),
-                late=True,
-            ) from None
+            token = client.acquire(
+                on_late=lambda token, err: self._late_acquire(acq, client, token, err)
+            )
+        except errors.QpuTimeoutError as err:
+            if err.in_flight:  # the vendor may still answer: _late_acquire handles it
+                self._give_up_later(acq)
+                err = errors.QpuTimeoutError(
+                    name, "acquire", f"{err.message} (a late answer is released at once)"
+                )
+            raise _AcquireFailed(part, err, late=err.in_flight) from None
         except errors.QpuError as err:
             raise _AcquireFailed(part, err) from None
         except Exception as exc:  # a client that broke its contract: still all-or-nothing
@@ -265,38 +240,72 @@ class Allocator:
             raise _AcquireFailed(part, errors.QpuUnavailableError(name, "acquire", msg)) from None
         finally:
             metrics.ACQUIRE_SECONDS.labels(name).observe(time.perf_counter() - start)
+        # Recorded at once: the only window in which a crash loses the token is this write.
+        try:
+            self.ledger.acquired(acq.id, token, time.time())
+            self.ledger.commit()
+        except Exception as exc:
+            # Not recorded (disk full, read-only state dir): give the session back now.
+            with contextlib.suppress(Exception):
+                client.release(token)
+            why = errors.QpuUnavailableError(
+                name, "acquire", f"the acquisition could not be recorded ({exc}); released it"
+            )
+            raise _AcquireFailed(part, why) from None
+        with self._lock:
+            self._clients[acq.id] = client
+        crash_point("after-acquire-recorded")
         return token
 
     def _late_acquire(
-        self, acq: Acquisition, client: QuantumResourceClient, fut: Future[str]
+        self,
+        acq: Acquisition,
+        client: QuantumResourceClient,
+        token: str | None,
+        err: errors.QpuError | None,
     ) -> None:
-        """An acquire that missed our deadline finished: release what it got, or forget it."""
-        exc = fut.exception()
-        if isinstance(exc, errors.QpuTimeoutError):
-            self.ledger.lose(acq.id, time.time())
-            metrics.ACQUISITIONS_LOST.labels(acq.backend).inc()
-            log.error(
-                "acquire gave no answer within the client's horizon; if it answers later the "
-                "adapter releases it, else the vendor session (if any) expires on its own",
-                extra={"acquisition": acq.id, "backend": acq.backend},
-            )
-            return
-        if exc is not None:
-            self.ledger.abandon([acq.id])
-            self.ledger.commit()
+        """An acquire that missed its Allocate's deadline answered: release what it got."""
+        current = self.ledger.get(acq.id)
+        if token is None:
+            if current is not None and current.state is AcqState.ACQUIRING:
+                self.ledger.abandon([acq.id])
+                self.ledger.commit()
             log.info(
                 "late acquire failed; nothing is held",
-                extra={"acquisition": acq.id, "backend": acq.backend},
+                extra={"acquisition": acq.id, "backend": acq.backend, "error": str(err)},
             )
+            return
+        if current is None:  # forgotten long ago: nothing to record, give it back once
+            with contextlib.suppress(errors.QpuError):
+                client.release(token)
             return
         with self._lock:
             self._clients[acq.id] = client
         self.ledger.late_acquired(
-            acq.id, fut.result(), "acquire answered after its Allocate had failed", time.time()
+            acq.id, token, "acquire answered after its Allocate had failed", time.time()
         )
         late = self.ledger.get(acq.id)
         if late is not None:
             self.release(late)
+
+    def _give_up_later(self, acq: Acquisition) -> None:
+        """Report the acquisition lost if the vendor has not answered after ``abandon_after``."""
+
+        def give_up() -> None:
+            current = self.ledger.get(acq.id)
+            if current is None or current.state is not AcqState.ACQUIRING:
+                return
+            self.ledger.lose(acq.id, time.time())
+            metrics.ACQUISITIONS_LOST.labels(acq.backend).inc()
+            log.error(
+                "acquire gave no answer within the horizon; if it answers later it is "
+                "released at once, else the vendor session (if any) expires on its own",
+                extra={"acquisition": acq.id, "backend": acq.backend},
+            )
+
+        timer = threading.Timer(self.abandon_after, give_up)
+        timer.daemon = True
+        timer.start()
 
     def _roll_back(
         self, acqs: list[Acquisition], tokens: dict[int, str], failed: _AcquireFailed
@@ -380,27 +389,30 @@ class Allocator:
             )
             return False, False
         start = time.perf_counter()
-        token = acq.token
-        fut = _in_thread(lambda: client.release(token), f"release-{acq.backend}")
-        wait([fut], timeout=self.release_timeout)
-        if not fut.done():
-            log.warning(
-                "release is taking long; its answer will be recorded when it comes",
-                extra={"acquisition": acq.id, "backend": acq.backend},
-            )
-            fut.add_done_callback(lambda f: self._release_answered(acq, f, start, deferred=True))
-            return False, True
-        return self._release_answered(acq, fut, start, deferred=False), False
-
-    def _release_answered(
-        self, acq: Acquisition, fut: Future[None], start: float, *, deferred: bool
-    ) -> bool:
         try:
-            return self._record_release(acq, fut.exception(), start)
+            client.release(
+                acq.token,
+                on_late=lambda err: self._late_release(acq, err, start),
+            )
+        except errors.QpuTimeoutError as err:
+            if err.in_flight:
+                log.warning(
+                    "release is taking long; its answer will be recorded when it comes",
+                    extra={"acquisition": acq.id, "backend": acq.backend},
+                )
+                return False, True
+            return self._record_release(acq, err, start), False
+        except Exception as exc:
+            return self._record_release(acq, exc, start), False
+        return self._record_release(acq, None, start), False
+
+    def _late_release(self, acq: Acquisition, err: BaseException | None, start: float) -> None:
+        """A release that missed its deadline answered: record it, let retries through."""
+        try:
+            self._record_release(acq, err, start)
         finally:
-            if deferred:
-                with self._lock:
-                    self._inflight.discard(acq.id)
+            with self._lock:
+                self._inflight.discard(acq.id)
 
     def _record_release(self, acq: Acquisition, exc: BaseException | None, start: float) -> bool:
         metrics.RELEASE_SECONDS.labels(acq.backend).observe(time.perf_counter() - start)
@@ -445,18 +457,3 @@ class Allocator:
             },
         )
         return True
-
-
-def _in_thread(fn: Callable[[], T], name: str) -> Future[T]:
-    """Run a vendor call in a daemon thread (a hung call must not block exit or callers)."""
-    fut: Future[T] = Future()
-    fut.set_running_or_notify_cancel()
-
-    def run() -> None:
-        try:
-            fut.set_result(fn())
-        except BaseException as exc:
-            fut.set_exception(exc)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return fut

@@ -33,8 +33,9 @@ from qpu_k8s.core.credentials import DirectoryCredentials
 from qpu_k8s.core.errors import QpuError
 from qpu_k8s.core.model import AccessMode, device_id
 from qpu_k8s.core.names import DRIVER_NAME
+from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
 from qpu_k8s.core.values import AttributeValue
-from qpu_k8s.node.registry import BackendRegistry, ClientFactory
+from qpu_k8s.node.registry import BackendRegistry
 from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
@@ -94,9 +95,17 @@ class DraDriverConfig:
     resync_seconds: float = 30.0
     target_refresh_seconds: float = 300.0
     probe_timeout: float = 10.0
+    # Deadline of an acquire or a release (NodePrepare/NodeUnprepareResources).
+    acquire_timeout: float = 30.0
     reload_interval: float = 2.0
     instance: str | None = None
     node_labels: Mapping[str, str] | None = None  # None: read from the Node object
+
+    def call_timeouts(self) -> CallTimeouts:
+        """Probes fail fast; acquire and release get the longer prepare deadline."""
+        return CallTimeouts(
+            probe=self.probe_timeout, acquire=self.acquire_timeout, release=self.acquire_timeout
+        )
 
 
 @dataclass
@@ -198,8 +207,7 @@ class DraDriver:
             # Shared backends are published cluster-wide by the operator, but a claim on one
             # is prepared (acquired) here, on the node that runs the pod.
             include_shared=True,
-            client_factory=self.client_factory,
-            probe_timeout=cfg.probe_timeout,
+            client_factory=self.client_factory or qrmi_client_factory(cfg.call_timeouts()),
             reload_interval=cfg.reload_interval,
         )
         self.store = StateStore(cfg.state_dir, boot_id)

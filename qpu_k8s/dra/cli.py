@@ -47,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--api-version", "auto", "resource.k8s.io version: auto, v1 or v1beta1")
     add_flag(parser, "--resync-seconds", "30", "slice resync period", kind=float)
     add_flag(parser, "--target-refresh-seconds", "300", "calibration refresh period", kind=float)
-    add_flag(parser, "--probe-timeout", "10", "deadline of each vendor call, seconds", kind=float)
+    add_flag(parser, "--probe-timeout", "10", "deadline of a health probe, seconds", kind=float)
+    add_flag(
+        parser, "--acquire-timeout", "30", "deadline of one acquire/release, seconds", kind=float
+    )
     add_common(parser)
 
 
@@ -79,6 +82,7 @@ def _config(args: argparse.Namespace) -> object:
         resync_seconds=args.resync_seconds,
         target_refresh_seconds=args.target_refresh_seconds,
         probe_timeout=args.probe_timeout,
+        acquire_timeout=args.acquire_timeout,
     )
 
 

@@ -39,9 +39,9 @@ from qpu_k8s.core.credentials import StaticCredentials, resolve_credentials
 from qpu_k8s.core.envcontract import EnvContractError, Grant, render
 from qpu_k8s.core.faultpoints import crash_point
 from qpu_k8s.core.model import AccessMode, QuantumBackend, SecretRef, split_device_id
-from qpu_k8s.core.qrmi_client import QuantumResourceClient
+from qpu_k8s.core.qrmi_client import ClientFactory, QuantumResourceClient
 from qpu_k8s.core.vendors import profile
-from qpu_k8s.node.registry import BackendRegistry, ClientFactory
+from qpu_k8s.node.registry import BackendRegistry
 from qpu_k8s.resourceslices.slices import shared_pool_name
 
 from . import metrics

@@ -26,11 +26,9 @@ from qpu_k8s.core.credentials import CredentialSource, resolve_credentials
 from qpu_k8s.core.errors import CredentialsError
 from qpu_k8s.core.metrics import PREFIX
 from qpu_k8s.core.model import AccessMode, InvalidBackendError, QuantumBackend, load_backend_config
-from qpu_k8s.core.qrmi_client import Health, QrmiClient, QuantumResourceClient
+from qpu_k8s.core.qrmi_client import ClientFactory, Health, QuantumResourceClient
 
 log = logging.getLogger(__name__)
-
-ClientFactory = Callable[[QuantumBackend, Mapping[str, str]], QuantumResourceClient]
 
 BACKEND_HEALTHY = Gauge(
     PREFIX + "backend_healthy", "1 if the backend's last health probe succeeded.", ["backend"]
@@ -40,13 +38,6 @@ CONFIG_ERRORS = Gauge(
 )
 
 NOT_PROBED = Health(False, "unknown", "not probed yet")
-
-
-def default_client_factory(timeout: float) -> ClientFactory:
-    def make(backend: QuantumBackend, creds: Mapping[str, str]) -> QuantumResourceClient:
-        return QrmiClient(backend, creds, timeout=timeout)
-
-    return make
 
 
 def node_may_use(
@@ -89,11 +80,10 @@ class BackendRegistry:
         self,
         config_path: Path,
         credentials: CredentialSource | None,
+        client_factory: ClientFactory,
         *,
         node_labels: Mapping[str, str] | None = None,
         include_shared: bool = True,
-        client_factory: ClientFactory | None = None,
-        probe_timeout: float = 10.0,
         reload_interval: float = 2.0,
         probe_workers: int = 8,
     ) -> None:
@@ -101,7 +91,7 @@ class BackendRegistry:
         self.credentials = credentials
         self.node_labels = dict(node_labels or {})
         self.include_shared = include_shared
-        self.client_factory = client_factory or default_client_factory(probe_timeout)
+        self.client_factory = client_factory
         self.reload_interval = reload_interval
         self._lock = threading.RLock()
         self._states: dict[str, BackendState] = {}

@@ -34,12 +34,13 @@ from qpu_k8s.core.metrics import serve_metrics
 from qpu_k8s.core.model import AccessMode, InvalidBackendError
 from qpu_k8s.core.model import QuantumBackend as Backend
 from qpu_k8s.core.names import API_GROUP, API_VERSION, DRIVER_NAME, KIND
+from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
 from qpu_k8s.operator import configmap
 from qpu_k8s.operator import metrics as m
 from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.conditions import EventSpec, rfc3339, transitions
 from qpu_k8s.operator.kube import ApiStatusError, Kube
-from qpu_k8s.operator.probe import ClientCache, ClientFactory, qrmi_client_factory, run_probe
+from qpu_k8s.operator.probe import ClientCache, run_probe
 from qpu_k8s.operator.reconcile import (
     Observation,
     SecretProblem,
@@ -129,7 +130,7 @@ class Controller:
         cfg: OperatorConfig,
         kube: Kube,
         *,
-        client_factory: ClientFactory = qrmi_client_factory,
+        client_factory: ClientFactory | None = None,
         slices: SlicePublisher | None = None,
     ) -> None:
         self.cfg = cfg
@@ -137,7 +138,9 @@ class Controller:
         self.slices = slices
         self.entries: dict[str, Entry] = {}
         self.secrets = SecretReader(kube.secret_data, cfg.namespace, cfg.secret_ttl)
-        self.clients = ClientCache(client_factory, cfg.probe_timeout)
+        self.clients = ClientCache(
+            client_factory or qrmi_client_factory(CallTimeouts(probe=cfg.probe_timeout))
+        )
         self.counts: dict[str, sc.Counts] = {}
         self.ns_requests: dict[str, frozenset[str]] = {}
         self.last_sync_error: str | None = None
@@ -361,7 +364,7 @@ class Controller:
         except SecretProblem as problem:
             return Observation(**base, secret_problem=problem)
         client = self.clients.get(e.backend, creds)
-        probe = await run_probe(client, self.cfg.probe_timeout)
+        probe = await run_probe(client)
         rtype = e.backend.spec.type.value
         m.PROBE_SECONDS.labels(rtype).observe(probe.seconds)
         m.PROBES.labels(rtype, probe.health.status).inc()

@@ -13,8 +13,8 @@ import pytest
 from qpu_k8s.core.deadline import (
     DeadlineExceeded,
     abandoned_calls,
-    acall_with_deadline,
     call_with_deadline,
+    in_thread,
 )
 
 
@@ -39,16 +39,18 @@ def test_timeout_and_abandoned_gauge() -> None:
     assert abandoned_calls() == before
 
 
-def test_async_timeout() -> None:
+def test_in_thread_runs_off_the_loop() -> None:
+    """A blocking call awaited from the loop leaves the loop free to run other tasks."""
     release = threading.Event()
 
     async def main() -> None:
-        with pytest.raises(DeadlineExceeded):
-            await acall_with_deadline(lambda: release.wait(30), 0.2)
-        assert await acall_with_deadline(lambda: "ok", 1) == "ok"
+        blocked = asyncio.create_task(in_thread(lambda: release.wait(30)))
+        assert await in_thread(lambda: "ok") == "ok"  # not queued behind the blocked one
+        assert not blocked.done()
+        release.set()
+        assert await blocked is True
 
-    asyncio.run(main())
-    release.set()
+    asyncio.run(asyncio.wait_for(main(), 10))
 
 
 def test_stuck_call_does_not_block_interpreter_exit() -> None:

@@ -12,7 +12,7 @@ import qrmi
 
 from qpu_k8s.core import errors
 from qpu_k8s.core.model import QuantumBackend, parse_backend
-from qpu_k8s.core.qrmi_client import QrmiClient, TaskState
+from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient, TaskState
 from qpu_k8s.emulator import Emulator, running_emulator
 
 
@@ -69,7 +69,7 @@ def sampler_payload(client: QrmiClient, shots: int = 200) -> object:
 
 
 def test_lifecycle_acquire_task_release(emu: Emulator) -> None:
-    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeout=20)
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeouts=CallTimeouts.uniform(20))
     assert client.health().healthy
     token = client.acquire()
     (session,) = emu.state.open_sessions("fake_manila")
@@ -100,7 +100,7 @@ def test_target_and_metadata(emu: Emulator) -> None:
 
 
 def test_hang_fails_within_deadline(emu: Emulator) -> None:
-    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeout=0.5)
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeouts=CallTimeouts.uniform(0.5))
     emu.set_fault("hang")
     t0 = time.monotonic()
     with pytest.raises(errors.QpuTimeoutError, match="acquire"):
@@ -115,7 +115,9 @@ def test_hang_fails_within_deadline(emu: Emulator) -> None:
 
 def test_bad_credentials_are_a_clear_auth_error(emu: Emulator) -> None:
     bad = "definitely-wrong-apikey"
-    client = QrmiClient(ibm_backend(emu), {"QRMI_IBM_QCS_IAM_APIKEY": bad}, timeout=10)
+    client = QrmiClient(
+        ibm_backend(emu), {"QRMI_IBM_QCS_IAM_APIKEY": bad}, timeouts=CallTimeouts.uniform(10)
+    )
     with pytest.raises(errors.QpuAuthError) as err:
         client.acquire()
     assert bad not in str(err.value)
@@ -126,7 +128,7 @@ def test_bad_credentials_are_a_clear_auth_error(emu: Emulator) -> None:
 
 
 def test_vendor_5xx_and_offline(emu: Emulator) -> None:
-    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeout=10)
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeouts=CallTimeouts.uniform(10))
     emu.set_fault("error5xx", "fake_manila")
     with pytest.raises(errors.QpuUnavailableError):
         client.acquire()
@@ -155,7 +157,7 @@ def test_unreachable_vendor(emu: Emulator) -> None:
             },
         }
     )
-    client = QrmiClient(backend, emu.ibm_credentials(), timeout=5)
+    client = QrmiClient(backend, emu.ibm_credentials(), timeouts=CallTimeouts.uniform(5))
     health = client.health()
     assert (health.healthy, health.status) == (False, "unreachable")
 
@@ -172,7 +174,7 @@ def test_pasqal_lifecycle(emu: Emulator) -> None:
             },
         }
     )
-    client = QrmiClient(backend, emu.pasqal_credentials(), timeout=10)
+    client = QrmiClient(backend, emu.pasqal_credentials(), timeouts=CallTimeouts.uniform(10))
     assert client.health().healthy
     token = client.acquire()  # pasqal-cloud has no sessions: a dummy token, no HTTP call
     assert token
@@ -182,7 +184,7 @@ def test_pasqal_lifecycle(emu: Emulator) -> None:
 
 def test_two_acquisitions_never_share_a_session(emu: Emulator) -> None:
     """qrmi returns the same session for a second acquire() on one object: we must not."""
-    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeout=10)
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeouts=CallTimeouts.uniform(10))
     assert client.health().healthy  # warms the pool with an object
     tokens = [client.acquire() for _ in range(3)]
     assert len(set(tokens)) == 3

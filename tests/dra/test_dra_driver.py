@@ -545,7 +545,7 @@ def test_a_hanging_vendor_fails_prepare_within_the_deadline(
     node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     emu = node_env.emu
-    agent = start(node_env, claims, probe_timeout=1.0)
+    agent = start(node_env, claims, probe_timeout=5.0, acquire_timeout=1.0)
     try:
         kubelet.wait_for_registration(DRIVER)
         ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])

@@ -22,7 +22,7 @@ import yaml
 from dra_builders import ALICE_KEY, DRIVER, SECRET_VALUES, NodeEnv, node_backends, validate
 from kubernetes import client
 
-from qpu_k8s.core.qrmi_client import QrmiClient
+from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient
 from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.dra.health import UnhealthyMode
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
@@ -166,7 +166,9 @@ def test_calibration_change_updates_quality_attributes(
 ) -> None:
     DriftingClient.t1_factor = 1.0
     cfg = node_env.agent_config(kubeconfig=k8s_kubeconfig, node_labels=None)
-    agent = DraDriver(cfg, client_factory=lambda b, c: DriftingClient(b, c, timeout=10))
+    agent = DraDriver(
+        cfg, client_factory=lambda b, c: DriftingClient(b, c, timeouts=CallTimeouts.uniform(10))
+    )
     agent.start()
     try:
         devs = _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)

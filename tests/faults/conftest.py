@@ -138,11 +138,14 @@ def dra_kubelet(dra_node: DraNode) -> Iterator[FakeDRAKubelet]:
 
 @pytest.fixture
 def dra_process(dra_node: DraNode) -> Iterator[Callable[..., DraProcess]]:
-    """Start the DRA driver as a process: ``start(probe_timeout=..., **env)``."""
+    """Start the DRA driver as a process: ``start(probe_timeout=..., acquire_timeout=...,
+    **env)``."""
     procs: list[DraProcess] = []
 
-    def start(probe_timeout: float = 2.0, **env: str) -> DraProcess:
-        proc = DraProcess(dra_node, dict(env), probe_timeout).start()
+    def start(
+        probe_timeout: float = 2.0, acquire_timeout: float = 30.0, **env: str
+    ) -> DraProcess:
+        proc = DraProcess(dra_node, dict(env), probe_timeout, acquire_timeout).start()
         procs.append(proc)
         return proc
 

@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--node", required=True)
     parser.add_argument("--instance", default="fault")
     parser.add_argument("--probe-timeout", type=float, default=2.0)
+    parser.add_argument("--acquire-timeout", type=float, default=30.0)
     args = parser.parse_args()
 
     from qpu_k8s.core import logs
@@ -68,6 +69,7 @@ def main() -> int:
         node_labels={NODE_LABEL: args.node},
         reload_interval=0.2,
         probe_timeout=args.probe_timeout,
+        acquire_timeout=args.acquire_timeout,
         instance=args.instance,
     )
     stop = threading.Event()

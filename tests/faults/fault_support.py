@@ -203,6 +203,7 @@ class DraProcess:
     node: DraNode
     env: dict[str, str] = field(default_factory=dict)
     probe_timeout: float = 2.0
+    acquire_timeout: float = 30.0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -223,6 +224,8 @@ class DraProcess:
                     self.node.name,
                     "--probe-timeout",
                     str(self.probe_timeout),
+                    "--acquire-timeout",
+                    str(self.acquire_timeout),
                     "--instance",
                     f"i{index}",
                 ],

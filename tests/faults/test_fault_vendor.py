@@ -15,7 +15,7 @@ import grpc
 from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.core.model import parse_backend
-from qpu_k8s.core.qrmi_client import MAX_STUCK_CALLS, QrmiClient
+from qpu_k8s.core.qrmi_client import MAX_STUCK_CALLS, CallTimeouts, QrmiClient
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
@@ -134,7 +134,7 @@ def test_vendor_hang_dra_driver(
     emu: Emulator, dra_node: DraNode, dra_kubelet: FakeDRAKubelet, dra_process: StartDra
 ) -> None:
     dra_node.write_backends([ibm(emu, "ibm-manila", "fake_manila", node=dra_node.name, lanes=2)])
-    dra_process(probe_timeout=1.0)
+    dra_process(probe_timeout=1.0, acquire_timeout=1.0)
     dra_kubelet.wait_for_registration(DRIVER, timeout=20)
     watch = dra_kubelet.watch_health("v1alpha1")
     watch.wait_for(health_is("HEALTHY"), 15)
@@ -196,7 +196,7 @@ def test_vendor_5xx_storm_both_agents(  # noqa: PLR0917
     layout.write_config([ibm(emu, "fake-manila", "fake_manila", lanes=2)])
     dra_node.write_backends([ibm(emu, "ibm-nairobi", "fake_nairobi", node=dra_node.name)])
     plugin = plugin_process("--probe-timeout", "1", "--acquire-timeout", "2")
-    dra_process(probe_timeout=1.0)
+    dra_process(probe_timeout=1.0, acquire_timeout=2.0)
     kubelet.wait_for_devices(RESOURCE, all_healthy, 20)
     dra_kubelet.wait_for_registration(DRIVER, timeout=20)
     watch = dra_kubelet.watch_health("v1")
@@ -268,7 +268,9 @@ def test_a_long_hang_does_not_pile_up_stuck_calls(emu: Emulator) -> None:
     its qrmi object's runtime) until the vendor answers. Probing a hung vendor every
     interval must not stack those up without bound."""
     backend = parse_backend(ibm(emu, "manila", "fake_manila"))
-    client = QrmiClient(backend, {"QRMI_IBM_QCS_IAM_APIKEY": IBM_KEY}, timeout=0.2)
+    client = QrmiClient(
+        backend, {"QRMI_IBM_QCS_IAM_APIKEY": IBM_KEY}, timeouts=CallTimeouts.uniform(0.2)
+    )
     assert client.health().healthy
     emu.set_fault("hang", "fake_manila")
     before = _threads()

@@ -23,8 +23,9 @@ from celpy.evaluation import CELEvalError
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from qpu_k8s.core.deadline import DeadlineExceeded, call_with_deadline
 from qpu_k8s.core.model import QuantumBackend
-from qpu_k8s.core.qrmi_client import Health, TaskState
+from qpu_k8s.core.qrmi_client import Health, LateAcquire, LateRelease, TaskState
 from qpu_k8s.core.vendors import profile
 from qpu_k8s.operator.kube import ApiStatusError
 
@@ -130,6 +131,13 @@ class FakeClient:
         self.calls: list[str] = []
 
     def health(self) -> Health:
+        """Like QrmiClient: the vendor's answer under the client's own probe deadline."""
+        try:
+            return call_with_deadline(self.vendor_health, self.timeout)
+        except DeadlineExceeded:
+            return Health(False, "timeout", f"no answer within {self.timeout:g}s")
+
+    def vendor_health(self) -> Health:
         self.calls.append("health")
         return self.health_answer
 
@@ -143,10 +151,10 @@ class FakeClient:
         self.calls.append("metadata")
         return {"backend_name": self.backend.spec.resource_id}
 
-    def acquire(self) -> str:
+    def acquire(self, *, on_late: LateAcquire | None = None) -> str:
         raise NotImplementedError
 
-    def release(self, token: str) -> None:
+    def release(self, token: str, *, on_late: LateRelease | None = None) -> None:
         raise NotImplementedError
 
     def task_start(self, payload: Any, token: str | None = None) -> str:
@@ -165,14 +173,13 @@ class FakeClient:
 class FakeClients:
     """A client factory remembering the client it made per backend."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = 0.5) -> None:
         self.by_name: dict[str, FakeClient] = {}
         self.setup: Callable[[FakeClient], None] | None = None
+        self.timeout = timeout  # each client's probe deadline
 
-    def __call__(
-        self, backend: QuantumBackend, creds: Mapping[str, str], timeout: float
-    ) -> FakeClient:
-        c = FakeClient(backend, creds, timeout)
+    def __call__(self, backend: QuantumBackend, creds: Mapping[str, str]) -> FakeClient:
+        c = FakeClient(backend, creds, self.timeout)
         old = self.by_name.get(backend.name)
         if old is not None:
             c.health_answer, c.target_answer = old.health_answer, old.target_answer

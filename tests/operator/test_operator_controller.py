@@ -40,6 +40,7 @@ def make(
     slices = FakeSlices(kube.log) if dra else None
     cfg = {"namespace": NS, "debounce": 0.01, "dra": dra, "probe_timeout": 0.5, **cfg}
     config = OperatorConfig(**cfg)
+    clients.timeout = config.probe_timeout  # the clients carry the probe deadline
     return Controller(config, kube, client_factory=clients, slices=slices), slices  # type: ignore[arg-type]
 
 
@@ -122,7 +123,7 @@ def test_vendor_hang_becomes_probe_timeout_without_blocking_other_backends() -> 
 
     def setup(c: Any) -> None:
         if c.backend.name == "stuck":
-            c.health = lambda: (release.wait(30), Health(True, "online"))[1]
+            c.vendor_health = lambda: (release.wait(30), Health(True, "online"))[1]
 
     clients.setup = setup
     stuck, fine = add(kube, "stuck"), add(kube, "fine")
@@ -167,7 +168,7 @@ def test_probe_concurrency_is_bounded() -> None:
                 running[0] -= 1
             return Health(True, "online")
 
-        c.health = health
+        c.vendor_health = health
 
     clients.setup = setup
     bodies = [add(kube, f"b{i}") for i in range(10)]
