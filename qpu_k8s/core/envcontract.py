@@ -58,16 +58,13 @@ class EnvContractError(ValueError):
     """Two grants would write the same variables (e.g. one resource id configured twice)."""
 
 
-def render(
-    grants: Sequence[Grant],
-    *,
-    delimiter: str = DEFAULT_DELIMITER,
-    include_credentials: bool = True,
-) -> JobEnv:
-    """Render the job environment for one container holding ``grants``."""
-    env: dict[str, str] = {}
-    secrets: set[str] = set()
-    ids = [g.backend.spec.resource_id for g in grants]
+def check(backends: Sequence[QuantumBackend], *, delimiter: str = DEFAULT_DELIMITER) -> None:
+    """Raise EnvContractError when these backends cannot share one container's environment.
+
+    Every resource id names its variables once per container, and the list variables are
+    joined by ``delimiter``, so ids must be distinct and must not contain it.
+    """
+    ids = [b.spec.resource_id for b in backends]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise EnvContractError(
@@ -76,7 +73,19 @@ def render(
         )
     if any(delimiter in i for i in ids):
         raise EnvContractError(f"a resource id contains the list delimiter {delimiter!r}")
-    resources = delimiter.join(ids)
+
+
+def render(
+    grants: Sequence[Grant],
+    *,
+    delimiter: str = DEFAULT_DELIMITER,
+    include_credentials: bool = True,
+) -> JobEnv:
+    """Render the job environment for one container holding ``grants``."""
+    check([g.backend for g in grants], delimiter=delimiter)
+    env: dict[str, str] = {}
+    secrets: set[str] = set()
+    resources = delimiter.join(g.backend.spec.resource_id for g in grants)
     types = delimiter.join(g.backend.spec.type.value for g in grants)
     env["QRMI_JOB_QPU_RESOURCES"] = resources
     env["QRMI_JOB_QPU_TYPES"] = types

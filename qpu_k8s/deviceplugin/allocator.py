@@ -31,11 +31,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import grpc
-
 from qpu_k8s.core import errors
 from qpu_k8s.core.credentials import redact
-from qpu_k8s.core.envcontract import DEFAULT_DELIMITER, EnvContractError, Grant, JobEnv, render
+from qpu_k8s.core.envcontract import (
+    DEFAULT_DELIMITER,
+    EnvContractError,
+    Grant,
+    JobEnv,
+    check,
+    render,
+)
 from qpu_k8s.core.faultpoints import crash_point
 from qpu_k8s.core.model import split_device_id
 from qpu_k8s.core.qrmi_client import QuantumResourceClient
@@ -48,20 +53,17 @@ from qpu_k8s.node.registry import BackendRegistry, BackendState
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_CODES = {
-    "timeout": grpc.StatusCode.UNAVAILABLE,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-    "auth": grpc.StatusCode.PERMISSION_DENIED,
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "config": grpc.StatusCode.FAILED_PRECONDITION,
-}
-
 
 class AllocateError(Exception):
-    """Allocate must fail; ``message`` is what the pod shows (never a secret)."""
+    """Allocate must fail; ``message`` is what the pod shows (never a secret).
 
-    def __init__(self, code: grpc.StatusCode, kind: str, message: str) -> None:
-        self.code = code
+    ``kind`` says why, for metrics and for the servicer's gRPC status: ``invalid`` (a
+    request that can never work), ``unknown_device`` and ``config`` (this node cannot
+    serve it now), or the vendor error kind of the failed acquire (``timeout``,
+    ``unavailable``, ``auth``, ``not_found``, ``config``).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
         self.kind = kind
         self.message = message
         super().__init__(message)
@@ -174,9 +176,7 @@ class Allocator:
 
     def _plan(self, ids: list[str]) -> list[_Part]:
         if not ids:
-            raise AllocateError(
-                grpc.StatusCode.INVALID_ARGUMENT, "invalid", "container request has no devices"
-            )
+            raise AllocateError("invalid", "container request has no devices")
         groups: dict[str, list[str]] = {}
         for dev_id in dict.fromkeys(ids):
             dev = self.board.lookup(dev_id)
@@ -185,12 +185,10 @@ class Allocator:
                     backend, _ = split_device_id(dev_id)
                 except ValueError:
                     raise AllocateError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
                         "invalid",
                         f"{self.resource_name}: device {dev_id!r} is not a device of this plugin",
                     ) from None
                 raise AllocateError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
                     "unknown_device",
                     f"{self.resource_name}: device {dev_id!r}: backend {backend!r} is not "
                     "offered on this node any more (removed from the config, or the node's "
@@ -204,17 +202,14 @@ class Allocator:
             if st is None or st.client is None or st.error:
                 why = (st.error if st else None) or "it is not configured on this node"
                 raise AllocateError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
                     "config",
                     f"{self.resource_name}: backend {backend!r} cannot be used: {why}",
                 )
             parts.append(_Part(st, tuple(devs), request))
         try:
-            render([Grant(p.state.backend, "-") for p in parts], delimiter=self.delimiter)
+            check([p.state.backend for p in parts], delimiter=self.delimiter)
         except EnvContractError as err:
-            raise AllocateError(
-                grpc.StatusCode.FAILED_PRECONDITION, "config", f"{self.resource_name}: {err}"
-            ) from None
+            raise AllocateError("config", f"{self.resource_name}: {err}") from None
         return parts
 
     def _acquire(self, part: _Part, acq: Acquisition) -> str:
@@ -338,7 +333,7 @@ class Allocator:
             threading.Thread(
                 target=self._probe, args=(backend.name,), name="probe-after-acquire", daemon=True
             ).start()
-        raise AllocateError(_CODES.get(err.kind, grpc.StatusCode.UNAVAILABLE), err.kind, msg)
+        raise AllocateError(err.kind, msg)
 
     def _probe(self, name: str) -> None:
         with contextlib.suppress(KeyError):

@@ -24,6 +24,17 @@ from qpu_k8s.proto.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# The gRPC status the kubelet sees for each reason Allocate fails (AllocateError.kind).
+STATUS_OF = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "unknown_device": grpc.StatusCode.FAILED_PRECONDITION,
+    "config": grpc.StatusCode.FAILED_PRECONDITION,
+    "timeout": grpc.StatusCode.UNAVAILABLE,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "auth": grpc.StatusCode.PERMISSION_DENIED,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+}
+
 OPTIONS = api_pb2.DevicePluginOptions(
     pre_start_required=False, get_preferred_allocation_available=True
 )
@@ -106,7 +117,7 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
                 [list(r.devices_ids) for r in request.container_requests]
             )
         except AllocateError as err:
-            context.abort(err.code, err.message)
+            context.abort(STATUS_OF.get(err.kind, grpc.StatusCode.UNAVAILABLE), err.message)
         finally:
             if self.after_allocate is not None:
                 self.after_allocate()

@@ -142,9 +142,7 @@ def dra_process(dra_node: DraNode) -> Iterator[Callable[..., DraProcess]]:
     **env)``."""
     procs: list[DraProcess] = []
 
-    def start(
-        probe_timeout: float = 2.0, acquire_timeout: float = 30.0, **env: str
-    ) -> DraProcess:
+    def start(probe_timeout: float = 2.0, acquire_timeout: float = 30.0, **env: str) -> DraProcess:
         proc = DraProcess(dra_node, dict(env), probe_timeout, acquire_timeout).start()
         procs.append(proc)
         return proc
