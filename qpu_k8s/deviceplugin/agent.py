@@ -200,7 +200,7 @@ class DevicePlugin:
         self.registrar.stop()
         self.reconciler.stop()
         self.node_labels.stop()
-        self.board.close()
+        self.board.devices.close()
         self.registry.stop()
         self.pod_resources.close()
         if self._metrics is not None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from qpu_k8s.core.model import split_device_id
 from qpu_k8s.deviceplugin import metrics
 from qpu_k8s.node.registry import BackendRegistry, BackendState
+from qpu_k8s.node.versioned import Versioned
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +54,18 @@ class DeviceBoard:
 
     def __init__(self, registry: BackendRegistry) -> None:
         self.registry = registry
-        self._cond = threading.Condition()
-        self._devices: tuple[Device, ...] = ()
+        self.devices: Versioned[tuple[Device, ...]] = Versioned(())
         self._by_id: dict[str, Device] = {}
-        self._version = 0
-        self._closed = False
+        self._lock = threading.Lock()
         registry.subscribe(self.refresh)
 
     def refresh(self) -> None:
         """Recompute from the registry; bump the version and wake streams if it changed."""
         devices = tuple(devices_of(self.registry.snapshot().values()))
-        with self._cond:
-            if devices == self._devices and self._version > 0:
+        with self._lock:
+            if not self.devices.set(devices):
                 return
-            old = self._by_id
-            self._devices = devices
-            self._by_id = {d.id: d for d in devices}
-            self._version += 1
-            self._cond.notify_all()
+            old, self._by_id = self._by_id, {d.id: d for d in devices}
         for dev in devices:
             metrics.DEVICE_HEALTHY.labels(dev.id, dev.backend).set(1 if dev.healthy else 0)
         for dev_id, dev in old.items():
@@ -80,45 +75,15 @@ class DeviceBoard:
         log.info(
             "device list changed",
             extra={
-                "version": self._version,
+                "version": self.devices.current()[0],
                 "healthy": sum(d.healthy for d in devices),
                 "unhealthy": sum(not d.healthy for d in devices),
             },
         )
 
-    def current(self) -> tuple[int, tuple[Device, ...]]:
-        with self._cond:
-            return self._version, self._devices
-
     def lookup(self, device_id: str) -> Device | None:
-        with self._cond:
+        with self._lock:
             return self._by_id.get(device_id)
-
-    def wait_newer(
-        self, version: int, stop: Callable[[], bool], timeout: float | None = None
-    ) -> tuple[int, tuple[Device, ...]] | None:
-        """Block until the list is newer than ``version``; None when ``stop()`` or closed."""
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._closed or stop() or self._version > version, timeout=timeout
-            )
-            if self._closed or stop() or self._version <= version:
-                return None
-            return self._version, self._devices
-
-    def wake(self) -> None:
-        """Wake waiting streams so they re-check their stop condition."""
-        with self._cond:
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def reopen(self) -> None:
-        with self._cond:
-            self._closed = False
 
     # -- GetPreferredAllocation -------------------------------------------------------------
     def preferred(

@@ -14,16 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 
 from qpu_k8s.deviceplugin import metrics
 from qpu_k8s.deviceplugin.server import OPTIONS, DevicePluginServicer
+from qpu_k8s.node.grpcserver import UnixServer, socket_inode
 from qpu_k8s.proto.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -36,14 +35,6 @@ MAX_UNIX_PATH = 107
 def endpoint_name(resource_name: str) -> str:
     """Our socket's file name, derived from the resource name (unique per resource)."""
     return "qpu-k8s-" + re.sub(r"[^A-Za-z0-9_.-]", "_", resource_name) + ".sock"
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino if stat.S_ISSOCK(st.st_mode) else None
 
 
 class KubeletRegistrar:
@@ -79,10 +70,8 @@ class KubeletRegistrar:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._server: grpc.Server | None = None
+        self._server: UnixServer | None = None
         self._servicer: DevicePluginServicer | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._inode: int | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,33 +93,24 @@ class KubeletRegistrar:
     # -- serving ----------------------------------------------------------------------------
     def _serve(self) -> int:
         self._unserve()
-        self.plugin_dir.mkdir(parents=True, exist_ok=True)
-        if self.socket_path.exists() or self.socket_path.is_symlink():
-            self.socket_path.unlink()
         servicer = self.make_servicer()
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dp-grpc")
-        server = grpc.server(pool)
-        api_pb2_grpc.add_DevicePluginServicer_to_server(servicer, server)
-        server.add_insecure_port(f"unix://{self.socket_path}")
+
+        def register(server: grpc.Server) -> None:
+            api_pb2_grpc.add_DevicePluginServicer_to_server(servicer, server)
+
+        server = UnixServer(self.socket_path, register, workers=self.workers, name="dp")
         server.start()
-        self._server, self._servicer, self._pool = server, servicer, pool
-        self._inode = _inode(self.socket_path)
+        self._server, self._servicer = server, servicer
         log.info("serving device plugin", extra={"socket": str(self.socket_path)})
-        return self._inode or 0
+        return server.inode or 0
 
     def _unserve(self) -> None:
-        server, servicer, pool = self._server, self._servicer, self._pool
-        self._server = self._servicer = self._pool = None
+        server, servicer = self._server, self._servicer
+        self._server = self._servicer = None
         if servicer is not None:
             servicer.stop()
         if server is not None:
-            server.stop(grace=0.5).wait()
-        if pool is not None:
-            pool.shutdown(wait=False)
-        # Remove only the socket we created: a successor may already serve the same path.
-        if self._inode is not None and _inode(self.socket_path) == self._inode:
-            self.socket_path.unlink(missing_ok=True)
-        self._inode = None
+            server.stop()
 
     def _register(self) -> str | None:
         """One Register call; returns the error text, or None on success."""
@@ -162,7 +142,7 @@ class KubeletRegistrar:
         backoff = 0.1
         last_error = ""
         while not self._stop.is_set():
-            kubelet_inode = _inode(self.kubelet_socket)
+            kubelet_inode = socket_inode(self.kubelet_socket)
             if kubelet_inode is None:
                 if last_error != "no-kubelet":
                     log.info("waiting for the kubelet", extra={"socket": str(self.kubelet_socket)})
@@ -212,9 +192,9 @@ class KubeletRegistrar:
     def _watch(self, kubelet_inode: int, our_inode: int) -> str:
         """Wait until the kubelet restarted (or we stop); returns what was seen."""
         while not self._stop.wait(self.poll):
-            if _inode(self.socket_path) != our_inode:
+            if socket_inode(self.socket_path) != our_inode:
                 return "our socket was removed"
-            now = _inode(self.kubelet_socket)
+            now = socket_inode(self.kubelet_socket)
             if now != kubelet_inode:
                 return "kubelet.sock was removed" if now is None else "kubelet.sock was recreated"
         return ""

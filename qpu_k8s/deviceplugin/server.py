@@ -63,7 +63,7 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
 
     def stop(self) -> None:
         self._stopping.set()
-        self.board.wake()
+        self.board.devices.wake()
 
     def GetDevicePluginOptions(
         self, request: api_pb2.Empty, context: grpc.ServicerContext
@@ -77,14 +77,14 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
 
         def gone() -> None:
             done.set()
-            self.board.wake()
+            self.board.devices.wake()
 
         context.add_callback(gone)
-        version, devices = self.board.current()
+        version, devices = self.board.devices.current()
         log.info("ListAndWatch opened", extra={"devices": len(devices), "version": version})
         yield list_response(devices)
         while True:
-            update = self.board.wait_newer(
+            update = self.board.devices.wait_newer(
                 version, stop=lambda: done.is_set() or self._stopping.is_set()
             )
             if update is None:

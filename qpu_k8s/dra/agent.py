@@ -35,6 +35,7 @@ from qpu_k8s.core.model import AccessMode, device_id
 from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
 from qpu_k8s.core.values import AttributeValue
+from qpu_k8s.node.grpcserver import UnixServer
 from qpu_k8s.node.registry import BackendRegistry
 from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
@@ -61,14 +62,14 @@ from .cdi import CdiWriter
 from .claims import ClaimSource, KubeClaims
 from .health import (
     DeviceHealth,
-    HealthBroadcaster,
     HealthServiceV1,
     HealthServiceV1Alpha1,
     UnhealthyMode,
+    health_board,
     status_of,
     unhealthy_taint,
 )
-from .plugin import DRAHandler, DRAPluginV1, DRAPluginV1Beta1, UnixServer
+from .plugin import DRAHandler, DRAPluginV1, DRAPluginV1Beta1
 from .prepare import Preparer
 from .registration import RegistrationService, SocketPaths, instance_id, socket_paths
 from .state import StateStore
@@ -164,7 +165,7 @@ class DraDriver:
             cfg.driver_name, cfg.plugins_dir, cfg.registry_dir, self.ident
         )
         self.pool = cfg.node_name
-        self.health = HealthBroadcaster()
+        self.health = health_board()
         self.cdi = CdiWriter(cfg.cdi_dir)
         self._stop = threading.Event()
         self._dirty = threading.Event()
@@ -423,7 +424,7 @@ class DraDriver:
                         message,
                     )
                 )
-        self.health.update(devices)
+        self.health.set(tuple(sorted(devices, key=lambda d: (d.pool, d.device))))
 
     def _reprobe(self, backend: str) -> None:
         """After a failed acquire, probe at once so health (and the slices) catch up."""

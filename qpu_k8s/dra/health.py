@@ -18,14 +18,14 @@ Two consumers, two mechanisms:
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
 import grpc
 
 from qpu_k8s.core.qrmi_client import Health
+from qpu_k8s.node.versioned import Versioned
 from qpu_k8s.proto.dra_health.v1 import api_pb2 as h_v1
 from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
 from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2 as h_v1a1
@@ -72,76 +72,40 @@ def unhealthy_taint(driver: str, status: str) -> DeviceTaint:
     return DeviceTaint(f"{driver}/unhealthy", value or "unknown", "NoSchedule")
 
 
-class HealthBroadcaster:
-    """The current device health list; stream handlers wait on it for changes."""
+def _same_health(a: tuple[DeviceHealth, ...], b: tuple[DeviceHealth, ...]) -> bool:
+    """Equal but for the probe times: a probe that changes nothing wakes no stream."""
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._devices: tuple[DeviceHealth, ...] = ()
-        self._version = 0
-        self._closed = False
+    def key(devices: tuple[DeviceHealth, ...]) -> set[tuple[str, str, str, str]]:
+        return {(d.pool, d.device, d.status, d.message) for d in devices}
 
-    def update(self, devices: Sequence[DeviceHealth]) -> bool:
-        """Replace the list; returns True (and wakes the streams) when it changed."""
-        key = tuple(sorted(devices, key=lambda d: (d.pool, d.device)))
-        with self._cond:
-            old = {(d.pool, d.device, d.status, d.message) for d in self._devices}
-            new = {(d.pool, d.device, d.status, d.message) for d in key}
-            if old == new:
-                return False
-            self._devices = key
-            self._version += 1
-            self._cond.notify_all()
-            return True
+    return key(a) == key(b)
 
-    def close(self) -> None:
-        """End every open stream (plugin shutdown)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
-    @property
-    def version(self) -> int:
-        with self._cond:
-            return self._version
+HealthBoard = Versioned[tuple[DeviceHealth, ...]]
 
-    def snapshot(self) -> tuple[DeviceHealth, ...]:
-        with self._cond:
-            return self._devices
 
-    def stream(self, active: threading.Event | None = None) -> Iterator[tuple[DeviceHealth, ...]]:
-        """Yield the list now and after every change until closed (or ``active`` cleared)."""
-        seen = -1
-        while True:
-            with self._cond:
-                while self._version == seen and not self._closed:
-                    self._cond.wait(1.0)
-                    if active is not None and not active.is_set():
-                        return
-                if self._closed:
-                    return
-                seen = self._version
-                devices = self._devices
-            yield devices
+def health_board() -> HealthBoard:
+    """The node's device health list that every NodeWatchResources stream follows."""
+    return Versioned((), same=_same_health)
 
 
 def _stream_into(
-    broadcaster: HealthBroadcaster, context: grpc.ServicerContext
+    board: HealthBoard, context: grpc.ServicerContext
 ) -> Iterator[tuple[DeviceHealth, ...]]:
     active = threading.Event()
     active.set()
     context.add_callback(active.clear)
-    yield from broadcaster.stream(active)
+    yield from board.stream(active.is_set)
 
 
 class HealthServiceV1Alpha1(h_v1a1_grpc.DRAResourceHealthServicer):
-    def __init__(self, broadcaster: HealthBroadcaster) -> None:
-        self.broadcaster = broadcaster
+    def __init__(self, board: HealthBoard) -> None:
+        self.board = board
 
     def NodeWatchResources(
         self, request: h_v1a1.NodeWatchResourcesRequest, context: grpc.ServicerContext
     ) -> Iterator[h_v1a1.NodeWatchResourcesResponse]:
-        for devices in _stream_into(self.broadcaster, context):
+        for devices in _stream_into(self.board, context):
             yield h_v1a1.NodeWatchResourcesResponse(
                 devices=[
                     h_v1a1.DeviceHealth(
@@ -157,13 +121,13 @@ class HealthServiceV1Alpha1(h_v1a1_grpc.DRAResourceHealthServicer):
 
 
 class HealthServiceV1(h_v1_grpc.DRAResourceHealthServicer):
-    def __init__(self, broadcaster: HealthBroadcaster) -> None:
-        self.broadcaster = broadcaster
+    def __init__(self, board: HealthBoard) -> None:
+        self.board = board
 
     def NodeWatchResources(
         self, request: h_v1.NodeWatchResourcesRequest, context: grpc.ServicerContext
     ) -> Iterator[h_v1.NodeWatchResourcesResponse]:
-        for devices in _stream_into(self.broadcaster, context):
+        for devices in _stream_into(self.board, context):
             yield h_v1.NodeWatchResourcesResponse(
                 devices=[
                     h_v1.DeviceHealth(
@@ -176,7 +140,3 @@ class HealthServiceV1(h_v1_grpc.DRAResourceHealthServicer):
                     for d in devices
                 ]
             )
-
-
-def now() -> int:
-    return int(time.time())

@@ -8,13 +8,9 @@ field, so one bad claim does not fail the others of the same call; the kubelet r
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -153,42 +149,3 @@ class DRAPluginV1Beta1(v1beta1_grpc.DRAPluginServicer):
                 v1beta1, self.handler.unprepare(list(request.claims))
             )
             return out
-
-
-class UnixServer:
-    """A gRPC server on one unix socket (0600 in a 0750 dir), removed again on stop."""
-
-    def __init__(
-        self, path: Path, register: Callable[[grpc.Server], None], workers: int = 8
-    ) -> None:
-        self.path = path
-        self._register = register
-        self._workers = workers
-        self._server: grpc.Server | None = None
-        self._pool: ThreadPoolExecutor | None = None
-
-    def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()  # a stale socket of a crashed earlier run of *this* instance id
-        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"grpc-{self.path.stem}")
-        server = grpc.server(self._pool)
-        self._register(server)
-        server.add_insecure_port(f"unix://{self.path.absolute()}")
-        server.start()
-        os.chmod(self.path, 0o600)  # only root (the kubelet) may call us
-        self._server = server
-
-    def stop(self, grace: float = 1.0) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.stop(grace).wait(grace + 5)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None

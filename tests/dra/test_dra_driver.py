@@ -513,7 +513,7 @@ def test_no_credential_in_logs_checkpoint_or_health(
     ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], config)
     assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
     checkpoint = (node_env.root / "state" / CHECKPOINT_NAME).read_text()
-    health = repr(agent.health.snapshot())
+    health = repr(agent.health.current()[1])
     kubelet.node_unprepare_resources([ref])
     text = caplog.text + checkpoint + health
     for secret in SECRET_VALUES:

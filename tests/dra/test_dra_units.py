@@ -16,7 +16,7 @@ from qpu_k8s.dra.cdi import CdiWriter
 from qpu_k8s.dra.health import (
     DeviceHealth,
     DeviceHealthStatus,
-    HealthBroadcaster,
+    health_board,
     status_of,
     unhealthy_taint,
 )
@@ -94,7 +94,7 @@ def test_checkpoint_round_trip_boot_change_and_corruption(tmp_path: Path) -> Non
 
 
 def test_health_broadcaster_fans_out_changes_only() -> None:
-    b = HealthBroadcaster()
+    b = health_board()
     seen: list[int] = []
     cond = threading.Condition()
 
@@ -107,9 +107,9 @@ def test_health_broadcaster_fans_out_changes_only() -> None:
     t = threading.Thread(target=consume)
     t.start()
     one = [DeviceHealth("p", "a", DeviceHealthStatus.HEALTHY, 1)]
-    assert b.update(one) is True
-    assert b.update([DeviceHealth("p", "a", DeviceHealthStatus.HEALTHY, 2)]) is False  # same
-    assert b.update([*one, DeviceHealth("p", "b", DeviceHealthStatus.UNKNOWN, 1)]) is True
+    assert b.set(tuple(one)) is True
+    assert b.set((DeviceHealth("p", "a", DeviceHealthStatus.HEALTHY, 2),)) is False  # same
+    assert b.set((*one, DeviceHealth("p", "b", DeviceHealthStatus.UNKNOWN, 1))) is True
     with cond:
         assert cond.wait_for(lambda: seen[-1:] == [2], 5)
     b.close()
