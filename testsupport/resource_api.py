@@ -38,7 +38,7 @@ from celpy.evaluation import CELEvalError
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from qpu_k8s.resourceslices.slices import as_object
+from qpu_k8s.core.kubeclient import as_object
 
 GROUP = "resource.k8s.io"
 VERSION = "v1"

@@ -16,16 +16,17 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from qpu_k8s.core.credentials import CredentialSource, DirectoryCredentials
+from qpu_k8s.core.kubeclient import api_client, apiserver_configured
 from qpu_k8s.core.metrics import serve_metrics
 from qpu_k8s.core.names import RESOURCE_NAME
 from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
 from qpu_k8s.deviceplugin.allocator import Allocator
 from qpu_k8s.deviceplugin.devices import DeviceBoard
-from qpu_k8s.deviceplugin.node import NodeLabels
 from qpu_k8s.deviceplugin.podresources import PodResourcesClient, Reconciler
 from qpu_k8s.deviceplugin.registration import KubeletRegistrar
 from qpu_k8s.deviceplugin.server import DevicePluginServicer
 from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Ledger
+from qpu_k8s.node.labels import NodeLabels, read_node
 from qpu_k8s.node.registry import BackendRegistry
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,18 @@ class DevicePlugin:
         self.cfg = cfg
         if credentials is None and cfg.credentials_dir is not None:
             credentials = DirectoryCredentials(cfg.credentials_dir)
+        # The apiserver is optional here (node labels only): static labels do without it.
+        self.api = (
+            api_client(cfg.kubeconfig)
+            if cfg.node_name and apiserver_configured(cfg.kubeconfig)
+            else None
+        )
+        api = self.api
         self.node_labels = NodeLabels(
-            cfg.node_labels, cfg.node_name, cfg.kubeconfig, refresh=cfg.node_labels_refresh
+            cfg.node_labels,
+            cfg.node_name,
+            (lambda name: read_node(api, name)[0]) if api is not None else None,
+            refresh=cfg.node_labels_refresh,
         )
         self.registry = BackendRegistry(
             cfg.config,
@@ -158,6 +169,9 @@ class DevicePlugin:
         return self._metrics.server_port if self._metrics else None
 
     def start(self) -> None:
+        # Metrics first: what recovery finds (acquisitions lost in a crash) must be visible
+        # on the first scrape, even of an agent that crash-loops.
+        self._metrics = serve_metrics(self.cfg.metrics_address)
         self._lock.acquire(self.cfg.lock_timeout)
         try:
             self.ledger.load(time.time())
@@ -170,9 +184,9 @@ class DevicePlugin:
             self.node_labels.watch(self._labels_changed)
             self.reconciler.start()
             self.registrar.start()
-            self._metrics = serve_metrics(self.cfg.metrics_address)
         except BaseException:
             self._lock.release()
+            self._stop_metrics()
             raise
         self._started = True
         log.info(
@@ -184,6 +198,12 @@ class DevicePlugin:
                 "backends": len(self.registry.snapshot()),
             },
         )
+
+    def _stop_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
 
     def _labels_changed(self, labels: dict[str, str]) -> None:
         self.registry.node_labels = labels
@@ -203,9 +223,9 @@ class DevicePlugin:
         self.board.devices.close()
         self.registry.stop()
         self.pod_resources.close()
-        if self._metrics is not None:
-            self._metrics.shutdown()
-            self._metrics.server_close()
+        if self.api is not None:
+            self.api.close()  # type: ignore[no-untyped-call]
+        self._stop_metrics()
         self.ledger.commit()
         self._lock.release()
         live = len(self.ledger.live())

@@ -9,9 +9,7 @@ stop it cleanly: it stops serving and keeps every acquisition a running pod stil
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from qpu_k8s.core.flags import add_common, add_flag
@@ -98,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports (grpc, qrmi, pydantic models) only when the command runs.
     from qpu_k8s.core import logs
     from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
-    from qpu_k8s.deviceplugin.node import NodeLabelsError, parse_labels
+    from qpu_k8s.node.labels import NodeLabelsError, parse_labels
+    from qpu_k8s.node.runner import run_until_signalled
 
     logs.setup(args.log_level, args.log_format)
     try:
@@ -131,18 +130,4 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"qpu-k8s device-plugin: {err}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        agent.start()
-    except RuntimeError as err:
-        print(f"qpu-k8s device-plugin: {err}", file=sys.stderr)
-        return 1
-    stop.wait()
-    agent.stop()
-    return 0
+    return run_until_signalled(agent, "device-plugin")

@@ -24,18 +24,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
-from kubernetes import client, config
-from urllib3 import Retry
+from kubernetes import client
 
 from qpu_k8s.core.checkpoint import BOOT_ID_PATH, read_boot_id
 from qpu_k8s.core.credentials import DirectoryCredentials
 from qpu_k8s.core.errors import QpuError
+from qpu_k8s.core.kubeclient import api_client
+from qpu_k8s.core.metrics import serve_metrics
 from qpu_k8s.core.model import AccessMode, device_id
 from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
 from qpu_k8s.core.values import AttributeValue
 from qpu_k8s.node.grpcserver import UnixServer
+from qpu_k8s.node.labels import NodeLabels, read_node
 from qpu_k8s.node.registry import BackendRegistry
 from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
@@ -101,6 +104,8 @@ class DraDriverConfig:
     reload_interval: float = 2.0
     instance: str | None = None
     node_labels: Mapping[str, str] | None = None  # None: read from the Node object
+    node_labels_refresh: float = 60.0
+    metrics_address: str = ""
 
     def call_timeouts(self) -> CallTimeouts:
         """Probes fail fast; acquire and release get the longer prepare deadline."""
@@ -121,25 +126,8 @@ class _Target:
     metadata: dict[str, str] | None
 
 
-# A read that timed out is retried once, not three times (urllib3's default): with the
-# 5-30 s deadlines of our calls, a partitioned apiserver would otherwise hold a
-# NodePrepareResources for up to 4x its deadline.
-API_RETRIES = Retry(total=3, read=1, redirect=0)
-# Deadline of one apiserver request at start-up (Node, API discovery).
+# Deadline of one apiserver request at start-up (API discovery).
 API_TIMEOUT = 30.0
-
-
-def kube_client(kubeconfig: Path | None) -> client.ApiClient:
-    """A client from a kubeconfig file, else the in-cluster service account."""
-    cfg = client.Configuration()
-    if kubeconfig is not None:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig), client_configuration=cfg
-        )
-    else:
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    cfg.retries = API_RETRIES
-    return client.ApiClient(cfg)
 
 
 class DraDriver:
@@ -156,7 +144,7 @@ class DraDriver:
     ) -> None:
         self.cfg = cfg
         self._own_api = api is None and (claims is None or publish_slices)
-        self.api = kube_client(cfg.kubeconfig) if self._own_api else api
+        self.api = api_client(cfg.kubeconfig) if self._own_api else api
         self.claims = claims or KubeClaims(self._require_api())
         self.client_factory = client_factory
         self.publish_slices = publish_slices and self.api is not None
@@ -174,6 +162,8 @@ class DraDriver:
         self._target_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self.registry: BackendRegistry | None = None
+        self.node_labels: NodeLabels | None = None
+        self._metrics: WSGIServer | None = None
         self.store: StateStore | None = None
         self.preparer: Preparer | None = None
         self.publisher: SlicePublisher | None = None
@@ -193,8 +183,12 @@ class DraDriver:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
+        # Metrics first: what recovery finds (acquisitions lost in a crash) must be visible
+        # on the first scrape, even of a driver that crash-loops.
+        self._metrics = serve_metrics(cfg.metrics_address)
         boot_id = read_boot_id(cfg.boot_id_file)
-        labels, owner = self._node_identity()
+        self.node_labels, owner = self._node_identity()
+        labels = self.node_labels.load()
         api_version = cfg.api_version
         if self.publish_slices and api_version == "auto":
             api_version = detect_api_version(self._require_api(), API_TIMEOUT) or "v1"
@@ -225,6 +219,7 @@ class DraDriver:
         )
         registry.subscribe(self._on_change)
         registry.start()
+        self.node_labels.watch(self._labels_changed)
         self.recovered = self.preparer.recover()
         metrics.PREPARED_CLAIMS.set(self.preparer.prepared_count())
         self._update_health()
@@ -273,9 +268,16 @@ class DraDriver:
             },
         )
 
+    def _labels_changed(self, labels: dict[str, str]) -> None:
+        if self.registry is not None:
+            self.registry.node_labels = labels
+            self.registry.reload()
+
     def stop(self) -> None:
         """Deregister, stop serving, stop the threads. Safe to call twice."""
         self._stop.set()
+        if self.node_labels is not None:
+            self.node_labels.stop()
         self._dirty.set()
         self._target_wake.set()
         if self._reg_server is not None:
@@ -293,6 +295,10 @@ class DraDriver:
             t.join(timeout=2)
         self._threads = []
         metrics.REGISTERED.set(0)
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
         log.info("DRA driver stopped", extra={"driver": self.cfg.driver_name})
 
     def _spawn(self, target: Any, name: str) -> None:
@@ -300,20 +306,32 @@ class DraDriver:
         t.start()
         self._threads.append(t)
 
-    def _node_identity(self) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        """The node's labels (to pick node-bound backends) and an ownerReference for slices."""
-        if self.cfg.node_labels is not None and not self.publish_slices:
-            return dict(self.cfg.node_labels), []
-        node = client.CoreV1Api(self._require_api()).read_node(
-            self.cfg.node_name, _request_timeout=API_TIMEOUT
+    def _node_identity(self) -> tuple[NodeLabels, list[dict[str, Any]]]:
+        """The node's labels (to pick node-bound backends) and an ownerReference for slices.
+
+        Given labels (tests, a node without API access) are used as they are; otherwise
+        they are the Node's, re-read every ``node_labels_refresh`` seconds.
+        """
+        owner: list[dict[str, Any]] = []
+        fetch = None
+        known: dict[str, str] | None = None
+        if self.api is not None and (self.publish_slices or self.cfg.node_labels is None):
+            api = self.api
+            known, ref = read_node(api, self.cfg.node_name)
+            owner = [ref]
+            if self.cfg.node_labels is None:
+
+                def fetch(name: str) -> dict[str, str]:
+                    return read_node(api, name)[0]
+
+        nodes = NodeLabels(
+            self.cfg.node_labels or {},
+            self.cfg.node_name,
+            fetch,
+            refresh=self.cfg.node_labels_refresh,
+            known=known if fetch is not None else None,
         )
-        meta = node.metadata
-        assert meta is not None
-        labels = dict(meta.labels or {})
-        if self.cfg.node_labels is not None:
-            labels = dict(self.cfg.node_labels)
-        owner = [{"apiVersion": "v1", "kind": "Node", "name": meta.name, "uid": meta.uid}]
-        return labels, owner
+        return nodes, owner
 
     # -- devices, health, slices -------------------------------------------------------------
     def devices(self) -> list[Device]:

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from qpu_k8s.resourceslices.slices import GROUP, as_object
+from qpu_k8s.core.kubeclient import as_object
+from qpu_k8s.resourceslices.slices import GROUP
 
 
 class ClaimNotFoundError(LookupError):

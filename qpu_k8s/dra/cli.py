@@ -9,11 +9,8 @@ in the checkpoint for the next instance.
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
-import threading
 from pathlib import Path
-from types import FrameType
 
 from qpu_k8s.core.flags import add_common, add_flag, path_or_none
 from qpu_k8s.core.names import DRIVER_NAME
@@ -83,32 +80,17 @@ def _config(args: argparse.Namespace) -> object:
         target_refresh_seconds=args.target_refresh_seconds,
         probe_timeout=args.probe_timeout,
         acquire_timeout=args.acquire_timeout,
+        metrics_address=args.metrics_address or "",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from qpu_k8s.core import logs
-    from qpu_k8s.core.metrics import serve_metrics
+    from qpu_k8s.node.runner import run_until_signalled
 
     from .agent import DraDriver, DraDriverConfig
 
     logs.setup(args.log_level, args.log_format)
     cfg = _config(args)
     assert isinstance(cfg, DraDriverConfig)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    metrics_server = serve_metrics(args.metrics_address)
-    agent = DraDriver(cfg)
-    try:
-        agent.start()
-        stop.wait()
-    finally:
-        agent.stop()
-        if metrics_server is not None:
-            metrics_server.shutdown()
-    return 0
+    return run_until_signalled(DraDriver(cfg), "dra-plugin")

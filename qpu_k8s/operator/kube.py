@@ -21,8 +21,8 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from qpu_k8s.core.kubeclient import as_object, load_configuration
 from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
-from qpu_k8s.resourceslices.slices import as_object
 
 T = TypeVar("T")
 MERGE = "application/merge-patch+json"
@@ -47,21 +47,7 @@ class Connection:
     @classmethod
     def load(cls, kubeconfig: Path | None) -> Connection:
         """``kubeconfig`` if given, else in-cluster, else the default kubeconfig."""
-        cfg = kubernetes.client.Configuration()
-        if kubeconfig is not None:
-            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig), client_configuration=cfg
-            )
-        else:
-            try:
-                kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=cfg
-                )
-            except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-                    client_configuration=cfg
-                )
-        return cls(cfg)
+        return cls(load_configuration(kubeconfig))
 
 
 def _json(resp: Any) -> Any:
@@ -75,7 +61,6 @@ class Kube:
     def __init__(self, conn: Connection, *, timeout: float = 10.0, workers: int = 8) -> None:
         cfg = conn.configuration
         cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 4, workers)
-        cfg.retries = 0
         self.api = kubernetes.client.ApiClient(cfg)
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)

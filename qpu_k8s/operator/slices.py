@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
+from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.core.model import MAX_LANES, QuantumBackend, device_id
 from qpu_k8s.core.names import API_GROUP, API_VERSION, KIND
 from qpu_k8s.dra.health import UnhealthyMode, unhealthy_taint
@@ -41,7 +42,6 @@ from qpu_k8s.resourceslices.slices import (
     PLURAL,
     Device,
     PoolScope,
-    as_object,
     build_slices,
     shared_pool_name,
     slice_name,

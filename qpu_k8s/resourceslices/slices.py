@@ -32,6 +32,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.core.values import AttributeValue
 from qpu_k8s.resourceslices.attributes import check_attributes, to_api
 
@@ -116,13 +117,6 @@ class PoolScope:
             {"key": k, "operator": "In", "values": [v]} for k, v in sorted(self.node_labels.items())
         ]
         return {"nodeSelector": {"nodeSelectorTerms": [{"matchExpressions": exprs}]}}
-
-
-def as_object(value: object) -> dict[str, Any]:
-    """A JSON object returned by ``CustomObjectsApi`` (typed ``object`` by the client)."""
-    if not isinstance(value, dict):
-        raise TypeError(f"expected a JSON object from the apiserver, got {type(value).__name__}")
-    return value
 
 
 def pool_label(driver: str, pool: str) -> str:

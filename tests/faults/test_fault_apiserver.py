@@ -26,6 +26,7 @@ import yaml
 from dp_support import REPO, RESOURCE, Layout, wait_for
 from kubernetes import client, config
 
+from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
@@ -35,7 +36,7 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
 )
 from qpu_k8s.fakekubelet.dra import DeviceHealthState
-from qpu_k8s.resourceslices.slices import GROUP, PLURAL, as_object
+from qpu_k8s.resourceslices.slices import GROUP, PLURAL
 from testsupport import resource_api
 
 from .fault_support import (

@@ -180,7 +180,7 @@ def test_custom_resource_objects_fail_only_with_our_error(metadata: Any, spec: A
 @FUZZ
 @given(st.text(max_size=120))
 def test_node_label_flag(text: str) -> None:
-    from qpu_k8s.deviceplugin.node import NodeLabelsError, parse_labels
+    from qpu_k8s.node.labels import NodeLabelsError, parse_labels
 
     try:
         parse_labels(text)

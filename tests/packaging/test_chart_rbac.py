@@ -161,14 +161,15 @@ USES: dict[tuple[str, str, str, str], Use] = {
     ),
     ("dra", "", "nodes", "get"): Use(
         "node labels and the owner reference of the node's slices",
-        (("dra/agent.py", r"read_node\("),),
+        (("dra/agent.py", r"read_node\("), ("node/labels.py", r"\.read_node\(")),
     ),
     ("dra", "", "secrets", "get"): Use(
         "per-claim credentials (QPUClaimParameters.credentialsSecretRef), opt-in",
         (("dra/claims.py", r"read_namespaced_secret"),),
     ),
     ("device-plugin", "", "nodes", "get"): Use(
-        "node labels for node-bound backends", (("deviceplugin/node.py", r"read_node\("),)
+        "node labels for node-bound backends",
+        (("deviceplugin/agent.py", r"read_node\("), ("node/labels.py", r"\.read_node\(")),
     ),
 }
 

@@ -1,24 +1,29 @@
-"""This node's labels, for matching node-bound backends' ``nodeSelector``.
+"""This node's labels, for matching node-bound backends' ``nodeSelector`` (both agents).
 
-Two sources, merged with the flag winning:
+Two sources, merged with the static ones winning:
 
-* ``--node-labels k=v,...``: static labels (tests, nodes without API access, overrides).
-* ``--node-name`` with a kubeconfig (``--kubeconfig``) or in-cluster config: the Node's
-  ``metadata.labels`` are read from the apiserver at start and every ``refresh`` seconds
-  (needs ``get`` on ``nodes``). If the apiserver is unreachable the last known labels are
-  kept; at start the agent goes on with the flag labels alone and logs why.
+* static labels (the device plugin's ``--node-labels k=v,...``; tests; nodes without API
+  access; overrides);
+* the Node's ``metadata.labels`` read from the apiserver at start and every ``refresh``
+  seconds (needs ``get`` on ``nodes``), so a label an admin adds or removes moves
+  node-bound backends on or off this node without a restart. If the apiserver is
+  unreachable the last known labels are kept; at start the agent goes on with the static
+  labels alone and logs why.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kubernetes import client
+
 log = logging.getLogger(__name__)
+
+# Deadline of one read of the Node.
+NODE_READ_TIMEOUT = 10.0
 
 
 class NodeLabelsError(ValueError):
@@ -42,67 +47,56 @@ def parse_labels(text: str) -> dict[str, str]:
     return out
 
 
-def apiserver_configured(kubeconfig: str | None) -> bool:
-    return bool(kubeconfig) or "KUBERNETES_SERVICE_HOST" in os.environ
-
-
-def fetch_node_labels(
-    node_name: str, kubeconfig: str | None, timeout: float = 10.0
-) -> dict[str, str]:
-    """The Node's labels from the apiserver (kubeconfig file, else in-cluster config)."""
-    # Only nodes that read their labels from the API pay for importing the client.
-    k8s: Any = importlib.import_module("kubernetes")
-    if kubeconfig:
-        api_client = k8s.config.new_client_from_config(config_file=kubeconfig)
-    else:
-        cfg = k8s.client.Configuration()
-        k8s.config.load_incluster_config(client_configuration=cfg)
-        api_client = k8s.client.ApiClient(cfg)
-    try:
-        node = k8s.client.CoreV1Api(api_client).read_node(node_name, _request_timeout=timeout)
-        labels = node.metadata.labels if node.metadata else None
-        return {str(k): str(v) for k, v in (labels or {}).items()}
-    finally:
-        api_client.close()
+def read_node(api: client.ApiClient, name: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """The Node's labels and an ownerReference to it (for objects that die with the node)."""
+    node = client.CoreV1Api(api).read_node(name, _request_timeout=NODE_READ_TIMEOUT)
+    meta = node.metadata
+    if meta is None:
+        raise ValueError(f"Node {name} came back without metadata")
+    labels = {str(k): str(v) for k, v in (meta.labels or {}).items()}
+    owner = {"apiVersion": "v1", "kind": "Node", "name": meta.name, "uid": meta.uid}
+    return labels, owner
 
 
 class NodeLabels:
-    """Current labels (flag + apiserver); calls ``on_change`` when a refresh changes them."""
+    """Current labels (static + apiserver); calls ``on_change`` when a refresh changes them."""
 
     def __init__(
         self,
         static: Mapping[str, str],
         node_name: str,
-        kubeconfig: str | None,
+        fetch: Callable[[str], dict[str, str]] | None,
         *,
         refresh: float = 60.0,
-        fetch: Callable[[str, str | None], dict[str, str]] = fetch_node_labels,
+        known: Mapping[str, str] | None = None,
     ) -> None:
+        """``known``: the Node's labels as just read by the caller (saves the first read)."""
         self.static = dict(static)
         self.node_name = node_name
-        self.kubeconfig = kubeconfig
         self.refresh = refresh
-        self._fetch = fetch
-        self._remote: dict[str, str] = {}
+        self._fetch = fetch if node_name else None
+        self._remote: dict[str, str] = dict(known or {})
+        self._known = known is not None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_change: Callable[[dict[str, str]], None] | None = None
 
     @property
     def from_apiserver(self) -> bool:
-        return bool(self.node_name) and apiserver_configured(self.kubeconfig)
+        return self._fetch is not None
 
     def current(self) -> dict[str, str]:
         return {**self._remote, **self.static}
 
     def load(self) -> dict[str, str]:
-        if self.from_apiserver:
+        if self.from_apiserver and not self._known:
             self._update()
         return self.current()
 
     def _update(self) -> bool:
+        assert self._fetch is not None
         try:
-            remote = self._fetch(self.node_name, self.kubeconfig)
+            remote = self._fetch(self.node_name)
         except Exception as exc:
             log.warning(
                 "cannot read the Node's labels; keeping the last known ones",
