@@ -145,7 +145,7 @@ class DevicePlugin:
         self.reconciler = Reconciler(
             self.ledger,
             self.pod_resources.list,
-            self.allocator.release,
+            self.allocator.releases.poke,
             cfg.resource_name,
             interval=cfg.reconcile_interval,
             restart_hold=cfg.restart_hold,
@@ -182,6 +182,7 @@ class DevicePlugin:
             self.registry.start()
             self.board.refresh()
             self.node_labels.watch(self._labels_changed)
+            self.allocator.releases.start()
             self.reconciler.start()
             self.registrar.start()
         except BaseException:
@@ -219,6 +220,7 @@ class DevicePlugin:
         self._started = False
         self.registrar.stop()
         self.reconciler.stop()
+        self.allocator.releases.stop()
         self.node_labels.stop()
         self.board.devices.close()
         self.registry.stop()
@@ -226,7 +228,7 @@ class DevicePlugin:
         if self.api is not None:
             self.api.close()  # type: ignore[no-untyped-call]
         self._stop_metrics()
-        self.ledger.commit()
+        self.ledger.close()
         self._lock.release()
         live = len(self.ledger.live())
         log.info("device plugin stopped; acquisitions kept for running pods", extra={"live": live})

@@ -49,6 +49,7 @@ from qpu_k8s.deviceplugin import metrics
 from qpu_k8s.deviceplugin.devices import DeviceBoard
 from qpu_k8s.deviceplugin.state import AcqState, Acquisition, Intent, Ledger
 from qpu_k8s.node.registry import BackendRegistry, BackendState
+from qpu_k8s.node.releases import Debt, ReleaseRunner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,7 +111,9 @@ class Allocator:
         # The client an acquisition was made with: a later config change may replace the
         # registry's client, but the session lives where it was opened.
         self._clients: dict[str, QuantumResourceClient] = {}
-        self._inflight: set[str] = set()
+        self.releases = ReleaseRunner(
+            ledger, self.client_for, metrics.RELEASES, on_released=self._forget_client
+        )
 
     # -- Allocate ---------------------------------------------------------------------------
     def allocate(self, requests: Sequence[Sequence[str]]) -> list[JobEnv]:
@@ -238,7 +241,6 @@ class Allocator:
         # Recorded at once: the only window in which a crash loses the token is this write.
         try:
             self.ledger.acquired(acq.id, token, time.time())
-            self.ledger.commit()
         except Exception as exc:
             # Not recorded (disk full, read-only state dir): give the session back now.
             with contextlib.suppress(Exception):
@@ -264,7 +266,6 @@ class Allocator:
         if token is None:
             if current is not None and current.state is AcqState.ACQUIRING:
                 self.ledger.abandon([acq.id])
-                self.ledger.commit()
             log.info(
                 "late acquire failed; nothing is held",
                 extra={"acquisition": acq.id, "backend": acq.backend, "error": str(err)},
@@ -279,9 +280,7 @@ class Allocator:
         self.ledger.late_acquired(
             acq.id, token, "acquire answered after its Allocate had failed", time.time()
         )
-        late = self.ledger.get(acq.id)
-        if late is not None:
-            self.release(late)
+        self.releases.pay(self.ledger.debt(acq.id))
 
     def _give_up_later(self, acq: Acquisition) -> None:
         """Report the acquisition lost if the vendor has not answered after ``abandon_after``."""
@@ -291,11 +290,12 @@ class Allocator:
             if current is None or current.state is not AcqState.ACQUIRING:
                 return
             self.ledger.lose(acq.id, time.time())
-            metrics.ACQUISITIONS_LOST.labels(acq.backend).inc()
-            log.error(
-                "acquire gave no answer within the horizon; if it answers later it is "
-                "released at once, else the vendor session (if any) expires on its own",
-                extra={"acquisition": acq.id, "backend": acq.backend},
+            metrics.LOSSES.report(
+                acq.backend,
+                acq.held_at_most,
+                "an acquire gave no answer within the horizon (if it answers later it is "
+                "released at once)",
+                acquisition=acq.id,
             )
 
         timer = threading.Timer(self.abandon_after, give_up)
@@ -315,7 +315,7 @@ class Allocator:
         )
         reason = f"Allocate failed: acquire of {part.state.backend.name} failed"
         self.ledger.mark_releasing([a.id for a in made], reason, time.time())
-        left = [a.backend for a in made if not self.release(self.ledger.get(a.id) or a)]
+        left = [a.backend for a in made if not self.releases.pay(self.ledger.debt(a.id))]
         backend = part.state.backend
         msg = (
             f"{self.resource_name}: acquire of backend {backend.name!r} (QRMI resource "
@@ -330,125 +330,20 @@ class Allocator:
         )
         if err.kind in ("timeout", "unavailable", "auth"):
             # Let the health probe confirm at once, so the lanes stop being scheduled.
-            threading.Thread(
-                target=self._probe, args=(backend.name,), name="probe-after-acquire", daemon=True
-            ).start()
+            self.registry.reprobe(backend.name)
         raise AllocateError(err.kind, msg)
 
-    def _probe(self, name: str) -> None:
-        with contextlib.suppress(KeyError):
-            self.registry.probe_now(name)
-
     # -- release ----------------------------------------------------------------------------
-    def release(self, acq: Acquisition) -> bool:
-        """One release attempt of a RELEASING acquisition; True when it is released.
-
-        At most one attempt per acquisition runs at a time, and the state is re-read under
-        that guard, so a record is never released twice. An attempt that misses the
-        deadline keeps the guard until the vendor answers (its answer is recorded then), so
-        no retry can overlap it.
-        """
+    def client_for(self, debt: Debt) -> QuantumResourceClient | None:
+        """The client an acquisition was made with (a config change may have replaced the
+        registry's since: the session lives where it was opened), else the registry's."""
         with self._lock:
-            if acq.id in self._inflight:
-                return False
-            self._inflight.add(acq.id)
-        deferred = False
-        try:
-            current = self.ledger.get(acq.id)
-            if current is None or current.state is not AcqState.RELEASING:
-                return current is not None and current.state is AcqState.RELEASED
-            done, deferred = self._release(current)
-            return done
-        finally:
-            if not deferred:
-                with self._lock:
-                    self._inflight.discard(acq.id)
-
-    def _release(self, acq: Acquisition) -> tuple[bool, bool]:
-        """Returns (released, still running in the background)."""
-        with self._lock:
-            client = self._clients.get(acq.id)
+            client = self._clients.get(debt.id)
         if client is None:
-            st = self.registry.get(acq.backend)
+            st = self.registry.get(debt.backend)
             client = st.client if st else None
-        if client is None or acq.token is None:
-            metrics.RELEASES.labels(acq.backend, "no_backend").inc()
-            delay = self.ledger.release_failed(
-                acq.id,
-                f"backend {acq.backend!r} is not configured on this node; retrying until it is",
-                time.time(),
-            )
-            log.warning(
-                "cannot release: backend not configured",
-                extra={"acquisition": acq.id, "backend": acq.backend, "retry_in": delay},
-            )
-            return False, False
-        start = time.perf_counter()
-        try:
-            client.release(
-                acq.token,
-                on_late=lambda err: self._late_release(acq, err, start),
-            )
-        except errors.QpuTimeoutError as err:
-            if err.in_flight:
-                log.warning(
-                    "release is taking long; its answer will be recorded when it comes",
-                    extra={"acquisition": acq.id, "backend": acq.backend},
-                )
-                return False, True
-            return self._record_release(acq, err, start), False
-        except Exception as exc:
-            return self._record_release(acq, exc, start), False
-        return self._record_release(acq, None, start), False
+        return client
 
-    def _late_release(self, acq: Acquisition, err: BaseException | None, start: float) -> None:
-        """A release that missed its deadline answered: record it, let retries through."""
-        try:
-            self._record_release(acq, err, start)
-        finally:
-            with self._lock:
-                self._inflight.discard(acq.id)
-
-    def _record_release(self, acq: Acquisition, exc: BaseException | None, start: float) -> bool:
-        metrics.RELEASE_SECONDS.labels(acq.backend).observe(time.perf_counter() - start)
-        if isinstance(exc, errors.QpuNotFoundError):
-            # The vendor no longer knows the session (expired or closed): nothing is held.
-            log.info(
-                "release: vendor has no such acquisition; treating as released",
-                extra={"acquisition": acq.id, "backend": acq.backend, "error": exc.message},
-            )
-        elif exc is not None:
-            err = (
-                exc
-                if isinstance(exc, errors.QpuError)
-                else errors.QpuUnavailableError(
-                    acq.backend, "release", redact(str(exc)) or type(exc).__name__
-                )
-            )
-            metrics.RELEASES.labels(acq.backend, err.kind).inc()
-            delay = self.ledger.release_failed(acq.id, f"[{err.kind}] {err.message}", time.time())
-            log.warning(
-                "release failed; will retry",
-                extra={
-                    "acquisition": acq.id,
-                    "backend": acq.backend,
-                    "kind": err.kind,
-                    "error": err.message,
-                    "retry_in": delay,
-                },
-            )
-            return False
-        metrics.RELEASES.labels(acq.backend, "ok").inc()
-        self.ledger.release_succeeded(acq.id, time.time())
+    def _forget_client(self, debt: Debt) -> None:
         with self._lock:
-            self._clients.pop(acq.id, None)
-        log.info(
-            "released",
-            extra={
-                "acquisition": acq.id,
-                "backend": acq.backend,
-                "container": str(acq.holder or ""),
-                "reason": acq.release_reason,
-            },
-        )
-        return True
+            self._clients.pop(debt.id, None)

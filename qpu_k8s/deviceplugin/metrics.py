@@ -13,6 +13,8 @@ import contextlib
 from prometheus_client import Counter, Gauge, Histogram
 
 from qpu_k8s.core.metrics import LATENCY_BUCKETS, PREFIX
+from qpu_k8s.node.losses import LossReporter
+from qpu_k8s.node.releases import ReleaseMetrics
 
 P = PREFIX + "deviceplugin_"
 
@@ -32,28 +34,13 @@ ACQUIRE_SECONDS = Histogram(
     ["backend"],
     buckets=LATENCY_BUCKETS,
 )
-RELEASE_SECONDS = Histogram(
-    P + "release_duration_seconds",
-    "Duration of QRMI release calls, by backend.",
-    ["backend"],
-    buckets=LATENCY_BUCKETS,
-)
-RELEASES = Counter(
-    P + "releases_total",
-    "Release attempts, by backend and result (ok or the error kind).",
-    ["backend", "result"],
-)
+RELEASES = ReleaseMetrics.create(P, "device plugin")
 ACQUISITIONS_LIVE = Gauge(
     P + "acquisitions_live",
     "Acquisitions held for pods (acquired and not yet released), by backend.",
     ["backend"],
 )
-ACQUISITIONS_LOST = Counter(
-    P + "acquisitions_lost_total",
-    "Acquires that were in flight when the plugin died: the token is unknown, so the "
-    "vendor session can only expire on its own.",
-    ["backend"],
-)
+LOSSES = LossReporter.create(P, "device plugin")
 DEVICE_HEALTHY = Gauge(
     P + "device_healthy",
     "1 if the device (one lane of a backend) is advertised Healthy to the kubelet.",

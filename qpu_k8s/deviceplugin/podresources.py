@@ -3,9 +3,10 @@
 The device-plugin API has no "deallocate". The kubelet's PodResources ``List`` (v1) says
 which devices each running container holds; since kubelet 1.16 it lists active pods only,
 so a pod drops out when it terminates or is deleted. The reconciler lists at an interval
-(and on demand, e.g. right after an Allocate), feeds the result to the
-:class:`~qpu_k8s.deviceplugin.state.Ledger` state machine, and runs the releases it
-decides, each with backoff on failure. A failed List never causes a release.
+(and on demand, e.g. right after an Allocate) and feeds the result to the
+:class:`~qpu_k8s.deviceplugin.state.Ledger` state machine; the releases it decides are paid
+by the shared :class:`~qpu_k8s.node.releases.ReleaseRunner`. A failed List never causes a
+release.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import grpc
 
 from qpu_k8s.deviceplugin import metrics
-from qpu_k8s.deviceplugin.state import Acquisition, ContainerRef, Ledger
+from qpu_k8s.deviceplugin.state import ContainerRef, Ledger
 from qpu_k8s.proto.podresources.v1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -78,51 +78,40 @@ def held_devices(
 
 
 class Reconciler:
-    """Lists pod resources, drives the ledger, and runs due releases on a small pool."""
+    """Lists pod resources and drives the ledger; the releases it decides are paid by the
+    release runner, which it pokes."""
 
     def __init__(
         self,
         ledger: Ledger,
         lister: Callable[[], api_pb2.ListPodResourcesResponse],
-        release: Callable[[Acquisition], bool],
+        releases_due: Callable[[], None],
         resource_name: str,
         *,
         interval: float = 2.0,
         restart_hold: float = 30.0,
-        workers: int = 4,
     ) -> None:
         self.ledger = ledger
         self.lister = lister
-        self.release = release
+        self.releases_due = releases_due
         self.resource_name = resource_name
         self.interval = interval
         self.restart_hold = restart_hold
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="release")
         self._thread: threading.Thread | None = None
         self._list_ok: bool | None = None
-        self._running: set[Future[None]] = set()
-        self._running_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
         self._thread.start()
 
-    def stop(self, drain: float = 5.0) -> None:
-        """Stop listing and releasing; live acquisitions stay held (pods still run).
-
-        Releases already talking to the vendor get up to ``drain`` seconds to finish, so
-        their outcome is checkpointed rather than retried (and maybe repeated) next start.
-        """
+    def stop(self) -> None:
+        """Stop listing; live acquisitions stay held (pods still run)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        with self._running_lock:
-            running = list(self._running)
-        wait(running, timeout=drain)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def poke(self) -> None:
         """Reconcile as soon as possible (after an Allocate, a kubelet restart...)."""
@@ -134,7 +123,7 @@ class Reconciler:
         self.poke()
 
     def pass_once(self) -> None:
-        """One List + reconcile + submit due releases."""
+        """One List + reconcile; a release decided is handed to the release runner."""
         try:
             resp = self.lister()
         except grpc.RpcError as exc:
@@ -147,29 +136,13 @@ class Reconciler:
                     extra={"code": code.name if code else "", "error": _details(exc)},
                 )
             self._list_ok = False
-        else:
-            if self._list_ok is False:
-                log.info("PodResources List works again")
-            self._list_ok = True
-            metrics.RECONCILES.labels("ok").inc()
-            self.ledger.reconcile(held_devices(resp, self.resource_name), time.time())
-        for acq in self.ledger.due_releases(time.time()):
-            if self._stop.is_set():
-                break
-            fut = self._pool.submit(self._release, acq)
-            with self._running_lock:
-                self._running.add(fut)
-            fut.add_done_callback(self._done)
-
-    def _done(self, fut: Future[None]) -> None:
-        with self._running_lock:
-            self._running.discard(fut)
-
-    def _release(self, acq: Acquisition) -> None:
-        try:
-            self.release(acq)
-        except Exception:
-            log.exception("release crashed", extra={"acquisition": acq.id})
+            return
+        if self._list_ok is False:
+            log.info("PodResources List works again")
+        self._list_ok = True
+        metrics.RECONCILES.labels("ok").inc()
+        if self.ledger.reconcile(held_devices(resp, self.resource_name), time.time()):
+            self.releases_due()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -177,11 +150,7 @@ class Reconciler:
                 self.pass_once()
             except Exception:
                 log.exception("reconcile pass failed")
-            timeout = self.interval
-            due = self.ledger.next_release_due()
-            if due is not None:
-                timeout = max(0.05, min(timeout, due - time.time()))
-            self._wake.wait(timeout)
+            self._wake.wait(self.interval)
             self._wake.clear()
 
 

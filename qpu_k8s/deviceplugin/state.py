@@ -66,12 +66,17 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from qpu_k8s.core.checkpoint import CheckpointError, CheckpointFile
+from qpu_k8s.core.journal import Journal
 from qpu_k8s.deviceplugin import metrics
+from qpu_k8s.node.releases import Backoff, Debt
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "acquisitions.json"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "acquisitions.journal"
+JOURNAL_VERSION = 1
+# The whole-file checkpoint of versions before the journal (migrated at start).
+LEGACY_CHECKPOINT = "acquisitions.json"
+LEGACY_VERSION = 1
 
 
 class AcqState(StrEnum):
@@ -132,7 +137,7 @@ class Acquisition(_Frozen):
 
 
 class LedgerData(_Frozen):
-    """What the checkpoint file holds."""
+    """The whole-file checkpoint of earlier versions, read once to migrate it."""
 
     acquisitions: list[Acquisition] = Field(default_factory=list)
 
@@ -148,19 +153,14 @@ class Intent:
     held_at_most: int | None = None
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before release attempt ``n + 1`` after ``n`` failures: base * 2**(n-1), capped."""
-
-    base: float = 1.0
-    cap: float = 300.0
-
-    def delay(self, failures: int) -> float:
-        return float(min(self.cap, self.base * 2.0 ** max(0, failures - 1)))
-
-
 class Ledger:
-    """The acquisitions of this node, persisted on every transition; thread-safe.
+    """The acquisitions of this node, journaled at every transition; thread-safe.
+
+    Each transition is one append to the journal (:mod:`qpu_k8s.core.journal`): durable
+    (synced) when anything depends on it; the ACQUIRING intent written before a vendor
+    call is not synced, the token that follows it is (one sync covers both), so a
+    process crash never loses the intent, and a power loss in that millisecond loses at
+    most the report that an acquire was in flight (its session leaked either way).
 
     Times are wall-clock seconds passed in by the caller (tests drive them directly).
     """
@@ -179,91 +179,84 @@ class Ledger:
         self.tombstone_ttl = tombstone_ttl
         self.max_tombstones = max_tombstones
         self.backoff = backoff or Backoff()
-        self._file = CheckpointFile(path, LedgerData, CHECKPOINT_VERSION)
+        self._journal: Journal[Acquisition] = Journal(path, Acquisition, version=JOURNAL_VERSION)
         self._lock = threading.RLock()
-        self._acqs: dict[str, Acquisition] = {}
         self._unheld_since: dict[str, float] = {}
         self._hold_until = 0.0
         self._known_backends: set[str] = set()
 
     # -- persistence ------------------------------------------------------------------------
     def load(self, now: float) -> None:
-        """Read the checkpoint. Acquires that were in flight when we died become LOST.
+        """Open the journal. Acquires that were in flight when we died become LOST.
 
-        A corrupt checkpoint is moved aside (``.corrupt-<time>``) and reported: its tokens
+        An unreadable journal is moved aside (``.corrupt-<time>``) and reported: its tokens
         cannot be trusted, and refusing to start would take the node's QPUs away.
         """
         with self._lock:
-            try:
-                data = self._file.load()
-            except CheckpointError as err:
-                aside = self.path.with_name(f"{self.path.name}.corrupt-{int(now)}")
-                self.path.replace(aside)
-                log.error(
-                    "checkpoint unreadable; moved aside, starting empty",
-                    extra={"error": str(err), "moved_to": str(aside)},
-                )
-                data = None
-            self._acqs = {a.id: a for a in (data.acquisitions if data else [])}
-            for acq in list(self._acqs.values()):
-                if acq.state is AcqState.ACQUIRING:
-                    self._set(acq.model_copy(update={"state": AcqState.LOST, "released_at": now}))
-                    metrics.ACQUISITIONS_LOST.labels(acq.backend).inc()
-                    log.error(
-                        "acquire was in flight when the plugin stopped: token unknown, the "
-                        "vendor session (if any) can only expire on its own",
-                        extra={
-                            "acquisition": acq.id,
-                            "backend": acq.backend,
-                            "held_at_most_seconds": _bound(acq.held_at_most),
-                        },
-                    )
+            self._journal.open()
+            _migrate_checkpoint(self.path.with_name(LEGACY_CHECKPOINT), self._journal)
+            with self._journal.transaction() as txn:
+                for acq in txn.items().values():
+                    if acq.state is AcqState.ACQUIRING:
+                        txn.put(
+                            acq.id,
+                            acq.model_copy(update={"state": AcqState.LOST, "released_at": now}),
+                        )
+                        metrics.LOSSES.report(
+                            acq.backend,
+                            acq.held_at_most,
+                            "acquire was in flight when the plugin stopped",
+                            acquisition=acq.id,
+                        )
             # Our own start breaks the observation of the kubelet: restart every clock.
             self._unheld_since.clear()
-            self._save()
-            live = [a for a in self._acqs.values() if a.state in HOLDING]
+            self._update_metrics()
+            acqs = self._journal.snapshot()
             log.info(
                 "checkpoint loaded",
-                extra={"path": str(self.path), "live": len(live), "records": len(self._acqs)},
+                extra={
+                    "path": str(self.path),
+                    "live": sum(a.state in HOLDING for a in acqs.values()),
+                    "records": len(acqs),
+                },
             )
 
-    def _save(self) -> None:
-        data = LedgerData(acquisitions=sorted(self._acqs.values(), key=lambda a: a.created_at))
-        self._file.save(data)
+    def close(self) -> None:
+        with self._lock:
+            self._journal.close()
+
+    def _update_metrics(self) -> None:
         counts: dict[str, int] = {}
-        for a in self._acqs.values():
+        for a in self._journal.snapshot().values():
             if a.state in HOLDING:
                 counts[a.backend] = counts.get(a.backend, 0) + 1
         metrics.set_live(counts, self._known_backends)
         self._known_backends = set(counts)
 
-    def _set(self, acq: Acquisition) -> None:
-        self._acqs[acq.id] = acq
-
-    def commit(self) -> None:
-        """Write the current state (after a batch of in-memory transitions)."""
-        with self._lock:
-            self._save()
+    def _write(self, changes: Iterable[Acquisition], *, durable: bool = True) -> None:
+        with self._journal.transaction(durable=durable) as txn:
+            for acq in changes:
+                txn.put(acq.id, acq)
+        self._update_metrics()
 
     # -- reads ------------------------------------------------------------------------------
     def snapshot(self) -> list[Acquisition]:
         with self._lock:
-            return sorted(self._acqs.values(), key=lambda a: a.created_at)
+            return sorted(self._journal.snapshot().values(), key=lambda a: a.created_at)
 
     def get(self, acq_id: str) -> Acquisition | None:
         with self._lock:
-            return self._acqs.get(acq_id)
+            return self._journal.get(acq_id)
 
     def live(self) -> list[Acquisition]:
         return [a for a in self.snapshot() if a.state in HOLDING]
 
     # -- the Allocate path ------------------------------------------------------------------
     def begin(self, intents: Iterable[Intent], now: float) -> list[Acquisition]:
-        """Record ACQUIRING intents and write them before any vendor call is made."""
+        """Record ACQUIRING intents before any vendor call is made (not synced: see above)."""
         with self._lock:
-            out = []
-            for i in intents:
-                acq = Acquisition(
+            out = [
+                Acquisition(
                     id=uuid.uuid4().hex,
                     backend=i.backend,
                     resource_id=i.resource_id,
@@ -273,42 +266,45 @@ class Ledger:
                     created_at=now,
                     held_at_most=i.held_at_most,
                 )
-                self._set(acq)
-                out.append(acq)
-            self._save()
+                for i in intents
+            ]
+            self._write(out, durable=False)
             return out
 
     def acquired(self, acq_id: str, token: str, now: float) -> Acquisition:
-        """ACQUIRING → ALLOCATED in memory; the caller commits at once (the token is new)."""
+        """ACQUIRING → ALLOCATED, durably: the token is new and nothing else knows it."""
         with self._lock:
-            acq = self._acqs[acq_id].model_copy(
+            acq = self._need(acq_id).model_copy(
                 update={"state": AcqState.ALLOCATED, "token": token, "acquired_at": now}
             )
-            self._set(acq)
+            self._write([acq])
             return acq
 
     def abandon(self, acq_ids: Iterable[str]) -> None:
         """Drop ACQUIRING records whose acquire failed or never started (nothing is held)."""
-        with self._lock:
+        with self._lock, self._journal.transaction(durable=False) as txn:
             for acq_id in acq_ids:
-                acq = self._acqs.get(acq_id)
+                acq = txn.get(acq_id)
                 if acq is not None and acq.state is AcqState.ACQUIRING:
-                    del self._acqs[acq_id]
+                    txn.delete(acq_id)
 
     def late_acquired(self, acq_id: str, token: str, reason: str, now: float) -> None:
         """An acquire that missed its Allocate's deadline got a token: release it at once."""
         with self._lock:
-            acq = self._acqs[acq_id].model_copy(update={"token": token, "acquired_at": now})
-            self._set(acq)
-            self._to_releasing(acq, reason, now)
-            self._save()
+            acq = self._need(acq_id).model_copy(update={"token": token, "acquired_at": now})
+            self._write([self._releasing(acq, reason, now)])
 
     def lose(self, acq_id: str, now: float) -> None:
         """An acquire never answered at all: its token (if any) is unknown."""
         with self._lock:
-            acq = self._acqs[acq_id]
-            self._set(acq.model_copy(update={"state": AcqState.LOST, "released_at": now}))
-            self._save()
+            acq = self._need(acq_id)
+            self._write([acq.model_copy(update={"state": AcqState.LOST, "released_at": now})])
+
+    def _need(self, acq_id: str) -> Acquisition:
+        acq = self._journal.get(acq_id)
+        if acq is None:
+            raise KeyError(acq_id)
+        return acq
 
     # -- reconcile against PodResources -----------------------------------------------------
     def interrupt(self, now: float, hold: float = 0.0, why: str = "") -> None:
@@ -322,33 +318,31 @@ class Ledger:
     def reconcile(self, held: Mapping[frozenset[str], ContainerRef], now: float) -> int:
         """Apply one successful PodResources List; returns how many records changed."""
         with self._lock:
-            changed = 0
+            acqs = self._journal.snapshot()
+            changes: dict[str, Acquisition] = {}
             groups: dict[tuple[frozenset[str], str], list[Acquisition]] = {}
-            for acq in self._acqs.values():
+            for acq in acqs.values():
                 if acq.state in _WAITING_FOR_POD:
                     groups.setdefault((acq.request_set, acq.backend), []).append(acq)
             for (request, _backend), accs in groups.items():
                 accs.sort(key=lambda a: (a.acquired_at or a.created_at, a.id), reverse=True)
                 ref = held.get(request)
                 if ref is None:
-                    changed += self._not_held(accs, now)
+                    for acq in self._not_held(accs, now):
+                        changes[acq.id] = acq
                     continue
                 winner, older = accs[0], accs[1:]
                 for acq in older:
                     self._unheld_since.pop(acq.id, None)
-                    self._to_releasing(acq, "superseded by a newer Allocate of these devices", now)
-                    changed += 1
+                    why = "superseded by a newer Allocate of these devices"
+                    changes[acq.id] = self._releasing(acq, why, now)
                 self._unheld_since.pop(winner.id, None)
                 if winner.state is AcqState.BOUND and winner.holder != ref:
-                    self._to_releasing(
-                        winner, f"pod {winner.holder} is gone; its devices are held by {ref}", now
-                    )
-                    changed += 1
+                    why = f"pod {winner.holder} is gone; its devices are held by {ref}"
+                    changes[winner.id] = self._releasing(winner, why, now)
                 elif winner.state is AcqState.ALLOCATED:
-                    self._set(
-                        winner.model_copy(
-                            update={"state": AcqState.BOUND, "holder": ref, "bound_at": now}
-                        )
+                    changes[winner.id] = winner.model_copy(
+                        update={"state": AcqState.BOUND, "holder": ref, "bound_at": now}
                     )
                     log.info(
                         "acquisition bound to container",
@@ -359,14 +353,18 @@ class Ledger:
                             "devices": ",".join(winner.devices),
                         },
                     )
-                    changed += 1
-            changed += self._prune(now)
-            if changed:
-                self._save()
-            return changed
+            pruned = self._prune({**acqs, **changes}, now)
+            if changes or pruned:
+                with self._journal.transaction() as txn:
+                    for acq in changes.values():
+                        txn.put(acq.id, acq)
+                    for acq_id in pruned:
+                        txn.delete(acq_id)
+                self._update_metrics()
+            return len(changes) + len(pruned)
 
-    def _not_held(self, accs: list[Acquisition], now: float) -> int:
-        changed = 0
+    def _not_held(self, accs: list[Acquisition], now: float) -> list[Acquisition]:
+        out = []
         for acq in accs:
             since = self._unheld_since.setdefault(acq.id, now)
             if now < self._hold_until or now - since < self.release_grace:
@@ -378,13 +376,12 @@ class Ledger:
                 if acq.holder
                 else f"no container was listed with devices {devices}"
             )
-            self._to_releasing(acq, reason, now)
-            changed += 1
-        return changed
+            out.append(self._releasing(acq, reason, now))
+        return out
 
-    def _to_releasing(self, acq: Acquisition, reason: str, now: float) -> None:
+    @staticmethod
+    def _releasing(acq: Acquisition, reason: str, now: float) -> Acquisition:
         update = {"state": AcqState.RELEASING, "release_reason": reason, "next_release_at": now}
-        self._set(acq.model_copy(update=update))
         log.info(
             "releasing acquisition",
             extra={
@@ -394,70 +391,99 @@ class Ledger:
                 "reason": reason,
             },
         )
+        return acq.model_copy(update=update)
 
-    def _prune(self, now: float) -> int:
-        """Forget tombstones older than the TTL, and all but the newest ``max_tombstones``."""
+    def _prune(self, acqs: Mapping[str, Acquisition], now: float) -> list[str]:
+        """Tombstones older than the TTL, and all but the newest ``max_tombstones``."""
         ended = sorted(
-            (a for a in self._acqs.values() if a.state in _TERMINAL),
+            (a for a in acqs.values() if a.state in _TERMINAL),
             key=lambda a: a.released_at or a.created_at,
             reverse=True,
         )
-        doomed = [
+        return [
             a.id
             for i, a in enumerate(ended)
             if i >= self.max_tombstones
             or now - (a.released_at or a.created_at) > self.tombstone_ttl
         ]
-        for acq_id in doomed:
-            del self._acqs[acq_id]
-        return len(doomed)
 
     # -- releases ---------------------------------------------------------------------------
     def mark_releasing(self, acq_ids: Iterable[str], reason: str, now: float) -> None:
         """Release at once (Allocate rolled back); written before the vendor call."""
         with self._lock:
-            for acq_id in acq_ids:
-                self._to_releasing(self._acqs[acq_id], reason, now)
-            self._save()
+            self._write([self._releasing(self._need(i), reason, now) for i in acq_ids])
 
-    def due_releases(self, now: float) -> list[Acquisition]:
-        with self._lock:
-            return [
-                a
-                for a in self._acqs.values()
-                if a.state is AcqState.RELEASING and a.next_release_at <= now
-            ]
+    def due_releases(self, now: float) -> list[Debt]:
+        return [
+            _debt(a)
+            for a in self.snapshot()
+            if a.state is AcqState.RELEASING and a.next_release_at <= now
+        ]
+
+    def owes(self, debt_id: str) -> bool:
+        acq = self.get(debt_id)
+        return acq is not None and acq.state is AcqState.RELEASING
+
+    def debt(self, acq_id: str) -> Debt:
+        """The release owed for a RELEASING acquisition (to pay it at once)."""
+        return _debt(self._need(acq_id))
 
     def next_release_due(self) -> float | None:
-        with self._lock:
-            due = [a.next_release_at for a in self._acqs.values() if a.state is AcqState.RELEASING]
-            return min(due) if due else None
+        due = [a.next_release_at for a in self.snapshot() if a.state is AcqState.RELEASING]
+        return min(due) if due else None
 
     def release_succeeded(self, acq_id: str, now: float) -> None:
         with self._lock:
-            acq = self._acqs[acq_id]
-            self._set(acq.model_copy(update={"state": AcqState.RELEASED, "released_at": now}))
-            self._prune(now)
-            self._save()
+            acq = self._need(acq_id)
+            done = acq.model_copy(update={"state": AcqState.RELEASED, "released_at": now})
+            pruned = self._prune({**self._journal.snapshot(), acq_id: done}, now)
+            with self._journal.transaction() as txn:
+                txn.put(acq_id, done)
+                for old in pruned:
+                    txn.delete(old)
+            self._update_metrics()
 
     def release_failed(self, acq_id: str, error: str, now: float) -> float:
         """Count a failed attempt and schedule the next; returns the delay."""
         with self._lock:
-            acq = self._acqs[acq_id]
+            acq = self._need(acq_id)
             attempts = acq.release_attempts + 1
             delay = self.backoff.delay(attempts)
-            self._set(
-                acq.model_copy(
-                    update={
-                        "release_attempts": attempts,
-                        "last_error": error,
-                        "next_release_at": now + delay,
-                    }
-                )
-            )
-            self._save()
+            update = {
+                "release_attempts": attempts,
+                "last_error": error,
+                "next_release_at": now + delay,
+            }
+            self._write([acq.model_copy(update=update)])
             return delay
 
 
-def _bound(seconds: int | None) -> str:
-    return "unknown" if seconds is None else str(seconds)
+def _debt(acq: Acquisition) -> Debt:
+    expires = (
+        acq.acquired_at + acq.held_at_most
+        if acq.acquired_at is not None and acq.held_at_most
+        else None
+    )
+    return Debt(acq.id, acq.backend, acq.token or "", acq.release_reason, expires)
+
+
+def _migrate_checkpoint(old: Path, journal: Journal[Acquisition]) -> None:
+    """Carry the acquisitions of an earlier version's whole-file checkpoint into the journal.
+
+    Without this an upgrade would forget every token the node holds (leaking the sessions).
+    The old file is removed once its records are durably in the journal.
+    """
+    if not old.exists():
+        return
+    try:
+        data = CheckpointFile(old, LedgerData, LEGACY_VERSION).load()
+    except CheckpointError as err:
+        log.error("old checkpoint unreadable; not migrated", extra={"error": str(err)})
+        data = None
+    if data is not None:
+        with journal.transaction() as txn:
+            for acq in data.acquisitions:
+                if txn.get(acq.id) is None:
+                    txn.put(acq.id, acq)
+        log.info("migrated the old checkpoint", extra={"acquisitions": len(data.acquisitions)})
+    old.unlink()

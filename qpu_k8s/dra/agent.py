@@ -16,7 +16,6 @@ backend's ``target()``/``metadata()`` when it appears and every
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -205,7 +204,7 @@ class DraDriver:
             client_factory=self.client_factory or qrmi_client_factory(cfg.call_timeouts()),
             reload_interval=cfg.reload_interval,
         )
-        self.store = StateStore(cfg.state_dir, boot_id)
+        self.store = StateStore(cfg.state_dir, boot_id, self.ident)
         self.store.load()
         registry = self.registry
         self.preparer = Preparer(
@@ -215,12 +214,12 @@ class DraDriver:
             claims=self.claims,
             cdi=self.cdi,
             store=self.store,
-            on_acquire_failure=self._reprobe,
         )
         registry.subscribe(self._on_change)
         registry.start()
         self.node_labels.watch(self._labels_changed)
         self.recovered = self.preparer.recover()
+        self.preparer.releases.start()
         metrics.PREPARED_CLAIMS.set(self.preparer.prepared_count())
         self._update_health()
         if self.publish_slices:
@@ -287,6 +286,10 @@ class DraDriver:
             self._endpoint.stop()
         if self.registry is not None:
             self.registry.stop()
+        if self.preparer is not None:
+            self.preparer.releases.stop()
+        if self.store is not None:
+            self.store.close()
         if self.publisher is not None:
             self.publisher.stop_watch()
         if self._own_api and self.api is not None:
@@ -443,16 +446,6 @@ class DraDriver:
                     )
                 )
         self.health.set(tuple(sorted(devices, key=lambda d: (d.pool, d.device))))
-
-    def _reprobe(self, backend: str) -> None:
-        """After a failed acquire, probe at once so health (and the slices) catch up."""
-
-        def run() -> None:
-            if self.registry is not None:
-                with contextlib.suppress(KeyError):
-                    self.registry.probe_now(backend)
-
-        threading.Thread(target=run, name="dra-reprobe", daemon=True).start()
 
     # -- targets (calibration) -----------------------------------------------------------------
     def refresh_targets(self, force: bool = False) -> bool:

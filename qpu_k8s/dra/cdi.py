@@ -8,7 +8,7 @@ one ``QRMI_JOB_QPU_RESOURCES``, so the claim's QPUs are injected together.
 
 Exposure: the env holds the vendor credentials (qrmi in the pod reads them from there). The
 file is written 0600 into a root-only directory (``/var/run/cdi`` is tmpfs: gone on reboot),
-atomically (temp file, fsync, rename), and read only by the container runtime. It never goes
+atomically (temp file, rename), and read only by the container runtime. It never goes
 to our checkpoint, logs or the apiserver.
 """
 
@@ -60,25 +60,23 @@ class CdiWriter:
         }
 
     def write(self, claim_uid: str, env: Mapping[str, str]) -> str:
-        """Write (or replace) the claim's spec atomically, mode 0600; returns its CDI ID."""
+        """Write (or replace) the claim's spec atomically, mode 0600; returns its CDI ID.
+
+        Atomic (temp file + rename) so the runtime never reads half a spec; not synced:
+        the directory is tmpfs (gone on a reboot anyway, when every claim is prepared
+        again), so a sync would buy nothing and cost a disk flush where it is not tmpfs.
+        """
         target = self.path(claim_uid)
         self.cdi_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=self.cdi_dir)
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.spec(claim_uid, env), f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
+                f.write(json.dumps(self.spec(claim_uid, env), sort_keys=True))
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        dir_fd = os.open(self.cdi_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
         return self.device_id(claim_uid)
 
     def exists(self, claim_uid: str) -> bool:

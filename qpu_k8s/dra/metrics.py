@@ -10,6 +10,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from qpu_k8s.core.metrics import LATENCY_BUCKETS, PREFIX
+from qpu_k8s.node.losses import LossReporter
+from qpu_k8s.node.releases import ReleaseMetrics
 
 P = PREFIX + "dra_"
 
@@ -34,10 +36,6 @@ SLICE_PUBLISHES = Counter(
     "Slice reconciles, by result: unchanged, written or error.",
     ["result"],
 )
-ACQUISITIONS_LOST = Counter(
-    P + "acquisitions_lost_total",
-    "Acquires that may have been answered by the vendor while the driver died before "
-    "writing the token: the session (if any) can only expire at the vendor.",
-    ["backend"],
-)
+LOSSES = LossReporter.create(P, "DRA driver")
+RELEASES = ReleaseMetrics.create(P, "DRA driver")
 REGISTERED = Gauge(P + "registered", "1 while the kubelet has accepted our registration.")

@@ -4,22 +4,28 @@ Prepare reads the claim from the apiserver, takes the allocation results of our 
 acquires each device through the QRMI adapter, renders the env contract into a CDI spec and
 returns the CDI device IDs. Unprepare releases and removes the spec.
 
-Idempotent and crash-safe through the checkpoint (:mod:`.state`):
+Idempotent and crash-safe through the state store (:mod:`.state`):
 
 * a claim is acquired once: a repeated prepare (the kubelet retrying, a second pod sharing
-  the claim, a plugin restart) answers from the checkpoint with the same CDI ID; kubelet
+  the claim, a plugin restart) answers from the store with the same CDI ID; kubelet
   semantics are one prepare per claim per node, and one unprepare once its last pod is gone;
-* the record is written *before* the first acquire (phase ``preparing``) and after each, so
-  a crash mid-prepare leaves the tokens to release on the next call or at start-up; the
-  one token a crash can lose is that of an acquire the vendor answered just before the
-  crash, ahead of its write (acquires run one at a time, so it is the first device
-  without a token): reported as possibly lost (log, ``qpu_k8s_dra_acquisitions_lost_total``)
-  with the time after which the vendor frees it (the session max TTL);
-* a failed prepare releases what it acquired and leaves nothing behind;
-* unprepare of an unknown claim succeeds; a release that fails for a transient reason
-  (timeout, vendor unavailable) fails the call so the kubelet retries; a permanent one
-  (rejected credentials, unknown session, backend removed from the config) is logged and
-  the acquisition is left to expire at the vendor (its session max TTL).
+* the record is written *before* the first acquire (phase ``preparing``) and each token as
+  the vendor returns it, so a crash mid-prepare leaves the tokens to release; the one
+  token a crash can lose is that of an acquire the vendor answered just before the crash,
+  ahead of its write (acquires run one at a time, so it is the first device without a
+  token): reported as lost with the time after which the vendor frees it;
+* a failed prepare, a half-done one found later and the claims of a previous boot give
+  their sessions back as *owed releases*: recorded durably, tried at once, and retried
+  with backoff by the shared release runner until the vendor confirms (they survive
+  restarts), never given up after one failure;
+* unprepare first marks the claim ``unpreparing`` and removes its CDI spec (no spec may
+  ever hand a pod a released token), then releases; a release that fails for a transient
+  reason (timeout, vendor unavailable) fails the call so the kubelet retries it; a
+  permanent one (rejected credentials, unknown session, backend removed) is logged and the
+  acquisition is left to expire at the vendor (its session max TTL);
+* CDI specs are written and removed under the store's lock, with a fresh view of the
+  claim, so a second driver instance (rolling update) never revives a spec the first one
+  is removing, nor removes one it just wrote.
 
 Per-claim parameters (:mod:`.params`) may set the IBM session mode and max TTL, and name a
 Secret in the claim's namespace whose credentials replace the backend's (the paper's
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +48,22 @@ from qpu_k8s.core.model import AccessMode, QuantumBackend, SecretRef, split_devi
 from qpu_k8s.core.qrmi_client import ClientFactory, QuantumResourceClient
 from qpu_k8s.core.vendors import profile
 from qpu_k8s.node.registry import BackendRegistry
+from qpu_k8s.node.releases import Debt, ReleaseRunner
 from qpu_k8s.resourceslices.slices import shared_pool_name
 
 from . import metrics
 from .cdi import CdiWriter
 from .claims import ClaimNotFoundError, ClaimSource
 from .params import Effective, InvalidParametersError, effective_parameters
-from .state import ClaimPhase, ClaimRecord, DeviceRecord, StateStore
+from .state import (
+    ClaimPhase,
+    ClaimRecord,
+    DeviceRecord,
+    OwedRelease,
+    Record,
+    StateStore,
+    claim_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +100,6 @@ class Preparer:
         cdi: CdiWriter,
         store: StateStore,
         client_factory: ClientFactory | None = None,
-        on_acquire_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.driver = driver
         self.pool = pool
@@ -94,7 +108,7 @@ class Preparer:
         self.cdi = cdi
         self.store = store
         self.client_factory = client_factory or registry.client_factory
-        self.on_acquire_failure = on_acquire_failure
+        self.releases = ReleaseRunner(store, self.client_for, metrics.RELEASES)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._clients: dict[tuple[str, str], tuple[QuantumResourceClient, QuantumBackend]] = {}
@@ -103,31 +117,37 @@ class Preparer:
     # -- public API -----------------------------------------------------------------------
     def prepare(self, namespace: str, name: str, uid: str) -> list[PreparedDevice]:
         with self._lock_for(uid):
-            rec = self.store.get(uid)
-            if rec is not None and rec.phase is ClaimPhase.PREPARED:
-                if not self.cdi.exists(uid):
-                    self._write_cdi(rec)  # tmpfs lost it, or someone deleted it
-                return self._result(rec)
-            if rec is not None:  # a prepare that crashed half-way: undo, then start again
-                self._report_lost(rec)
-                self._release_all(rec, strict=False)
-                self.cdi.remove(uid)
-                self.store.drop(uid)
+            done = self._existing(uid)
+            if done is not None:
+                return done
             rec = self._plan(namespace, name, uid)
             if not rec.devices:
                 return []
-            self.store.put(rec)
+            # Take the claim: atomically, since the other driver instance may be planning
+            # the same claim right now (the intent is not synced: the first token syncs it).
+            with self.store.edit(durable=False) as txn:
+                if claim_of(txn, uid) is None:
+                    txn.put(f"claim/{uid}", Record(rec))
+                    taken = True
+                else:
+                    taken = False
+            if not taken:
+                done = self._existing(uid)
+                if done is not None:
+                    return done
+                raise PrepareError(f"ResourceClaim {namespace}/{name} changed; retry", "busy")
             try:
                 self._acquire_all(rec)
-                self._write_cdi(rec)
+                rec.phase, rec.owner = ClaimPhase.PREPARED, ""
+                # The spec and the phase under one lock (see above). PREPARED needs no sync
+                # of its own: a crash before it reaches the disk is a reboot, after which
+                # every claim of the old boot is released anyway.
+                with self.store.edit(durable=False) as txn:
+                    self._write_cdi(rec)
+                    txn.put(f"claim/{uid}", Record(rec.model_copy(deep=True)))
             except Exception:
-                self._release_all(rec, strict=False)
-                self.cdi.remove(uid)
-                self.store.drop(uid)
-                self._forget(uid)
+                self._abandon(rec, "the prepare failed", lost=False)
                 raise
-            rec.phase = ClaimPhase.PREPARED
-            self.store.put(rec)
             log.info(
                 "claim prepared",
                 extra={
@@ -140,12 +160,16 @@ class Preparer:
 
     def unprepare(self, namespace: str, name: str, uid: str) -> None:
         with self._lock_for(uid):
-            rec = self.store.get(uid)
-            if rec is None:
-                self.cdi.remove(uid)  # a spec without a record can only be a leftover
-                return
-            self._release_all(rec, strict=True)
-            self.cdi.remove(uid)
+            with self.store.edit(durable=False) as txn:
+                rec = claim_of(txn, uid)
+                if rec is None:
+                    self.cdi.remove(uid)  # a spec without a record can only be a leftover
+                    return
+                self._refuse_if_busy(rec)
+                rec.phase, rec.owner = ClaimPhase.UNPREPARING, self.store.instance
+                txn.put(f"claim/{uid}", Record(rec))
+                self.cdi.remove(uid)
+            self._release_all(rec)
             self.store.drop(uid)
             self._forget(uid)
             log.info("claim unprepared", extra={"claim": f"{namespace}/{name}", "uid": uid})
@@ -153,42 +177,78 @@ class Preparer:
             self._locks.pop(uid, None)
 
     def recover(self) -> dict[str, int]:
-        """Start-up cleanup; call after the registry has loaded and the checkpoint is read."""
-        counts = {"stale_boot": 0, "half_prepared": 0, "cdi_rewritten": 0, "cdi_orphans": 0}
-        previous = self.store.previous_boot
-        if previous is not None:
-            for rec in previous.claims.values():
-                if rec.phase is ClaimPhase.PREPARING:
-                    self._report_lost(rec)
-                self._release_all(rec, strict=False)
-                self.cdi.remove(rec.uid)
-                counts["stale_boot"] += 1
-            self.store.previous_boot = None
-            log.info(
-                "node rebooted: cleaned the previous boot's claims",
-                extra={"claims": counts["stale_boot"], "old_boot_id": previous.boot_id},
-            )
+        """Start-up clean-up; call after the registry has loaded and the store is open."""
+        counts = {
+            "stale_boot": 0,
+            "half_prepared": 0,
+            "unpreparing": 0,
+            "cdi_rewritten": 0,
+            "cdi_orphans": 0,
+        }
         for rec in self.store.claims():
-            if rec.phase is ClaimPhase.PREPARING:
-                self._report_lost(rec)
-                self._release_all(rec, strict=False)
-                self.cdi.remove(rec.uid)
-                self.store.drop(rec.uid)
+            if rec.boot_id != self.store.boot_id:
+                self._abandon(rec, "the node rebooted")
+                counts["stale_boot"] += 1
+            elif rec.owner and rec.owner != self.store.instance and self.store.alive(rec.owner):
+                continue  # the other driver instance of this node is working on it
+            elif rec.phase is ClaimPhase.PREPARING:
+                self._abandon(rec, "the driver stopped")
                 counts["half_prepared"] += 1
-            elif not self.cdi.exists(rec.uid):
-                try:
-                    self._write_cdi(rec)
-                    counts["cdi_rewritten"] += 1
-                except PrepareError as err:
-                    log.error("cannot rewrite CDI spec", extra={"uid": rec.uid, "error": str(err)})
-        known = {rec.uid for rec in self.store.claims()}
-        for uid in self.cdi.claims() - known:
-            self.cdi.remove(uid)
-            counts["cdi_orphans"] += 1
+            elif rec.phase is ClaimPhase.UNPREPARING:
+                self.cdi.remove(rec.uid)  # the kubelet's retried unprepare finishes it
+                counts["unpreparing"] += 1
+            elif self._ensure_cdi(rec.uid):
+                counts["cdi_rewritten"] += 1
+        with self.store.edit() as txn:  # specs listed after every record they belong to
+            known = {uid for uid in self.cdi.claims() if claim_of(txn, uid) is not None}
+            for uid in self.cdi.claims() - known:
+                self.cdi.remove(uid)
+                counts["cdi_orphans"] += 1
+        self.releases.poke()
         return counts
 
     def prepared_count(self) -> int:
         return sum(1 for r in self.store.claims() if r.phase is ClaimPhase.PREPARED)
+
+    def _existing(self, uid: str) -> list[PreparedDevice] | None:
+        """The answer for a claim already prepared, or None after clearing a half-done one
+        (ours, or a dead instance's); raises while the other live instance works on it."""
+        rec = self.store.get(uid)
+        if rec is None:
+            return None
+        self._refuse_if_busy(rec)
+        if rec.phase is ClaimPhase.PREPARED:
+            self._ensure_cdi(uid)  # tmpfs lost it, or someone deleted it
+            return self._result(rec)
+        self._abandon(rec, "the driver stopped")
+        return None
+
+    def _refuse_if_busy(self, rec: ClaimRecord) -> None:
+        owner = rec.owner
+        if (
+            rec.phase is not ClaimPhase.PREPARED
+            and owner
+            and owner != self.store.instance
+            and self.store.alive(owner)
+        ):
+            raise PrepareError(
+                f"ResourceClaim {rec.namespace}/{rec.name} is being {rec.phase.value[:-3]}ed by "
+                f"driver instance {owner} (a rolling update); the kubelet retries",
+                "busy",
+            )
+
+    def _ensure_cdi(self, uid: str) -> bool:
+        """Rewrite a prepared claim's missing spec (under the lock); True if written."""
+        with self.store.edit() as txn:
+            rec = claim_of(txn, uid)
+            if rec is None or rec.phase is not ClaimPhase.PREPARED or self.cdi.exists(uid):
+                return False
+            try:
+                self._write_cdi(rec)
+            except PrepareError as err:
+                log.error("cannot rewrite CDI spec", extra={"uid": uid, "error": str(err)})
+                return False
+            return True
 
     # -- planning -------------------------------------------------------------------------
     def _plan(self, namespace: str, name: str, uid: str) -> ClaimRecord:
@@ -256,7 +316,14 @@ class Preparer:
                     session_max_ttl_seconds=params.session_max_ttl_seconds,
                 )
             )
-        return ClaimRecord(uid=uid, namespace=namespace, name=name, devices=records)
+        return ClaimRecord(
+            uid=uid,
+            namespace=namespace,
+            name=name,
+            devices=records,
+            boot_id=self.store.boot_id,
+            owner=self.store.instance,
+        )
 
     def _backend_for(self, device: str) -> QuantumBackend:
         try:
@@ -360,18 +427,58 @@ class Preparer:
 
     # -- acquire / release ------------------------------------------------------------------
     def _acquire_all(self, rec: ClaimRecord) -> None:
+        """Acquire device by device, each token recorded (synced) as the vendor returns it."""
         for dev in rec.devices:
-            client, _ = self._client(rec, dev)
+            client, grant = self._client(rec, dev)
             try:
                 dev.token = client.acquire()
             except errors.QpuError as err:
-                if self.on_acquire_failure is not None:
-                    self.on_acquire_failure(dev.backend)
+                self.registry.reprobe(dev.backend)
                 raise PrepareError(f"device {dev.device}: {err}", f"vendor_{err.kind}") from None
+            dev.acquired_at = time.time()
+            dev.held_at_most = profile(grant.backend.spec.type).held_at_most(
+                grant.backend.spec.config
+            )
             self.store.put(rec)  # the token is on disk before anything else can fail
             crash_point("after-acquire-recorded")
 
-    def _report_lost(self, rec: ClaimRecord) -> None:
+    def _abandon(self, rec: ClaimRecord, why: str, *, lost: bool = True) -> None:
+        """Give up a claim record: its acquired sessions become owed releases (recorded in
+        the same write that drops the record, then tried at once), its spec goes."""
+        if lost:
+            self._report_lost(rec, why)
+        debts = [
+            OwedRelease(
+                id=f"{rec.uid}-{dev.device}",
+                backend=dev.backend,
+                token=dev.token,
+                device=dev.device,
+                claim_uid=rec.uid,
+                namespace=rec.namespace,
+                reason=why,
+                expires_at=(
+                    dev.acquired_at + dev.held_at_most
+                    if dev.acquired_at is not None and dev.held_at_most
+                    else None
+                ),
+                credentials_secret=dev.credentials_secret,
+                owner=self.store.instance,
+            )
+            for dev in rec.devices
+            if dev.token and not dev.released
+        ]
+        with self.store.edit() as txn:
+            if claim_of(txn, rec.uid) not in (rec, None):
+                return  # the other instance changed it meanwhile: it is theirs to finish
+            for debt in debts:
+                self.store.owe(txn, debt)
+            txn.delete(f"claim/{rec.uid}")
+            self.cdi.remove(rec.uid)
+        for debt in debts:
+            self.releases.pay(Debt(debt.id, debt.backend, debt.token, why, debt.expires_at))
+        self._forget(rec.uid)
+
+    def _report_lost(self, rec: ClaimRecord, why: str) -> None:
         """A half-done prepare: the first device without a token may have been acquired.
 
         Acquires run one at a time and each token is written before the next starts, so
@@ -379,6 +486,8 @@ class Preparer:
         process died in between). Its token is unknown, so it cannot be released: say so,
         with how long the vendor holds it at most.
         """
+        if rec.phase is not ClaimPhase.PREPARING:
+            return
         dev = next((d for d in rec.devices if d.token is None and not d.released), None)
         if dev is None:
             return
@@ -390,21 +499,17 @@ class Preparer:
             if vendor.session_ttl_key and dev.session_max_ttl_seconds:
                 config[vendor.session_ttl_key] = str(dev.session_max_ttl_seconds)
             bound = vendor.held_at_most(config)
-        metrics.ACQUISITIONS_LOST.labels(dev.backend).inc()
-        log.error(
-            "acquire may have been in flight when the driver stopped: token unknown, the "
-            "vendor session (if one was opened) can only expire on its own",
-            extra={
-                "uid": rec.uid,
-                "device": dev.device,
-                "backend": dev.backend,
-                "held_at_most_seconds": "unknown" if bound is None else str(bound),
-            },
+        metrics.LOSSES.report(
+            dev.backend,
+            bound,
+            f"acquire may have been in flight when {why}",
+            uid=rec.uid,
+            device=dev.device,
         )
 
-    def _release_all(self, rec: ClaimRecord, *, strict: bool) -> None:
-        """Release every acquired, unreleased device. ``strict``: raise on a transient
-        failure (after trying all of them) so the caller's caller retries."""
+    def _release_all(self, rec: ClaimRecord) -> None:
+        """Release every acquired, unreleased device of an unpreparing claim; raise on a
+        transient failure (after trying all of them) so the kubelet retries the call."""
         failures: list[str] = []
         for dev in rec.devices:
             if not dev.token or dev.released:
@@ -421,12 +526,35 @@ class Preparer:
                     extra={"uid": rec.uid, "device": dev.device, "error": str(err)},
                 )
             dev.released = True
-            if self.store.get(rec.uid) is not None:
-                self.store.put(rec)
-        if failures and strict:
+            if any(d.token and not d.released for d in rec.devices):
+                self.store.put(rec)  # more to release: remember this one is done
+        if failures:
+            self.store.put(rec)
             raise PrepareError("; ".join(failures), "release")
-        for f in failures:
-            log.warning("release failed; giving up", extra={"uid": rec.uid, "error": f})
+
+    def client_for(self, debt: Debt) -> QuantumResourceClient | None:
+        """The client that releases an owed session (per-claim credentials read again)."""
+        owed = self.store.owed_release(debt.id)
+        state = self.registry.get(debt.backend)
+        if owed is None or state is None or state.client is None:
+            return None
+        if not owed.credentials_secret:
+            return state.client
+        dev = DeviceRecord(
+            request="",
+            pool="",
+            device=owed.device,
+            backend=owed.backend,
+            credentials_secret=owed.credentials_secret,
+        )
+        rec = ClaimRecord(uid=owed.claim_uid, namespace=owed.namespace, name="")
+        try:
+            return self._client(rec, dev)[0]
+        except PrepareError as err:
+            log.warning(
+                "cannot build the release client", extra={"debt": debt.id, "error": str(err)}
+            )
+            return None
 
     # -- CDI --------------------------------------------------------------------------------
     def _write_cdi(self, rec: ClaimRecord) -> None:

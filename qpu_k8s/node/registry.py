@@ -100,6 +100,8 @@ class BackendRegistry:
         self._stamp: tuple[int, int, int] | None = None
         self._loaded: list[QuantumBackend] | None = None
         self._queue: list[_Due] = []
+        # Each backend's one scheduled probe: older heap entries for it are skipped.
+        self._next: dict[str, float] = {}
         self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(probe_workers, thread_name_prefix="probe")
@@ -175,6 +177,7 @@ class BackendRegistry:
                 if name not in wanted:
                     del self._states[name]
                     self._creds.pop(name, None)
+                    self._next.pop(name, None)
                     with contextlib.suppress(KeyError):
                         BACKEND_HEALTHY.remove(name)
                     changed = True
@@ -199,12 +202,22 @@ class BackendRegistry:
                     extra={"backend": name, "error": error or ""},
                 )
                 if error is None:
-                    heapq.heappush(self._queue, _Due(0.0, name, self._gen))
+                    self._schedule(name, 0.0, self._gen)
             if changed:
                 self._wake.notify_all()
         if changed:
             self._notify()
         return changed
+
+    def reprobe(self, name: str) -> None:
+        """Probe a backend soon, off the caller's thread (after a failed acquire, so health
+        and what is advertised catch up with what the vendor just said)."""
+        with self._wake:
+            state = self._states.get(name)
+            if state is None or state.client is None:
+                return
+            self._schedule(name, 0.0, state.generation)
+            self._wake.notify_all()
 
     def probe_now(self, name: str) -> Health:
         """Probe one backend synchronously (tests, and after a failed acquire)."""
@@ -258,6 +271,11 @@ class BackendRegistry:
             self._notify()
         return health
 
+    def _schedule(self, name: str, at: float, generation: int) -> None:
+        """Make ``at`` the backend's next probe (caller holds the lock)."""
+        self._next[name] = at
+        heapq.heappush(self._queue, _Due(at, name, generation))
+
     def _probe_loop(self) -> None:
         while not self._stop.is_set():
             with self._wake:
@@ -267,11 +285,13 @@ class BackendRegistry:
                     self._wake.wait(timeout)
                     continue
                 due = heapq.heappop(self._queue)
+                if self._next.get(due.name) != due.at:
+                    continue  # superseded by a reprobe or a newer generation
                 state = self._states.get(due.name)
                 if state is None or state.generation != due.generation:
                     continue
                 interval = state.backend.spec.probe_interval_seconds
-                heapq.heappush(self._queue, _Due(now + interval, due.name, due.generation))
+                self._schedule(due.name, now + interval, due.generation)
             self._pool.submit(self._probe, due.name, due.generation)
 
     def _watch_loop(self) -> None:

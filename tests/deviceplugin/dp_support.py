@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from qpu_k8s.core.journal import read_snapshot
 from qpu_k8s.deviceplugin.agent import DevicePluginConfig
-from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Acquisition, LedgerData
+from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Acquisition
 from qpu_k8s.emulator import Emulator
 
 RESOURCE = "quantum.example.com/qpu"
@@ -116,10 +117,9 @@ class Layout:
         self.write_secret("pasqal-creds", emu.pasqal_credentials())
 
     def acquisitions(self) -> list[Acquisition]:
-        if not self.checkpoint.exists():
-            return []
-        doc = json.loads(self.checkpoint.read_text())
-        return LedgerData.model_validate(doc["data"]).acquisitions
+        """What the plugin's journal holds on disk, oldest first."""
+        held = read_snapshot(self.checkpoint, Acquisition)
+        return sorted(held.values(), key=lambda a: a.created_at)
 
 
 def session_of(emu: Emulator, token: str) -> Any:

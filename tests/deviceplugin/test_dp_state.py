@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from qpu_k8s.core.checkpoint import CheckpointFile
 from qpu_k8s.deviceplugin import metrics
 from qpu_k8s.deviceplugin.state import (
+    LEGACY_CHECKPOINT,
     AcqState,
-    Backoff,
+    Acquisition,
     ContainerRef,
     Intent,
     Ledger,
+    LedgerData,
 )
+from qpu_k8s.node.releases import Backoff
 
 POD_A = ContainerRef(namespace="ns", pod="a", container="main")
 POD_B = ContainerRef(namespace="ns", pod="b", container="main")
@@ -22,7 +25,7 @@ T0 = 1_000_000.0
 
 
 def ledger(tmp_path: Path, grace: float = 5.0) -> Ledger:
-    led = Ledger(tmp_path / "acq.json", release_grace=grace)
+    led = Ledger(tmp_path / "acq.journal", release_grace=grace)
     led.load(T0)
     return led
 
@@ -36,7 +39,6 @@ def allocate(
 ) -> str:
     (acq,) = led.begin([Intent(backend, backend.replace("-", "_"), devices, devices)], now)
     led.acquired(acq.id, token, now)
-    led.commit()
     return acq.id
 
 
@@ -62,10 +64,10 @@ def test_checkpoint_round_trip_keeps_every_field(tmp_path: Path) -> None:
 def test_acquire_in_flight_at_crash_becomes_lost(tmp_path: Path) -> None:
     led = ledger(tmp_path)
     (acq,) = led.begin([Intent("qpu", "qpu", ("qpu-lane-0",), ("qpu-lane-0",))], T0)
-    before = metrics.ACQUISITIONS_LOST.labels("qpu")._value.get()
+    before = metrics.LOSSES.lost.labels("qpu")._value.get()
     again = ledger(tmp_path)  # the plugin died between the intent and the vendor's answer
     assert state(again, acq.id) is AcqState.LOST
-    assert metrics.ACQUISITIONS_LOST.labels("qpu")._value.get() == before + 1
+    assert metrics.LOSSES.lost.labels("qpu")._value.get() == before + 1
     assert again.due_releases(T0 + 100) == []  # no token: nothing can be released
 
 
@@ -156,7 +158,6 @@ def test_one_acquisition_per_backend_bound_by_the_whole_request(tmp_path: Path) 
     )
     for acq in acqs:
         led.acquired(acq.id, f"tok-{acq.backend}", T0)
-    led.commit()
     led.reconcile({frozenset({"a-lane-0", "a-lane-1"}): POD_A}, T0 + 1)  # not the same set
     assert {state(led, a.id) for a in acqs} == {AcqState.ALLOCATED}
     led.reconcile({frozenset(request): POD_A}, T0 + 2)
@@ -181,7 +182,7 @@ def test_release_failures_back_off_then_succeed_once(tmp_path: Path) -> None:
 
 
 def test_tombstones_are_pruned(tmp_path: Path) -> None:
-    led = Ledger(tmp_path / "acq.json", release_grace=0.0, tombstone_ttl=60.0, max_tombstones=3)
+    led = Ledger(tmp_path / "acq.journal", release_grace=0.0, tombstone_ttl=60.0, max_tombstones=3)
     led.load(T0)
     ids = []
     for i in range(5):
@@ -197,19 +198,40 @@ def test_tombstones_are_pruned(tmp_path: Path) -> None:
 def test_corrupt_checkpoint_is_moved_aside(tmp_path: Path) -> None:
     led = ledger(tmp_path)
     allocate(led, ("qpu-lane-0",), T0)
-    path = tmp_path / "acq.json"
-    doc = json.loads(path.read_text())
-    doc["data"]["acquisitions"][0]["token"] = "tampered"
-    path.write_text(json.dumps(doc))
+    path = tmp_path / "acq.journal"
+    text = path.read_text()
+    path.write_text(text.replace('"token":"t0"', '"token":"tampered"', 1) + '{"ops":[]}\n')
     again = ledger(tmp_path)
     assert again.snapshot() == []
-    assert list(tmp_path.glob("acq.json.corrupt-*"))
+    assert list(tmp_path.glob("acq.journal.corrupt-*"))
+
+
+def test_the_checkpoint_of_an_earlier_version_is_migrated(tmp_path: Path) -> None:
+    """An upgrade must not forget the tokens the node holds (their sessions would leak)."""
+    held = Acquisition(
+        id="a1",
+        backend="qpu",
+        resource_id="qpu",
+        devices=("qpu-lane-0",),
+        request=("qpu-lane-0",),
+        state=AcqState.BOUND,
+        token="session-from-v1",
+        created_at=T0,
+        holder=POD_A,
+    )
+    CheckpointFile(tmp_path / LEGACY_CHECKPOINT, LedgerData, 1).save(
+        LedgerData(acquisitions=[held])
+    )
+    led = ledger(tmp_path)
+    assert led.snapshot() == [held]
+    assert not (tmp_path / LEGACY_CHECKPOINT).exists()
+    assert ledger(tmp_path).snapshot() == [held]
 
 
 def test_checkpoint_file_is_private(tmp_path: Path) -> None:
     led = ledger(tmp_path)
     allocate(led, ("qpu-lane-0",), T0)
-    assert (tmp_path / "acq.json").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "acq.journal").stat().st_mode & 0o077 == 0
 
 
 @pytest.mark.parametrize("failures", [1, 5, 20])

@@ -26,10 +26,18 @@ from dra_builders import (
 from prometheus_client import REGISTRY
 
 from qpu_k8s.core.checkpoint import read_boot_id
+from qpu_k8s.core.journal import read_snapshot
 from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.dra.registration import SERVICES
-from qpu_k8s.dra.state import CHECKPOINT_NAME, ClaimPhase, ClaimRecord, DeviceRecord, StateStore
+from qpu_k8s.dra.state import (
+    CHECKPOINT_NAME,
+    ClaimPhase,
+    ClaimRecord,
+    DeviceRecord,
+    Record,
+    StateStore,
+)
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.resourceslices.slices import shared_pool_name
 
@@ -272,10 +280,8 @@ def test_new_boot_id_releases_stale_acquisitions_and_cdi(
         assert second.cdi.claims() == set()
         assert second.store is not None
         assert second.store.claims() == []
-        saved = StateStore(node_env.root / "state", "x").file.load()
-        assert saved is not None
-        assert saved.boot_id == read_boot_id(node_env.boot_id_file)
-        assert saved.claims == {}
+        saved = read_snapshot(node_env.root / "state" / CHECKPOINT_NAME, Record)
+        assert saved == {}  # the old boot's claim dropped, its release paid
     finally:
         second.stop()
 
@@ -300,6 +306,8 @@ def test_half_prepared_claim_from_a_crash_is_released_at_start(
             uid="crashed",
             namespace=NS,
             name="c",
+            boot_id=store.boot_id,
+            owner=store.instance,  # an instance that has died (its owner lock is freed)
             phase=ClaimPhase.PREPARING,
             devices=[
                 DeviceRecord(
@@ -312,6 +320,7 @@ def test_half_prepared_claim_from_a_crash_is_released_at_start(
             ],
         )
     )
+    store.close()
     agent = start(node_env, claims)
     try:
         assert agent.recovered["half_prepared"] == 1
@@ -532,7 +541,8 @@ def test_transient_release_failure_fails_unprepare_until_the_vendor_is_back(
     try:
         error = kubelet.node_unprepare_resources([ref])[ref.uid]
         assert "release on backend 'ibm-manila' failed" in error
-        assert agent.cdi.exists(ref.uid)  # kept until the release went through
+        # The spec goes first: no container may start with a token being released.
+        assert not agent.cdi.exists(ref.uid)
         assert _session(emu, token).is_open
     finally:
         emu.clear_faults()

@@ -22,7 +22,7 @@ from qpu_k8s.dra.health import (
 )
 from qpu_k8s.dra.params import effective_parameters
 from qpu_k8s.dra.registration import instance_id, socket_paths
-from qpu_k8s.dra.state import ClaimRecord, DeviceRecord, StateStore
+from qpu_k8s.dra.state import CHECKPOINT_NAME, ClaimRecord, DeviceRecord, StateStore
 
 
 def test_parameters_merge_in_order_and_follow_requests() -> None:
@@ -75,22 +75,25 @@ def test_checkpoint_round_trip_boot_change_and_corruption(tmp_path: Path) -> Non
         uid="u",
         namespace="ns",
         name="c",
+        boot_id="boot-1",
         devices=[DeviceRecord(request="r", pool="p", device="d-lane-0", backend="d", token="t")],
     )
     store.put(rec)
+    store.close()
     again = StateStore(tmp_path, "boot-1")
     again.load()
     assert again.get("u") == rec
+    again.close()
     rebooted = StateStore(tmp_path, "boot-2")
     rebooted.load()
-    assert rebooted.claims() == []
-    assert rebooted.previous_boot is not None
-    assert list(rebooted.previous_boot.claims) == ["u"]
-    (tmp_path / "dra-checkpoint.json").write_text('{"version": 1, "data": {}, "checksum": "x"}')
+    # Kept until recovery releases it: the store says which boot prepared it.
+    assert [(c.uid, c.boot_id) for c in rebooted.claims()] == [("u", "boot-1")]
+    rebooted.close()
+    (tmp_path / CHECKPOINT_NAME).write_text('{"journal": "dra", "version": 7}\n')
     broken = StateStore(tmp_path, "boot-2")
     broken.load()
     assert broken.claims() == []
-    assert len(list(tmp_path.glob("dra-checkpoint.corrupt-*"))) == 1
+    assert len(list(tmp_path.glob(f"{CHECKPOINT_NAME}.corrupt-*"))) == 1
 
 
 def test_health_broadcaster_fans_out_changes_only() -> None:

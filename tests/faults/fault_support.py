@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 from dp_support import REPO, wait_for
 
+from qpu_k8s.core.journal import read_snapshot
+from qpu_k8s.dra.state import CHECKPOINT_NAME, Record
 from qpu_k8s.emulator import Emulator, SessionRecord
 
 # Credential values of this suite: distinctive, so a scan finds any copy of them.
@@ -192,8 +194,13 @@ class DraNode:
         return dict(item.partition("=")[::2] for item in doc["devices"][0]["containerEdits"]["env"])
 
     def checkpoint(self) -> dict[str, Any]:
-        path = self.state_dir / "dra-checkpoint.json"
-        return json.loads(path.read_text())["data"] if path.exists() else {"claims": {}}
+        """The driver's state on disk: ``{"claims": {uid: record}, "owed": {id: record}}``."""
+        state = read_snapshot(self.state_dir / CHECKPOINT_NAME, Record)
+        out: dict[str, Any] = {"claims": {}, "owed": {}}
+        for key, rec in state.items():
+            kind, _, ident = key.partition("/")
+            out["claims" if kind == "claim" else "owed"][ident] = rec.root.model_dump(mode="json")
+        return out
 
 
 @dataclass

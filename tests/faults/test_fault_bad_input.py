@@ -16,6 +16,8 @@ import yaml
 from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.core.model import MAX_CONFIG_BYTES
+from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME as DP_CHECKPOINT
+from qpu_k8s.dra.state import CHECKPOINT_NAME as DRA_CHECKPOINT
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
     ClaimRef,
@@ -306,19 +308,19 @@ def test_garbage_checkpoints_are_moved_aside_and_both_agents_start(  # noqa: PLR
     layout.state_dir.mkdir(parents=True)
     layout.checkpoint.write_bytes(garbage)
     dra_node.state_dir.mkdir(parents=True)
-    (dra_node.state_dir / "dra-checkpoint.json").write_bytes(garbage)
+    (dra_node.state_dir / DRA_CHECKPOINT).write_bytes(garbage)
     _write(layout, [_good(emu)])
     dra_node.write_backends([ibm(emu, "ibm-manila", "fake_manila", node=dra_node.name)])
     plugin = plugin_process()
     driver = dra_process()
     plugin.wait_log("checkpoint unreadable; moved aside, starting empty")
-    driver.wait_log("checkpoint unreadable, moved aside; starting empty")
+    driver.wait_log("checkpoint unreadable; moved aside, starting empty")
     kubelet.wait_for_devices(RESOURCE, lambda ds: healthy_ids(ds) == ["fake-manila-lane-0"], 20)
     dra_kubelet.wait_for_registration(DRIVER, timeout=20)
-    assert [p.read_bytes() for p in layout.state_dir.glob("acquisitions.json.corrupt-*")] == [
+    assert [p.read_bytes() for p in layout.state_dir.glob(f"{DP_CHECKPOINT}.corrupt-*")] == [
         garbage
     ]
-    assert len(list(dra_node.state_dir.glob("dra-checkpoint.corrupt-*"))) == 1
+    assert len(list(dra_node.state_dir.glob(f"{DRA_CHECKPOINT}.corrupt-*"))) == 1
     envs = dict(kubelet.allocate(RESOURCE, [["fake-manila-lane-0"]]).container_responses[0].envs)
     assert envs["QRMI_JOB_QPU_RESOURCES"] == "fake_manila"
     ref = ClaimRef(*dra_node.claim([("qpu", "ibm-manila-lane-0")]))

@@ -271,7 +271,7 @@ def test_dra_killed_between_vendor_acquire_and_checkpoint_reports_a_bounded_loss
     assert second.started()["half_prepared"] == 1
     line = second.wait_log(
         "acquire may have been in flight when the driver stopped: token unknown, the vendor "
-        "session (if one was opened) can only expire on its own"
+        "session (if any) can only expire on its own"
     )
     assert line["held_at_most_seconds"] == str(TTL)
     assert second.metric("qpu_k8s_dra_acquisitions_lost_total") == 1

@@ -145,23 +145,36 @@ def test_checkpoint_files_fail_only_with_checkpoint_error(raw: bytes) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
 def test_agents_start_from_any_checkpoint_content(data: Any) -> None:
-    """Whatever the checkpoint holds, both agents' state loads: kept, or moved aside."""
+    """Whatever the state files hold (a journal line, or an earlier version's checkpoint to
+    migrate), both agents' state loads: kept, or moved aside."""
     import json
     import tempfile
     from pathlib import Path
 
+    from qpu_k8s.core import journal
     from qpu_k8s.core.checkpoint import _digest
+    from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME as DP
+    from qpu_k8s.deviceplugin.state import LEGACY_CHECKPOINT as DP_OLD
     from qpu_k8s.deviceplugin.state import Ledger
-    from qpu_k8s.dra.state import CHECKPOINT_NAME, StateStore
+    from qpu_k8s.dra.state import CHECKPOINT_NAME as DRA
+    from qpu_k8s.dra.state import LEGACY_CHECKPOINT as DRA_OLD
+    from qpu_k8s.dra.state import StateStore
 
     payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    doc = json.dumps({"version": 1, "checksum": _digest(payload), "data": data})
-    with tempfile.TemporaryDirectory() as tmp:
-        dp = Path(tmp) / "acquisitions.json"
-        dp.write_text(doc)
-        Ledger(dp).load(0.0)
-        (Path(tmp) / CHECKPOINT_NAME).write_text(doc)
-        StateStore(Path(tmp), "boot").load()
+    legacy = json.dumps({"version": 1, "checksum": _digest(payload), "data": data})
+    ops = [["k", data]]
+    line = json.dumps({"ops": ops, "crc": journal._crc(ops)})
+    head = json.dumps({"journal": "x", "version": 1})
+    for files in ({DP_OLD: legacy, DRA_OLD: legacy}, {DP: f"{head}\n{line}\n", DRA: line}):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in files.items():
+                (Path(tmp) / name).write_text(text)
+            led = Ledger(Path(tmp) / DP)
+            led.load(0.0)
+            led.close()
+            store = StateStore(Path(tmp), "boot")
+            store.load()
+            store.close()
 
 
 # -- custom resources and flags --------------------------------------------------------------
