@@ -254,6 +254,15 @@ class Emulator(ConfigHelpers):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    # ---- workers -------------------------------------------------------------------------
+    def workers_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the simulation fork server to finish its preload."""
+        return self._server.pool.ready.wait(timeout)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the worker processes running jobs right now."""
+        return self._server.pool.pids()
+
     # ---- faults and state ----------------------------------------------------------------
     def set_fault(
         self,
