@@ -80,12 +80,12 @@ class EmulatorConfig:
         if self.backends is not None:
             for name in self.backends:
                 catalog.get(name)
-        if self.settle_seconds < 0 or self.max_workers < 1:
-            raise ValueError("settle_seconds must be >= 0 and max_workers >= 1")
+        if self.settle_seconds < 0:
+            raise ValueError("settle_seconds must be >= 0")
         for name in ("max_sim_qubits", "max_exact_qubits", "max_queued_jobs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_sim_atoms", "max_shots", "mps_max_bond"):
+        for name in ("max_workers", "max_sim_atoms", "max_shots", "mps_max_bond"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.max_job_seconds > 0:
