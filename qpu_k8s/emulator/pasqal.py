@@ -169,10 +169,8 @@ def _batch_status(ctx: ServerContext, batch: BatchRecord) -> tuple[str, dict[str
     if jobs and all(s.final for s in statuses):
         if statuses == {JobStatus.CANCELLED} or batch.cancelled:
             status = "CANCELED"
-        elif JobStatus.FAILED in statuses:
-            status = "ERROR"
-        elif JobStatus.TIMED_OUT in statuses:
-            status = "TIMED_OUT"
+        elif statuses & {JobStatus.FAILED, JobStatus.TIMED_OUT}:
+            status = "ERROR"  # not TIMED_OUT: see state._PASQAL_STATUS
         else:
             status = "DONE"
     elif statuses <= {JobStatus.QUEUED}:

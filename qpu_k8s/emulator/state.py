@@ -68,7 +68,9 @@ _PASQAL_STATUS = {
     JobStatus.COMPLETED: "DONE",
     JobStatus.FAILED: "ERROR",
     JobStatus.CANCELLED: "CANCELED",
-    JobStatus.TIMED_OUT: "TIMED_OUT",
+    # Pasqal Cloud has TIMED_OUT, but qrmi 0.26 cannot parse it (a serde error on every
+    # status call): ERROR, with the reason in the job's ``errors``, keeps qrmi working.
+    JobStatus.TIMED_OUT: "ERROR",
 }
 
 
