@@ -46,6 +46,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         [],
         "time from a health change to ListAndWatch / ResourceSlice / health stream",
     ),
+    "emulator": (
+        "benchmarks.emulator_bench",
+        [],
+        ["--quick"],
+        "the paper's 127-qubit script and GHZ jobs: time, memory, API latency, cancel, SIGTERM",
+    ),
     "operator": (
         "benchmarks.operator_bench",
         [],

@@ -20,7 +20,12 @@ PREFIX = "/_emulator"
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    """Liveness, plus whether the simulation workers are warm and how many jobs run."""
+    ctx = ctx_of(request)
+    pool = ctx.runner.pool
+    return web.json_response(
+        {"ok": True, "workers_ready": pool.ready.is_set(), "running_jobs": pool.running}
+    )
 
 
 async def get_state(request: web.Request) -> web.Response:

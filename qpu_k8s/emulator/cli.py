@@ -3,7 +3,8 @@
 ``--ready-file`` receives the bound port once the server listens, so a parent process can
 wait for the file instead of sleeping. Credentials are better passed through the env
 (``QPU_K8S_EMULATOR_API_KEY``, ``QPU_K8S_EMULATOR_PASQAL_TOKEN``) or files than argv, which
-other local users can read.
+other local users can read. The limits (qubits, shots, time, queue, workers) are flags
+whose defaults come from ``QPU_K8S_EMULATOR_<FLAG>`` (the Helm chart sets those).
 """
 
 from __future__ import annotations
@@ -24,6 +25,46 @@ log = logging.getLogger("qpu_k8s.emulator")
 
 ENV_API_KEY = "QPU_K8S_EMULATOR_API_KEY"
 ENV_PASQAL_TOKEN = "QPU_K8S_EMULATOR_PASQAL_TOKEN"  # noqa: S105 - a variable name
+ENV_PREFIX = "QPU_K8S_EMULATOR_"
+
+# flag -> (EmulatorConfig field, type, help). Defaults are EmulatorConfig's; each flag's
+# default comes from the env variable QPU_K8S_EMULATOR_<FLAG> first.
+LIMIT_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--max-qubits": (
+        "max_sim_qubits",
+        int,
+        "most qubits a circuit may act on; 0: as many as the backend has",
+    ),
+    "--max-exact-qubits": (
+        "max_exact_qubits",
+        int,
+        "circuits on at most this many qubits get the exact simulation with calibrated "
+        "noise; wider ones the ideal simulation and the fidelity model",
+    ),
+    "--max-shots": ("max_shots", int, "most shots (IBM) or runs (Pasqal) per pub or job"),
+    "--max-job-seconds": (
+        "max_job_seconds",
+        float,
+        "a job still running after this long is killed (IBM: 'Cancelled - Ran too long')",
+    ),
+    "--max-queued-jobs": (
+        "max_queued_jobs",
+        int,
+        "jobs waiting per backend before new ones are refused (HTTP 429); 0: unbounded",
+    ),
+    "--max-atoms": ("max_sim_atoms", int, "most atoms a pulser sequence may hold"),
+    "--workers": ("max_workers", int, "simulations running at once, one process each"),
+    "--mps-max-bond": (
+        "mps_max_bond",
+        int,
+        "bond-dimension cap of the matrix-product-state simulation of wide circuits",
+    ),
+}
+
+
+def limit_env(flag: str) -> str:
+    """``--max-shots`` -> ``QPU_K8S_EMULATOR_MAX_SHOTS``."""
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +125,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="how long a status poll waits for a running job to finish",
     )
+    defaults = EmulatorConfig()
+    for flag, (field_name, _kind, help_text) in LIMIT_FLAGS.items():
+        parser.add_argument(
+            flag,
+            default=None,
+            metavar="N",
+            help=f"{help_text} (env {limit_env(flag)}; default {getattr(defaults, field_name)})",
+        )
+    parser.add_argument(
+        "--no-warm-workers",
+        action="store_true",
+        help="start the simulation workers' fork server on the first job, not at start-up",
+    )
     parser.add_argument(
         "--ready-file",
         type=Path,
@@ -123,7 +177,30 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     }
     if args.project_id:
         kwargs["pasqal_projects"] = frozenset(args.project_id)
-    return EmulatorConfig(**kwargs)  # type: ignore[arg-type]
+    for flag, (field_name, kind, _help) in LIMIT_FLAGS.items():
+        raw = getattr(args, field_name_of(flag))
+        source = flag
+        if raw is None and os.environ.get(limit_env(flag), "").strip():
+            raw, source = os.environ[limit_env(flag)].strip(), limit_env(flag)
+        if raw is None:
+            continue
+        try:
+            kwargs[field_name] = kind(raw)
+        except ValueError:
+            raise ValueError(f"{source}: {raw!r} is not a valid {kind.__name__}") from None
+    kwargs["warm_workers"] = not args.no_warm_workers
+    try:
+        return EmulatorConfig(**kwargs)  # type: ignore[arg-type]
+    except ValueError as exc:
+        message = str(exc)
+        for flag, (field_name, _kind, _help) in LIMIT_FLAGS.items():
+            message = message.replace(field_name, flag)
+        raise ValueError(message) from None
+
+
+def field_name_of(flag: str) -> str:
+    """The argparse attribute of ``flag`` (``--max-shots`` -> ``max_shots``)."""
+    return flag.lstrip("-").replace("-", "_")
 
 
 def _write_ready(path: Path, port: int) -> None:

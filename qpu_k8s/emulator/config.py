@@ -49,11 +49,28 @@ class EmulatorConfig:
     # A status poll of an unfinished job waits up to this long for it to finish before it
     # answers (clients poll every 1-2 s; this keeps short jobs from paying a full interval).
     settle_seconds: float = 0.5
-    # Simulations running at once (each backend runs one job at a time, like a QPU).
+    # Simulations running at once, each in its own worker process (each backend runs one
+    # job at a time, like a QPU).
     max_workers: int = 2
-    # Size limits the simulators can hold on a small machine; bigger jobs fail cleanly.
-    max_sim_qubits: int = 24
+    # Most qubits a circuit may act on; 0: as many as the backend has (wide circuits are
+    # simulated ideally and degraded by the fidelity model, see sim_qiskit).
+    max_sim_qubits: int = 0
+    # Circuits on at most this many qubits get the exact simulation with calibrated noise.
+    max_exact_qubits: int = 10
+    # Most atoms a pulser sequence may hold (qutip's cost doubles per atom).
     max_sim_atoms: int = 10
+    # Most shots (IBM) or runs (Pasqal) per pub or job, as the vendors cap them.
+    max_shots: int = 100_000
+    # A job still running after this many seconds is killed ("Cancelled - Ran too long");
+    # a client's own shorter limit (the job's ``cost``) wins.
+    max_job_seconds: float = 300.0
+    # Jobs waiting per backend; a full queue refuses new jobs (HTTP 429). 0: unbounded.
+    max_queued_jobs: int = 100
+    # Bond-dimension cap of the matrix-product-state simulation of wide circuits.
+    mps_max_bond: int = 16
+    # Start the workers' fork server (imports qiskit, pulser) when the server starts, so
+    # the first job does not wait for it.
+    warm_workers: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -63,8 +80,16 @@ class EmulatorConfig:
         if self.backends is not None:
             for name in self.backends:
                 catalog.get(name)
-        if self.settle_seconds < 0 or self.max_workers < 1:
-            raise ValueError("settle_seconds must be >= 0 and max_workers >= 1")
+        if self.settle_seconds < 0:
+            raise ValueError("settle_seconds must be >= 0")
+        for name in ("max_sim_qubits", "max_exact_qubits", "max_queued_jobs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_workers", "max_sim_atoms", "max_shots", "mps_max_bond"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.max_job_seconds > 0:
+            raise ValueError(f"max_job_seconds must be > 0, got {self.max_job_seconds}")
 
     def served(self) -> tuple[catalog.BackendSpec, ...]:
         return catalog.select(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import gzip
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
@@ -66,6 +66,8 @@ class ServerContext:
     runner: JobRunner
     stopping: asyncio.Event
     base_url: str = ""
+    # Pulser device specs by device source, built once in a worker process.
+    device_specs: dict[str, str] = field(default_factory=dict)
 
     def served(self, vendor: catalog.Vendor) -> tuple[catalog.BackendSpec, ...]:
         return tuple(s for s in self.config.served() if s.vendor == vendor)

@@ -14,10 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from . import ibm_data
+from . import ibm_data, limits
 from .auth import bearer, matches_any
 from .catalog import BackendSpec, Vendor
 from .context import ServerContext, VendorError, ctx_of, read_json
+from .jobs import Work
 from .state import JobRecord, JobStatus, SessionRecord, SessionState
 
 API_PREFIXES = ("/api/v1", "/experimental/api/v1")
@@ -325,10 +326,13 @@ def on_job_final(ctx: ServerContext, job: JobRecord) -> None:
 
 # ---- jobs ------------------------------------------------------------------------------------
 def _job_body(ctx: ServerContext, job: JobRecord, params: Any | None = None) -> dict[str, Any]:
-    state: dict[str, Any] = {"status": job.status.ibm_status}
+    # qiskit-ibm-runtime reads ``state`` (a ran-too-long job is "Cancelled" with reason code
+    # 1305 there); qrmi reads the top-level ``status``, which names the time-out itself.
+    state_status = "Cancelled" if job.status == JobStatus.TIMED_OUT else job.status.ibm_status
+    state: dict[str, Any] = {"status": state_status}
     if job.error:
         state["reason"] = job.error
-        state["reason_code"] = 1517
+        state["reason_code"] = job.reason_code or 1517
     run_seconds = (
         (job.finished_at or time.time()) - job.started_at if job.started_at is not None else 0.0
     )
@@ -383,6 +387,7 @@ async def create_job(request: web.Request) -> web.Response:
     off = ctx.offline_reason(spec.name)
     if off is not None:
         raise VendorError(400, f"Backend {spec.name} is {off[0]}: {off[1]}")
+    _check_limits(ctx, spec, params)
     session_id = body.get("session_id")
     if session_id is not None:
         rec = _session(ctx, str(session_id))
@@ -400,22 +405,59 @@ async def create_job(request: web.Request) -> web.Response:
         created_at=time.time(),
         session_id=str(session_id) if session_id else None,
     )
-    noise, limit = ctx.config.noise, ctx.config.max_sim_qubits
+    from .sim_qiskit import SimSettings, run_primitive
 
-    def work() -> str:
-        from .sim_qiskit import run_primitive
-
-        return run_primitive(
-            str(program),
-            source=spec.source,
-            backend_name=spec.name,
-            params=params,
-            noise=noise,
-            max_qubits=limit,
-        )
-
+    settings = SimSettings(
+        noise=ctx.config.noise,
+        max_qubits=ctx.config.max_sim_qubits,
+        max_exact_qubits=ctx.config.max_exact_qubits,
+        mps_max_bond=ctx.config.mps_max_bond,
+    )
+    work = Work(
+        run_primitive,
+        (str(program), spec.source, spec.name, params, settings),
+        _time_limit(ctx, body.get("cost")),
+    )
     ctx.runner.submit(job, work)
     return web.json_response({"id": job.id, "backend": spec.name, "session_id": job.session_id})
+
+
+def _time_limit(ctx: ServerContext, cost: Any) -> float:
+    """The job's time limit: the emulator's, or the client's shorter ``cost`` (seconds)."""
+    limit = ctx.config.max_job_seconds
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and cost > 0:
+        limit = min(limit, float(cost))
+    return limit
+
+
+def _check_limits(ctx: ServerContext, spec: BackendSpec, params: dict[str, Any]) -> None:
+    """Refuse at submission what the request body already shows is over a limit.
+
+    400 with IBM's error body, which qrmi raises as ``InvalidInputError`` with the message
+    and qiskit-ibm-runtime as ``IBMRuntimeError``: the user sees why at ``run()``.
+    """
+    cfg = ctx.config
+    for shots in limits.ibm_shots(params, 0):
+        if shots > cfg.max_shots:
+            raise VendorError(
+                400,
+                f"The number of shots requested ({shots}) exceeds the maximum of "
+                f"{cfg.max_shots} for {spec.name} (emulator --max-shots)",
+            )
+    width = limits.qasm_qubits(params)
+    limit = cfg.max_sim_qubits or spec.qubits
+    if width > limit:
+        raise VendorError(
+            400,
+            f"The circuit acts on {width} qubits; this emulator is configured to simulate "
+            f"at most {limit} on {spec.name} (emulator --max-qubits)",
+        )
+    if ctx.runner.queue_room(spec.name) == 0:
+        raise VendorError(
+            429,
+            f"The queue of {spec.name} is full ({cfg.max_queued_jobs} jobs waiting): "
+            "retry when a job has finished (emulator --max-queued-jobs)",
+        )
 
 
 def _flag(value: str | None) -> bool:
@@ -461,7 +503,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def job_results(request: web.Request) -> web.Response:
     ctx, job = await _enter_job(request)
     result = ctx.state.result(job.id)
-    if job.status == JobStatus.FAILED:
+    if job.status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
         # The real service answers a failed job's results with its error message, which
         # qiskit-ibm-runtime shows to the user.
         return web.Response(text=job.error or "job failed", content_type="text/plain")

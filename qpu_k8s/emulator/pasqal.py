@@ -15,11 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from . import sim_pulser
+from . import limits, sim_pulser
 from .auth import bearer, matches_any
 from .catalog import BackendSpec, Vendor
 from .context import ServerContext, VendorError, ctx_of, read_json
-from .jobs import run_blocking
+from .jobs import Work
 from .state import BatchRecord, JobRecord, JobStatus
 
 CORE = "/core-fast"
@@ -119,20 +119,35 @@ async def devices(request: web.Request) -> web.Response:
     return _data([_device_body(ctx, s) for s in specs])
 
 
-async def _specs(spec: BackendSpec) -> str:
-    return await run_blocking(lambda: sim_pulser.device_specs(spec.source))
+SPECS_TIMEOUT_SECONDS = 120.0
+
+
+async def _specs(ctx: ServerContext, spec: BackendSpec) -> str:
+    """The device's pulser specs, built once in a worker process (pulser is not loaded here)."""
+    cached = ctx.device_specs.get(spec.source)
+    if cached is None:
+        try:
+            cached = await ctx.runner.call(
+                sim_pulser.device_specs, spec.source, limit=SPECS_TIMEOUT_SECONDS
+            )
+        except Exception as exc:
+            raise VendorError(503, f"device specs of {spec.name} are unavailable: {exc}") from exc
+        ctx.device_specs[spec.source] = str(cached)
+    return str(cached)
 
 
 async def public_specs(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    out = [{"device_type": s.name, "specs": await _specs(s)} for s in ctx.served(Vendor.PASQAL)]
+    out = [
+        {"device_type": s.name, "specs": await _specs(ctx, s)} for s in ctx.served(Vendor.PASQAL)
+    ]
     return _data(out)
 
 
 async def all_specs(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     _authenticated(ctx, request)
-    return _data({s.name: await _specs(s) for s in ctx.served(Vendor.PASQAL)})
+    return _data({s.name: await _specs(ctx, s) for s in ctx.served(Vendor.PASQAL)})
 
 
 async def device_specs(request: web.Request) -> web.Response:
@@ -141,7 +156,7 @@ async def device_specs(request: web.Request) -> web.Response:
     name = request.match_info["device_type"]
     await ctx.gate(request, name)
     spec = _device(ctx, name)
-    return _data({"device_type": spec.name, "specs": await _specs(spec)})
+    return _data({"device_type": spec.name, "specs": await _specs(ctx, spec)})
 
 
 # ---- batches and jobs ------------------------------------------------------------------------
@@ -154,8 +169,8 @@ def _batch_status(ctx: ServerContext, batch: BatchRecord) -> tuple[str, dict[str
     if jobs and all(s.final for s in statuses):
         if statuses == {JobStatus.CANCELLED} or batch.cancelled:
             status = "CANCELED"
-        elif JobStatus.FAILED in statuses:
-            status = "ERROR"
+        elif statuses & {JobStatus.FAILED, JobStatus.TIMED_OUT}:
+            status = "ERROR"  # not TIMED_OUT: see state._PASQAL_STATUS
         else:
             status = "DONE"
     elif statuses <= {JobStatus.QUEUED}:
@@ -275,6 +290,14 @@ async def create_batch(request: web.Request) -> web.Response:
         job_seq = job.get("sequence") or sequence
         if not isinstance(job_seq, str):
             raise VendorError(400, f"job {i} has no sequence: set 'sequence_builder'")
+        _check_job_limits(ctx, spec, i, job["runs"], job_seq)
+        if not spec.simulator and limits.sequence_without_layout(job_seq):
+            # What the QPU demands (pulser's QPUBackend checks it on the client too).
+            raise VendorError(
+                400,
+                f"job {i}: '{spec.name}' requires the sequence's register to be defined "
+                "from a `RegisterLayout` (e.g. Register.with_automatic_layout(device))",
+            )
         rec = JobRecord(
             id=str(uuid.uuid4()),
             vendor="pasqal",
@@ -285,6 +308,13 @@ async def create_batch(request: web.Request) -> web.Response:
             shots=job["runs"],
         )
         records.append((rec, job_seq, job.get("variables")))
+    room = ctx.runner.queue_room(spec.name)
+    if room is not None and room < len(records):
+        raise VendorError(
+            429,
+            f"the queue of {spec.name} is full ({ctx.config.max_queued_jobs} jobs waiting): "
+            "retry when a job has finished (emulator --max-queued-jobs)",
+        )
     batch = BatchRecord(
         id=batch_id,
         device_type=spec.name,
@@ -295,15 +325,31 @@ async def create_batch(request: web.Request) -> web.Response:
     )
     ctx.state.add_batch(batch)
     required = None if spec.simulator else spec.source
-    limit = ctx.config.max_sim_atoms
     for rec, seq, variables in records:
-
-        def work(seq: str = seq, runs: int = rec.shots or 0, variables: Any = variables) -> Any:
-            device = sim_pulser.device_name(required) if required else None
-            return sim_pulser.run_sequence(seq, runs, variables, device, limit)
-
+        work = Work(
+            sim_pulser.run_job,
+            (seq, rec.shots or 0, variables, required, ctx.config.max_sim_atoms),
+            ctx.config.max_job_seconds,
+        )
         ctx.runner.submit(rec, work)
     return _data(_batch_body(ctx, batch, None))
+
+
+def _check_job_limits(ctx: ServerContext, spec: BackendSpec, i: int, runs: int, seq: str) -> None:
+    """Refuse at submission a job whose runs or atoms are over the emulator's limits."""
+    if runs > ctx.config.max_shots:
+        raise VendorError(
+            400,
+            f"job {i} asks for {runs} runs; {spec.name} takes at most {ctx.config.max_shots} "
+            "(emulator --max-shots)",
+        )
+    atoms = limits.sequence_atoms(seq)
+    if atoms is not None and atoms > ctx.config.max_sim_atoms:
+        raise VendorError(
+            400,
+            f"job {i}: the sequence has {atoms} atoms; this emulator simulates at most "
+            f"{ctx.config.max_sim_atoms} (emulator --max-atoms)",
+        )
 
 
 async def _settled_batch(ctx: ServerContext, batch: BatchRecord) -> BatchRecord:

@@ -26,11 +26,13 @@ from .context import CTX, ConnectionDropped, ServerContext, VendorError, error_r
 from .faults import Fault, FaultKind, FaultRegistry
 from .jobs import JobRunner
 from .state import EmulatorState, RequestRecord
+from .workers import WorkerPool
 
 log = logging.getLogger("qpu_k8s.emulator")
 
-# aiohttp waits this long for in-flight handlers when stopping, then cancels them.
-SHUTDOWN_GRACE_SECONDS = 1.0
+# aiohttp waits this long for in-flight handlers when stopping, then cancels them (SIGTERM
+# must stop the emulator within a second: status polls and hangs end on the stop event).
+SHUTDOWN_GRACE_SECONDS = 0.5
 # How often expired sessions are closed.
 REAP_INTERVAL_SECONDS = 0.25
 
@@ -99,6 +101,7 @@ class EmulatorServer:
         self.state = state or EmulatorState()
         self.faults = faults or FaultRegistry()
         self.port = 0
+        self.pool = WorkerPool()
         self._runner: web.AppRunner | None = None
         self._ctx: ServerContext | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -106,7 +109,16 @@ class EmulatorServer:
     async def start(self) -> int:
         """Bind and serve; returns the bound port."""
         stopping = asyncio.Event()
-        runner = JobRunner(self.state, self.faults, self.config.max_workers, stopping)
+        if self.config.warm_workers:
+            self.pool.warm_up()
+        runner = JobRunner(
+            self.state,
+            self.faults,
+            self.config.max_workers,
+            stopping,
+            pool=self.pool,
+            max_queued_jobs=self.config.max_queued_jobs,
+        )
         self._ctx = ServerContext(
             config=self.config,
             state=self.state,
@@ -241,6 +253,15 @@ class Emulator(ConfigHelpers):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    # ---- workers -------------------------------------------------------------------------
+    def workers_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the simulation fork server to finish its preload."""
+        return self._server.pool.ready.wait(timeout)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the worker processes running jobs right now."""
+        return self._server.pool.pids()
 
     # ---- faults and state ----------------------------------------------------------------
     def set_fault(

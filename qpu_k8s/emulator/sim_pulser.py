@@ -1,9 +1,8 @@
 """Pulser sequences on pulser-simulation (qutip), and the device specs the server publishes.
 
-Imports of pulser happen inside the functions (about 2 s), on a worker thread.
+Everything here runs in a worker process (``workers.py``); pulser itself (about 2 s to import)
+is loaded once by the workers' fork server, so importing this module stays cheap.
 """
-
-# The simulators load inside the functions, on worker threads: importing this module is cheap.
 
 from __future__ import annotations
 
@@ -11,11 +10,19 @@ import functools
 import threading
 from typing import Any
 
+from .workers import InputError
+
 _lock = threading.Lock()
 
 
-class SequenceInputError(ValueError):
+class SequenceInputError(InputError):
     """The batch's sequence cannot run on this device (bad JSON, too many atoms...)."""
+
+
+def preload() -> None:
+    """Import what the jobs use (called once in the workers' fork server)."""
+    import pulser.backend  # noqa: F401
+    import pulser_simulation  # noqa: F401
 
 
 def device_specs(source: str) -> str:
@@ -51,9 +58,16 @@ def run_sequence(
     variables: dict[str, Any] | None,
     required_device: str | None,
     max_atoms: int,
+    *,
+    mimic_qpu: bool = False,
 ) -> dict[str, Any]:
-    """Simulate ``runs`` shots; returns the Pasqal result document (counter and raw)."""
-    from pulser import Sequence
+    """Simulate ``runs`` shots; returns the Pasqal result document (counter and raw).
+
+    ``mimic_qpu`` applies the checks a real QPU makes before it accepts a sequence (a
+    register from a layout where the device requires one, a calibrated layout where it
+    takes no new ones), as pulser's ``QPUBackend`` does on the client.
+    """
+    from pulser import QPUBackend, Sequence
     from pulser.backend import BitStrings
     from pulser_simulation import QutipBackendV2, QutipConfig
 
@@ -70,6 +84,11 @@ def run_sequence(
         raise SequenceInputError(
             f"the sequence targets device {seq.device.name!r}, this QPU is {required_device!r}"
         )
+    if mimic_qpu:
+        try:
+            QPUBackend.validate_sequence(seq, mimic_qpu=True)
+        except (TypeError, ValueError) as exc:
+            raise SequenceInputError(str(exc)) from exc
     atoms = len(seq.register.qubit_ids)
     if atoms > max_atoms:
         raise SequenceInputError(
@@ -82,3 +101,23 @@ def run_sequence(
     counter = {str(k): int(v) for k, v in results.final_bitstrings.items()}
     raw = [bits for bits, n in sorted(counter.items()) for _ in range(n)]
     return {"counter": counter, "raw": raw}
+
+
+def run_job(
+    sequence_json: str,
+    runs: int,
+    variables: dict[str, Any] | None,
+    required_source: str | None,
+    max_atoms: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One job of a batch, as the job runner calls it: ``(result document, report)``.
+
+    ``required_source`` names the pulser device a QPU backend runs (None for the cloud
+    emulators, which take any device); a QPU also gets the QPU checks.
+    """
+    required = device_name(required_source) if required_source else None
+    result = run_sequence(
+        sequence_json, runs, variables, required, max_atoms, mimic_qpu=required is not None
+    )
+    atoms = len(result["raw"][0]) if result["raw"] else None
+    return result, {"methods": ["qutip"], "atoms": atoms}

@@ -33,10 +33,17 @@ class JobStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Killed for running longer than its time limit (IBM: "Cancelled - Ran too long").
+    TIMED_OUT = "timed-out"
 
     @property
     def final(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+        return self in (
+            JobStatus.COMPLETED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+            JobStatus.TIMED_OUT,
+        )
 
     @property
     def ibm_status(self) -> str:
@@ -53,6 +60,7 @@ _IBM_STATUS = {
     JobStatus.COMPLETED: "Completed",
     JobStatus.FAILED: "Failed",
     JobStatus.CANCELLED: "Cancelled",
+    JobStatus.TIMED_OUT: "Cancelled - Ran too long",
 }
 _PASQAL_STATUS = {
     JobStatus.QUEUED: "PENDING",
@@ -60,6 +68,9 @@ _PASQAL_STATUS = {
     JobStatus.COMPLETED: "DONE",
     JobStatus.FAILED: "ERROR",
     JobStatus.CANCELLED: "CANCELED",
+    # Pasqal Cloud has TIMED_OUT, but qrmi 0.26 cannot parse it (a serde error on every
+    # status call): ERROR, with the reason in the job's ``errors``, keeps qrmi working.
+    JobStatus.TIMED_OUT: "ERROR",
 }
 
 
@@ -102,6 +113,12 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    # The vendor's reason code for ``error`` (IBM: 1305 ran too long, 1517 failed).
+    reason_code: int | None = None
+    # How the job was simulated: method(s), qubits, modelled fidelity (see sim_qiskit).
+    simulation: dict[str, Any] | None = None
+    # Peak resident memory of the worker process that ran it.
+    peak_rss_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

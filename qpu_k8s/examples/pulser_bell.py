@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     device = devices[device_type]
     print(f"using {device_type} ({device.name})", file=sys.stderr)
 
-    register = Register.from_coordinates([(0, 0), (5, 0)], prefix="q")
+    # A QPU places atoms in calibrated optical traps: its register must come from a layout.
+    register = Register.from_coordinates([(0, 0), (5, 0)], prefix="q").with_automatic_layout(device)
     seq = Sequence(register, device)
     seq.declare_channel("rydberg", "rydberg_global")
     duration_us = 0.5

@@ -28,8 +28,12 @@ def qrmi_resource(
     return qrmi.QuantumResource.from_config(name, types[rtype], config)
 
 
-def bell_isa(backend: Any, measure: bool = True) -> Any:
-    """A Bell-pair circuit transpiled for ``backend`` (an ISA circuit)."""
+def bell_isa(backend: Any, measure: bool = True, optimization_level: int = 1) -> Any:
+    """A Bell-pair circuit transpiled for ``backend`` (an ISA circuit).
+
+    Level 1 keeps the trivial layout (qubits 0 and 1); levels 2-3 pick a well-calibrated
+    pair, as a user would for a 133-qubit device whose qubit 0 reads out 17 % wrong.
+    """
     from qiskit import QuantumCircuit
     from qiskit.transpiler import generate_preset_pass_manager
 
@@ -38,7 +42,10 @@ def bell_isa(backend: Any, measure: bool = True) -> Any:
     qc.cx(0, 1)
     if measure:
         qc.measure_all()
-    return generate_preset_pass_manager(optimization_level=1, backend=backend).run(qc)
+    pm = generate_preset_pass_manager(
+        optimization_level=optimization_level, backend=backend, seed_transpiler=1
+    )
+    return pm.run(qc)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, step: float = 0.02) -> Any:
@@ -77,3 +84,30 @@ class Call:
 
     def wait(self, timeout: float) -> bool:
         return self.done.wait(timeout)
+
+
+def long_job_circuit(num_qubits: int = 11, reps: int = 60) -> Any:
+    """A bound, transpiled su2 circuit for fake_torino whose exact noisy simulation takes
+    minutes (density matrix of ``num_qubits`` qubits, thousands of gates): a job that is
+    still running when a test cancels it, times it out or stops the emulator under it."""
+    import numpy as np
+    from qiskit.circuit.library import efficient_su2
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_ibm_runtime.fake_provider import FakeTorino
+
+    circuit = efficient_su2(num_qubits, entanglement="linear", reps=reps)
+    circuit.measure_all()
+    values = np.random.default_rng(7).random(circuit.num_parameters)
+    pm = generate_preset_pass_manager(optimization_level=1, backend=FakeTorino(), seed_transpiler=7)
+    return pm.run(circuit).assign_parameters(values)
+
+
+def sampler_input(circuit: Any, shots: int) -> str:
+    """A Sampler V2 job input as qrmi.primitives sends it (OpenQASM 3 pubs)."""
+    import json
+
+    from qiskit import qasm3
+
+    pub = qasm3.dumps(circuit, disable_constants=True, allow_aliasing=True)
+    body = {"pubs": [[pub, None, shots]], "shots": shots, "options": {}, "version": 2}
+    return json.dumps(body)

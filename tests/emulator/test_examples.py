@@ -64,3 +64,14 @@ def test_qiskit_estimator(emu: Emulator) -> None:
     assert 0.75 < out["evs"]["XX"] <= 1.05
     [job] = emu.state.jobs()
     assert job.program == "estimator"
+
+
+def test_qiskit_executor_program_through_qrmi(emu: Emulator) -> None:
+    """qrmi 0.26 routes the ``executor`` program the client-side primitives use."""
+    out = run_example("qiskit_executor.py", emu.job_env(["fake_manila"]), "--shots", "800")
+    counts = out["counts"]
+    assert sum(counts.values()) == 800
+    assert counts.get("00", 0) + counts.get("11", 0) > 0.85 * 800
+    job = emu.state.job(out["job_id"])
+    assert job is not None
+    assert job.program == "executor"

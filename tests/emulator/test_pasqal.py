@@ -18,7 +18,10 @@ def bell_sequence(device: Any | None = None) -> Any:
     from pulser import Pulse, Register, Sequence
     from pulser.devices import AnalogDevice
 
-    seq = Sequence(Register.from_coordinates([(0, 0), (5, 0)], prefix="q"), device or AnalogDevice)
+    device = device or AnalogDevice
+    # A QPU (FRESNEL) takes only registers built from a layout, as the real one does.
+    register = Register.from_coordinates([(0, 0), (5, 0)], prefix="q")
+    seq = Sequence(register.with_automatic_layout(device), device)
     seq.declare_channel("rydberg", "rydberg_global")
     seq.add(Pulse.ConstantPulse(500, math.pi / (math.sqrt(2) * 0.5), 0, 0), "rydberg")
     seq.measure("ground-rydberg")
