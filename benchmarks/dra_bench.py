@@ -42,7 +42,7 @@ from qpu_k8s.dra.agent import DraDriver, DraDriverConfig
 from qpu_k8s.dra.claims import ClaimSource, KubeClaims, StaticClaims
 from qpu_k8s.emulator import running_emulator
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
-from qpu_k8s.resourceslices.slices import GROUP
+from qpu_k8s.resourceslices.build import GROUP
 from testsupport.grpc_floor import LatencySummary, measure_unary_floor, summarize
 from testsupport.instant_client import InstantClient
 

@@ -169,7 +169,7 @@ class _SliceWatch:
     def _run(self) -> None:
         """Watch until stopped; a watch the apiserver ends (a CRD update does) resumes from
         the last resourceVersion, so no event is replayed with a new arrival time."""
-        from qpu_k8s.resourceslices.slices import GROUP, PLURAL
+        from qpu_k8s.resourceslices.build import GROUP, PLURAL
 
         version: str | None = None
         while not self._stopped.is_set():
@@ -231,7 +231,7 @@ def _apiserver() -> tuple[Any, Path] | str:
 def bench_dra(emu: Emulator, n: int, cluster: tuple[Any, Path] | None) -> list[Series]:
     from kubernetes import client
 
-    from qpu_k8s.resourceslices.slices import LABEL_POOL, pool_label
+    from qpu_k8s.resourceslices.build import LABEL_POOL, pool_label
 
     stream = Series("DRA driver", "v1 health stream message received by the kubelet")
     slices = Series("DRA driver", "ResourceSlice changed on the apiserver (watch event)")

@@ -1,24 +1,21 @@
-"""The DRA node driver: wires the backend registry, slices, prepare logic and gRPC servers.
+"""The DRA node driver: wiring of the registry, state, prepare logic, slices and servers.
 
-Start-up order matters: read the checkpoint and clean what a reboot or crash left
-(:meth:`Preparer.recover`), serve the DRA endpoint, and only then create the registration
-socket, so the kubelet never reaches a driver that cannot answer. Shutdown reverses it:
-the registration socket goes first (the kubelet stops sending work), then the endpoint.
-Slices are left in place on shutdown (a restart or rolling update republishes them; the
-kubelet removes a node's slices itself when a driver stays unregistered).
+Start-up order matters: metrics first (what recovery finds must be visible), then the
+state and what a reboot or crash left (:meth:`Preparer.recover`), the slices as last
+known, the DRA endpoint, and only then the registration socket, so the kubelet never
+reaches a driver that cannot answer. Shutdown reverses it: the registration socket goes
+first (the kubelet stops sending work), then the endpoint. Slices are left in place on
+shutdown (a restart or rolling update republishes them; the kubelet removes a node's
+slices itself when a driver stays unregistered).
 
-Threads: the registry's own (config reload, probes); ``slices`` (publish when anything
-changed, and every ``resync_seconds``); ``slice-watch`` (republish at once when someone
-else, e.g. a restarting kubelet, deletes or edits our slices); ``targets`` (fetch each
-backend's ``target()``/``metadata()`` when it appears and every
-``target_refresh_seconds``, so calibration changes reach the quality attributes).
+What runs: the registry (config reload, probes: :mod:`qpu_k8s.node.registry`), the
+calibration cache (:mod:`.calibration`), the slices (:mod:`.slicesync`), the release
+runner of owed releases (:mod:`qpu_k8s.node.releases`), the node labels refresh.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +26,10 @@ from kubernetes import client
 
 from qpu_k8s.core.checkpoint import BOOT_ID_PATH, read_boot_id
 from qpu_k8s.core.credentials import DirectoryCredentials
-from qpu_k8s.core.errors import QpuError
 from qpu_k8s.core.kubeclient import api_client
 from qpu_k8s.core.metrics import serve_metrics
-from qpu_k8s.core.model import AccessMode, device_id
 from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
-from qpu_k8s.core.values import AttributeValue
 from qpu_k8s.node.grpcserver import UnixServer
 from qpu_k8s.node.labels import NodeLabels, read_node
 from qpu_k8s.node.registry import BackendRegistry
@@ -44,39 +38,25 @@ from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
 from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2_grpc as h_v1a1_grpc
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-from qpu_k8s.resourceslices.attributes import (
-    InvalidAttributesError,
-    device_attributes,
-    target_attributes,
-)
-from qpu_k8s.resourceslices.slices import (
-    Device,
-    DeviceTaint,
-    PoolScope,
-    PublishResult,
-    SlicePublisher,
-    detect_api_version,
-    shared_pool_name,
-)
+from qpu_k8s.resourceslices.build import PoolScope
+from qpu_k8s.resourceslices.policy import UnhealthyMode
+from qpu_k8s.resourceslices.publish import SlicePublisher, detect_api_version
 
 from . import metrics
+from .calibration import Calibration
 from .cdi import CdiWriter
 from .claims import ClaimSource, KubeClaims
-from .health import (
-    DeviceHealth,
-    HealthServiceV1,
-    HealthServiceV1Alpha1,
-    UnhealthyMode,
-    health_board,
-    status_of,
-    unhealthy_taint,
-)
+from .health import HealthServiceV1, HealthServiceV1Alpha1, health_board, project
 from .plugin import DRAHandler, DRAPluginV1, DRAPluginV1Beta1
 from .prepare import Preparer
 from .registration import RegistrationService, SocketPaths, instance_id, socket_paths
+from .slicesync import NodeSlices
 from .state import StateStore
 
 log = logging.getLogger(__name__)
+
+# Deadline of one apiserver request at start-up (API discovery).
+API_TIMEOUT = 30.0
 
 
 @dataclass
@@ -113,22 +93,6 @@ class DraDriverConfig:
         )
 
 
-@dataclass
-class _Target:
-    """What a backend's last ``target()`` answer means for its devices: the attributes
-    derived from it, not the answer itself (calibration data of a 133-qubit IBM device is
-    ~0.5 MB of JSON, ~12 MiB of RSS once parsed)."""
-
-    generation: int
-    fetched_at: float
-    probed: dict[str, AttributeValue]
-    metadata: dict[str, str] | None
-
-
-# Deadline of one apiserver request at start-up (API discovery).
-API_TIMEOUT = 30.0
-
-
 class DraDriver:
     """One DRA driver instance on one node."""
 
@@ -145,7 +109,7 @@ class DraDriver:
         self._own_api = api is None and (claims is None or publish_slices)
         self.api = api_client(cfg.kubeconfig) if self._own_api else api
         self.claims = claims or KubeClaims(self._require_api())
-        self.client_factory = client_factory
+        self.client_factory = client_factory or qrmi_client_factory(cfg.call_timeouts())
         self.publish_slices = publish_slices and self.api is not None
         self.ident = cfg.instance or instance_id()
         self.paths: SocketPaths = socket_paths(
@@ -154,25 +118,17 @@ class DraDriver:
         self.pool = cfg.node_name
         self.health = health_board()
         self.cdi = CdiWriter(cfg.cdi_dir)
-        self._stop = threading.Event()
-        self._dirty = threading.Event()
-        self._targets: dict[str, _Target] = {}
-        self._targets_lock = threading.Lock()
-        self._target_wake = threading.Event()
-        self._threads: list[threading.Thread] = []
         self.registry: BackendRegistry | None = None
         self.node_labels: NodeLabels | None = None
-        self._metrics: WSGIServer | None = None
         self.store: StateStore | None = None
         self.preparer: Preparer | None = None
-        self.publisher: SlicePublisher | None = None
+        self.calibration: Calibration | None = None
+        self.slices: NodeSlices | None = None
         self.registration: RegistrationService | None = None
         self._endpoint: UnixServer | None = None
         self._reg_server: UnixServer | None = None
-        self.last_publish: PublishResult | None = None
+        self._metrics: WSGIServer | None = None
         self.recovered: dict[str, int] = {}
-        self._publish_cond = threading.Condition()
-        self._publish_count = 0
 
     def _require_api(self) -> client.ApiClient:
         if self.api is None:
@@ -187,26 +143,24 @@ class DraDriver:
         self._metrics = serve_metrics(cfg.metrics_address)
         boot_id = read_boot_id(cfg.boot_id_file)
         self.node_labels, owner = self._node_identity()
-        labels = self.node_labels.load()
         api_version = cfg.api_version
         if self.publish_slices and api_version == "auto":
             api_version = detect_api_version(self._require_api(), API_TIMEOUT) or "v1"
         if isinstance(self.claims, KubeClaims) and api_version in ("v1", "v1beta1"):
             self.claims.api_version = api_version
         creds = DirectoryCredentials(cfg.credentials_dir) if cfg.credentials_dir else None
-        self.registry = BackendRegistry(
+        self.registry = registry = BackendRegistry(
             cfg.config_path,
             creds,
-            node_labels=labels,
+            self.client_factory,
+            node_labels=self.node_labels.load(),
             # Shared backends are published cluster-wide by the operator, but a claim on one
             # is prepared (acquired) here, on the node that runs the pod.
             include_shared=True,
-            client_factory=self.client_factory or qrmi_client_factory(cfg.call_timeouts()),
             reload_interval=cfg.reload_interval,
         )
         self.store = StateStore(cfg.state_dir, boot_id, self.ident)
         self.store.load()
-        registry = self.registry
         self.preparer = Preparer(
             driver=cfg.driver_name,
             pool=self.pool,
@@ -215,15 +169,22 @@ class DraDriver:
             cdi=self.cdi,
             store=self.store,
         )
+        self.calibration = Calibration(
+            registry,
+            self.store,
+            refresh_seconds=cfg.target_refresh_seconds,
+            on_change=self._on_change,
+        )
+        self.calibration.load()
         registry.subscribe(self._on_change)
         registry.start()
         self.node_labels.watch(self._labels_changed)
         self.recovered = self.preparer.recover()
         self.preparer.releases.start()
         metrics.PREPARED_CLAIMS.set(self.preparer.prepared_count())
-        self._update_health()
+        self.health.set(project(registry.snapshot(), self.pool))
         if self.publish_slices:
-            self.publisher = SlicePublisher(
+            publisher = SlicePublisher(
                 self._require_api(),
                 cfg.driver_name,
                 self.pool,
@@ -231,29 +192,16 @@ class DraDriver:
                 api_version="v1beta1" if api_version == "v1beta1" else "v1",
                 owner_references=owner,
             )
-            self._spawn(self._slice_loop, "slices")
-            self._spawn(self._watch_loop, "slice-watch")
-        self._spawn(self._target_loop, "targets")
-        handler = DRAHandler(self.preparer)
-
-        def register_endpoint(server: Any) -> None:
-            v1_grpc.add_DRAPluginServicer_to_server(DRAPluginV1(handler), server)
-            v1beta1_grpc.add_DRAPluginServicer_to_server(DRAPluginV1Beta1(handler), server)
-            h_v1_grpc.add_DRAResourceHealthServicer_to_server(HealthServiceV1(self.health), server)
-            h_v1a1_grpc.add_DRAResourceHealthServicer_to_server(
-                HealthServiceV1Alpha1(self.health), server
+            self.slices = NodeSlices(
+                registry,
+                self.calibration,
+                publisher,
+                mode=cfg.unhealthy,
+                resync_seconds=cfg.resync_seconds,
             )
-
-        self._endpoint = UnixServer(self.paths.endpoint, register_endpoint)
-        self._endpoint.start()
-        self.registration = RegistrationService(cfg.driver_name, self.paths.endpoint)
-        reg = self.registration
-        self._reg_server = UnixServer(
-            self.paths.registration,
-            lambda s: reg_grpc.add_RegistrationServicer_to_server(reg, s),
-            workers=2,
-        )
-        self._reg_server.start()
+            self.slices.start()
+        self.calibration.start()
+        self._serve()
         log.info(
             "DRA driver started",
             extra={
@@ -267,47 +215,70 @@ class DraDriver:
             },
         )
 
+    def _serve(self) -> None:
+        """The DRA and health services, then the registration socket the kubelet finds."""
+        assert self.preparer is not None
+        handler = DRAHandler(self.preparer)
+
+        def register_endpoint(server: Any) -> None:
+            v1_grpc.add_DRAPluginServicer_to_server(DRAPluginV1(handler), server)
+            v1beta1_grpc.add_DRAPluginServicer_to_server(DRAPluginV1Beta1(handler), server)
+            h_v1_grpc.add_DRAResourceHealthServicer_to_server(HealthServiceV1(self.health), server)
+            h_v1a1_grpc.add_DRAResourceHealthServicer_to_server(
+                HealthServiceV1Alpha1(self.health), server
+            )
+
+        self._endpoint = UnixServer(self.paths.endpoint, register_endpoint)
+        self._endpoint.start()
+        self.registration = reg = RegistrationService(self.cfg.driver_name, self.paths.endpoint)
+        self._reg_server = UnixServer(
+            self.paths.registration,
+            lambda s: reg_grpc.add_RegistrationServicer_to_server(reg, s),
+            workers=2,
+        )
+        self._reg_server.start()
+
+    def _on_change(self) -> None:
+        """Config, health or calibration changed: health stream, calibration, slices."""
+        if self.registry is not None:
+            self.health.set(project(self.registry.snapshot(), self.pool))
+        if self.calibration is not None:
+            self.calibration.wake()
+        if self.slices is not None:
+            self.slices.changed()
+
     def _labels_changed(self, labels: dict[str, str]) -> None:
         if self.registry is not None:
             self.registry.node_labels = labels
             self.registry.reload()
 
     def stop(self) -> None:
-        """Deregister, stop serving, stop the threads. Safe to call twice."""
-        self._stop.set()
+        """Deregister, stop serving, stop the loops. Safe to call twice."""
         if self.node_labels is not None:
             self.node_labels.stop()
-        self._dirty.set()
-        self._target_wake.set()
         if self._reg_server is not None:
             self._reg_server.stop()
         self.health.close()
         if self._endpoint is not None:
             self._endpoint.stop()
+        if self.slices is not None:
+            self.slices.stop()
+        if self.calibration is not None:
+            self.calibration.stop()
         if self.registry is not None:
             self.registry.stop()
         if self.preparer is not None:
             self.preparer.releases.stop()
         if self.store is not None:
             self.store.close()
-        if self.publisher is not None:
-            self.publisher.stop_watch()
         if self._own_api and self.api is not None:
             self.api.close()  # type: ignore[no-untyped-call]
-        for t in self._threads:
-            t.join(timeout=2)
-        self._threads = []
         metrics.REGISTERED.set(0)
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
             self._metrics = None
         log.info("DRA driver stopped", extra={"driver": self.cfg.driver_name})
-
-    def _spawn(self, target: Any, name: str) -> None:
-        t = threading.Thread(target=target, name=f"dra-{name}", daemon=True)
-        t.start()
-        self._threads.append(t)
 
     def _node_identity(self) -> tuple[NodeLabels, list[dict[str, Any]]]:
         """The node's labels (to pick node-bound backends) and an ownerReference for slices.
@@ -335,175 +306,3 @@ class DraDriver:
             known=known if fetch is not None else None,
         )
         return nodes, owner
-
-    # -- devices, health, slices -------------------------------------------------------------
-    def devices(self) -> list[Device]:
-        """The devices this node publishes now (unhealthy ones withdrawn or tainted)."""
-        assert self.registry is not None
-        out: list[Device] = []
-        for name, state in sorted(self.registry.snapshot().items()):
-            backend = state.backend
-            if backend.spec.access is AccessMode.SHARED:
-                continue  # the operator publishes it cluster-wide
-            with self._targets_lock:
-                t = self._targets.get(name)
-            taints: tuple[DeviceTaint, ...] = ()
-            if not state.usable:
-                if self.cfg.unhealthy is UnhealthyMode.WITHDRAW:
-                    continue
-                status = "error" if state.error else state.health.status
-                taints = (unhealthy_taint(self.cfg.driver_name, status),)
-            try:
-                for lane in range(backend.spec.lanes):
-                    attrs = device_attributes(
-                        backend,
-                        lane,
-                        metadata=t.metadata if t else None,
-                        probed=t.probed if t else None,
-                    )
-                    out.append(Device(device_id(backend.name, lane), attrs, taints))
-            except InvalidAttributesError as err:
-                log.error("backend not published", extra={"backend": name, "error": str(err)})
-        return out
-
-    def publish_now(self) -> PublishResult:
-        assert self.publisher is not None
-        devices = self.devices()
-        result = self.publisher.publish(devices)
-        metrics.SLICE_PUBLISHES.labels("written" if result.changed else "unchanged").inc()
-        metrics.PUBLISHED_DEVICES.set(len(devices))
-        metrics.POOL_GENERATION.set(result.generation)
-        with self._publish_cond:
-            self.last_publish = result
-            self._publish_count += 1
-            self._publish_cond.notify_all()
-        return result
-
-    def wait_published(self, after: int, timeout: float) -> int:
-        """Wait until more than ``after`` reconciles ran (tests); returns the count."""
-        with self._publish_cond:
-            self._publish_cond.wait_for(lambda: self._publish_count > after, timeout)
-            return self._publish_count
-
-    @property
-    def publish_count(self) -> int:
-        with self._publish_cond:
-            return self._publish_count
-
-    def request_publish(self) -> None:
-        self._dirty.set()
-
-    def _slice_loop(self) -> None:
-        backoff = 0.5
-        self._dirty.set()
-        while not self._stop.is_set():
-            self._dirty.wait(self.cfg.resync_seconds)
-            if self._stop.is_set():
-                return
-            self._dirty.clear()
-            try:
-                self.publish_now()
-                backoff = 0.5
-            except Exception as err:  # apiserver down or refusing: retry with backoff
-                metrics.SLICE_PUBLISHES.labels("error").inc()
-                log.warning("slice publish failed", extra={"error": str(err)})
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self._dirty.set()
-
-    def _watch_loop(self) -> None:
-        assert self.publisher is not None
-        publisher = self.publisher
-
-        def on_event(kind: str, obj: dict[str, Any]) -> None:
-            gen = ((obj.get("spec") or {}).get("pool") or {}).get("generation")
-            if kind == "DELETED" or (kind == "MODIFIED" and gen != publisher.generation):
-                self._dirty.set()
-
-        publisher.watch(on_event, self._stop, timeout_seconds=10)
-
-    def _on_change(self) -> None:
-        self._update_health()
-        self._target_wake.set()
-        self._dirty.set()
-
-    def _update_health(self) -> None:
-        assert self.registry is not None
-        devices: list[DeviceHealth] = []
-        for state in self.registry.snapshot().values():
-            status = status_of(state.health, state.error)
-            message = state.error or state.health.reason or state.health.status
-            shared = state.backend.spec.access is AccessMode.SHARED
-            pool = shared_pool_name(state.backend.name) if shared else self.pool
-            for lane in range(state.backend.spec.lanes):
-                devices.append(
-                    DeviceHealth(
-                        pool,
-                        device_id(state.backend.name, lane),
-                        status,
-                        int(state.health.checked_at),
-                        message,
-                    )
-                )
-        self.health.set(tuple(sorted(devices, key=lambda d: (d.pool, d.device))))
-
-    # -- targets (calibration) -----------------------------------------------------------------
-    def refresh_targets(self, force: bool = False) -> bool:
-        """Fetch target()/metadata() where due; True when any device attributes changed."""
-        assert self.registry is not None
-        changed = False
-        now = time.monotonic()
-        for name, state in self.registry.snapshot().items():
-            if state.client is None or state.error or not state.health.healthy:
-                continue
-            if state.backend.spec.access is AccessMode.SHARED:
-                continue  # not published here: no attributes to refresh
-            with self._targets_lock:
-                cur = self._targets.get(name)
-            due = (
-                force
-                or cur is None
-                or cur.generation != state.generation
-                or now - cur.fetched_at >= self.cfg.target_refresh_seconds
-            )
-            if not due:
-                continue
-            try:
-                target = state.client.target()
-                md = state.client.metadata()
-            except QpuError as err:
-                log.warning("target() failed", extra={"backend": name, "error": str(err)})
-                continue
-            probed = target_attributes(state.backend, target)
-            del target  # only the derived attributes are kept
-            new = _Target(state.generation, now, probed, md)
-            before = self._attrs(state.backend, cur)
-            with self._targets_lock:
-                self._targets[name] = new
-            if self._attrs(state.backend, new) != before:
-                changed = True
-                log.info("device attributes changed", extra={"backend": name})
-        with self._targets_lock:
-            for name in set(self._targets) - set(self.registry.snapshot()):
-                del self._targets[name]
-        if changed:
-            self._dirty.set()
-        return changed
-
-    @staticmethod
-    def _attrs(backend: Any, t: _Target | None) -> dict[str, Any] | None:
-        if t is None:
-            return None
-        try:
-            return device_attributes(backend, 0, metadata=t.metadata, probed=t.probed)
-        except InvalidAttributesError:
-            return None
-
-    def _target_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh_targets()
-            except Exception:
-                log.exception("target refresh failed")
-            self._target_wake.wait(min(self.cfg.target_refresh_seconds, 60.0))
-            self._target_wake.clear()

@@ -18,7 +18,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.core.kubeclient import as_object
-from qpu_k8s.resourceslices.slices import GROUP
+from qpu_k8s.resourceslices.build import GROUP
 
 
 class ClaimNotFoundError(LookupError):

@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> object:
     # Heavy imports (grpc, qrmi, kubernetes) only when the command runs: --help stays fast.
+    from qpu_k8s.resourceslices.policy import UnhealthyMode
+
     from .agent import DraDriverConfig
-    from .health import UnhealthyMode
 
     try:
         mode = UnhealthyMode(args.unhealthy)

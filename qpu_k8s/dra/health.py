@@ -1,45 +1,34 @@
-"""Device health: what the slices show and what the kubelet's health stream reports.
+"""Device health for pods already running: the kubelet's DRA health stream.
 
-Two consumers, two mechanisms:
-
-* **Scheduling** (ResourceSlices). ``withdraw`` (default) leaves an unhealthy backend's
-  devices out of the slice, which every DRA version honours; ``taint`` keeps them with a
-  ``NoSchedule`` DeviceTaint ``qpu.quantum.example.com/unhealthy=<status>``, which shows the
-  reason but only works where the alpha/beta ``DRADeviceTaints`` feature is on (1.33+; a
-  1.32 v1beta1 slice cannot even carry taints, and with the gate off the apiserver drops
-  the field, leaving the device allocatable). Either way a claim already prepared keeps
-  its acquisition: health gates new allocations only.
-* **Pods already running** (``NodeWatchResources``, ``v1alpha1`` since 1.34 and ``v1``):
-  the full list of our devices first, then again after every change, so the kubelet can
-  put the health into the pod status of pods using them. All configured devices are
-  listed, withdrawn ones included, since those are the ones a running pod may hold.
+``NodeWatchResources`` (``v1alpha1`` since 1.34, and ``v1``) sends the full list of our
+devices first, then again after every change, so the kubelet can put the health into the
+status of the pods using them. All configured devices are listed, withdrawn ones
+included, since those are the ones a running pod may hold. (What happens to the slices of
+an unhealthy backend is the publishing policy: :mod:`qpu_k8s.resourceslices.policy`.)
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 import grpc
 
+from qpu_k8s.core.model import AccessMode
 from qpu_k8s.core.qrmi_client import Health
+from qpu_k8s.node.registry import BackendState
 from qpu_k8s.node.versioned import Versioned
 from qpu_k8s.proto.dra_health.v1 import api_pb2 as h_v1
 from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
 from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2 as h_v1a1
 from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2_grpc as h_v1a1_grpc
-from qpu_k8s.resourceslices.slices import DeviceTaint
+from qpu_k8s.resourceslices.build import shared_pool_name
 
 # The kubelet marks a device's health stale after this long without an update (1.35+).
 HEALTH_TIMEOUT_SECONDS = 0  # 0: the kubelet's default
 MESSAGE_MAX = 1024
-
-
-class UnhealthyMode(StrEnum):
-    WITHDRAW = "withdraw"
-    TAINT = "taint"
 
 
 class DeviceHealthStatus(StrEnum):
@@ -66,10 +55,19 @@ def status_of(health: Health, error: str | None) -> DeviceHealthStatus:
     return DeviceHealthStatus.HEALTHY if health.healthy else DeviceHealthStatus.UNHEALTHY
 
 
-def unhealthy_taint(driver: str, status: str) -> DeviceTaint:
-    """The taint an unhealthy device carries in ``taint`` mode (value: the probe status)."""
-    value = "".join(c if c.isalnum() or c in "-_." else "-" for c in status)[:63].strip("-_.")
-    return DeviceTaint(f"{driver}/unhealthy", value or "unknown", "NoSchedule")
+def project(states: Mapping[str, BackendState], node_pool: str) -> tuple[DeviceHealth, ...]:
+    """The health of every device of the node's backends (shared ones in their own pool)."""
+    devices: list[DeviceHealth] = []
+    for state in states.values():
+        status = status_of(state.health, state.error)
+        message = state.error or state.health.reason or state.health.status
+        shared = state.backend.spec.access is AccessMode.SHARED
+        pool = shared_pool_name(state.backend.name) if shared else node_pool
+        devices += [
+            DeviceHealth(pool, dev, status, int(state.health.checked_at), message)
+            for dev in state.backend.device_ids()
+        ]
+    return tuple(sorted(devices, key=lambda d: (d.pool, d.device)))
 
 
 def _same_health(a: tuple[DeviceHealth, ...], b: tuple[DeviceHealth, ...]) -> bool:

@@ -49,7 +49,7 @@ from qpu_k8s.core.qrmi_client import ClientFactory, QuantumResourceClient
 from qpu_k8s.core.vendors import profile
 from qpu_k8s.node.registry import BackendRegistry
 from qpu_k8s.node.releases import Debt, ReleaseRunner
-from qpu_k8s.resourceslices.slices import shared_pool_name
+from qpu_k8s.resourceslices.build import shared_pool_name
 
 from . import metrics
 from .cdi import CdiWriter

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from qpu_k8s.core.checkpoint import CheckpointError, CheckpointFile
 from qpu_k8s.core.journal import Journal, Opened, Txn
+from qpu_k8s.core.values import AttributeValue
 from qpu_k8s.node.releases import Backoff, Debt
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,23 @@ class OwedRelease(_Model):
     last_error: str = ""
 
 
-class Record(RootModel[Annotated[ClaimRecord | OwedRelease, Field(discriminator="kind")]]):
-    """One journal value: a claim or an owed release."""
+class KnownBackend(_Model):
+    """What the driver last knew of a backend's devices, to publish it again at once after
+    a restart (the vendor may take a probe timeout to answer the first probe)."""
+
+    kind: Literal["known"] = "known"
+    backend: str
+    # Fingerprint of the spec it was learnt under: a changed spec is learnt anew.
+    spec: str
+    attributes: dict[str, AttributeValue] | None = None
+    healthy: bool | None = None
+    status: str = ""
+
+
+class Record(
+    RootModel[Annotated[ClaimRecord | OwedRelease | KnownBackend, Field(discriminator="kind")]]
+):
+    """One journal value: a claim, an owed release, or a backend's last known state."""
 
 
 class _LegacyState(_Model):
@@ -248,6 +264,23 @@ class StateStore:
             if isinstance(r.root, ClaimRecord)
         ]
 
+    # -- what is known of backends (calibration, health) ----------------------------------------
+    def known(self) -> dict[str, KnownBackend]:
+        return {
+            r.root.backend: r.root
+            for r in self.journal.snapshot().values()
+            if isinstance(r.root, KnownBackend)
+        }
+
+    def remember(self, known: KnownBackend) -> None:
+        """Not synced: losing it to a power loss costs one probe's wait, nothing held."""
+        with self.edit(durable=False) as txn:
+            txn.put(known_key(known.backend), Record(known))
+
+    def forget(self, backend: str) -> None:
+        with self.edit(durable=False) as txn:
+            txn.delete(known_key(backend))
+
     # -- owed releases (the release runner's book) ---------------------------------------------
     def owe(self, txn: Txn[Record], debt: OwedRelease) -> None:
         txn.put(_owed_key(debt.id), Record(debt))
@@ -311,6 +344,10 @@ class StateStore:
                 ),
             )
             return delay
+
+
+def known_key(backend: str) -> str:
+    return f"known/{backend}"
 
 
 def claim_of(txn: Txn[Record], uid: str) -> ClaimRecord | None:

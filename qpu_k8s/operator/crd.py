@@ -398,14 +398,15 @@ def render(cel: bool = True) -> str:
     return header + yaml.safe_dump(crd(cel), sort_keys=False, width=100, allow_unicode=True)
 
 
-def default_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "manifests" / "crd"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="fail if the files are stale")
-    parser.add_argument("--output-dir", type=Path, default=default_dir())
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("manifests/crd"),
+        help="where to write (default: manifests/crd, run from a checkout's root)",
+    )
     args = parser.parse_args(argv)
     stale = []
     for name, cel in OUTPUTS.items():

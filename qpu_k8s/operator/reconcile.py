@@ -169,11 +169,12 @@ def compute_status(obs: Observation, previous: BackendStatus) -> BackendStatus:
     state: str | None
     if previous.observed_generation != obs.generation:
         # Figures of an older spec (maybe another resourceId) must not leak into this one.
-        previous = previous.model_copy(update={"attributes": {}})
+        previous = previous.model_copy(update={"attributes": {}, "last_target_time": None})
     attrs = dict(previous.attributes)
     backend = obs.backend
     probe = obs.probe
     last_probe = previous.last_probe_time
+    last_target = previous.last_target_time
     latency = previous.probe_latency_ms
     pending = previous.pending_jobs
 
@@ -198,6 +199,8 @@ def compute_status(obs: Observation, previous: BackendStatus) -> BackendStatus:
         wants = _probe_wants(backend, probe)
         state = probe.health.status
         last_probe = rfc3339(obs.now)
+        if probe.target is not None:
+            last_target = last_probe
         latency = round(probe.seconds * 1000)
         pending = probe.health.pending_jobs
         if probe.health.healthy and probe.target_error:
@@ -229,6 +232,7 @@ def compute_status(obs: Observation, previous: BackendStatus) -> BackendStatus:
         vendor=t.vendor if t else previous.vendor,
         pending_jobs=pending if pending is None or pending >= 0 else None,
         last_probe_time=last_probe,
+        last_target_time=last_target,
         probe_latency_ms=latency,
         attributes=attrs,
         live_acquisitions=obs.live_acquisitions,

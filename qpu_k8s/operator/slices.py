@@ -9,7 +9,7 @@ version honours it) or kept with a NoSchedule taint (``--unhealthy taint``), as 
 driver does. The slices are owned by the QuantumBackend, so garbage collection removes them
 even if the finalizer never ran; the finalizer removes them first anyway.
 
-The objects come from the shared builder (:func:`~qpu_k8s.resourceslices.slices.build_slices`,
+The objects come from the shared builder (:func:`~qpu_k8s.resourceslices.build.build_slices`,
 same names, labels, generation and count rules as the node driver). Writing differs from the
 node driver's one-pool publisher on purpose: the operator owns up to thousands of pools,
 and a per-pool reconcile starts with a LIST the apiserver answers by scanning every slice
@@ -29,14 +29,13 @@ from typing import Any, TypeVar
 from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.core.kubeclient import as_object
-from qpu_k8s.core.model import MAX_LANES, QuantumBackend, device_id
+from qpu_k8s.core.model import MAX_LANES, QuantumBackend
 from qpu_k8s.core.names import API_GROUP, API_VERSION, KIND
-from qpu_k8s.dra.health import UnhealthyMode, unhealthy_taint
 from qpu_k8s.operator.kube import ApiStatusError, Kube
 from qpu_k8s.operator.reconcile import is_ready
 from qpu_k8s.operator.shared_claims import BACKEND_LABEL
 from qpu_k8s.operator.status import BackendStatus
-from qpu_k8s.resourceslices.slices import (
+from qpu_k8s.resourceslices.build import (
     GROUP,
     MAX_DEVICES_PER_SLICE,
     PLURAL,
@@ -46,6 +45,7 @@ from qpu_k8s.resourceslices.slices import (
     shared_pool_name,
     slice_name,
 )
+from qpu_k8s.resourceslices.policy import UnhealthyMode, lane_devices
 
 T = TypeVar("T")
 assert MAX_LANES <= MAX_DEVICES_PER_SLICE, "a shared backend's pool must fit in one slice"
@@ -69,16 +69,16 @@ def devices_for(
     driver: str,
     mode: UnhealthyMode = UnhealthyMode.WITHDRAW,
 ) -> list[Device]:
-    """One device per lane; none (withdraw) or tainted ones (taint) when not Ready."""
-    ready = is_ready(status)
-    if not ready and mode is UnhealthyMode.WITHDRAW:
-        return []
-    taints = () if ready else (unhealthy_taint(driver, status.state or "unknown"),)
-    base = {k: v for k, v in status.attributes.items() if k != "lane"}
-    return [
-        Device(device_id(backend.name, lane), {**base, "lane": lane}, taints)
-        for lane in range(backend.spec.lanes)
-    ]
+    """The backend's devices by the shared policy: usable when Ready, with the attributes
+    of its last ``target()`` answer (none yet: not published as usable)."""
+    return lane_devices(
+        backend,
+        status.attributes if status.last_target_time else None,
+        usable=is_ready(status),
+        why=status.state or "unknown",
+        driver=driver,
+        mode=mode,
+    )
 
 
 def _clean(node: Any) -> Any:

@@ -114,6 +114,16 @@ class BackendStatus(_Model):
             description="When the backend was last probed (RFC 3339).",
         ),
     ] = None
+    last_target_time: Annotated[
+        str | None,
+        Field(
+            default=None,
+            json_schema_extra={"format": "date-time"},
+            description="When target() last answered (RFC 3339): until it has, the "
+            "backend's devices are not published as schedulable (their attributes would "
+            "lack qubits and quality figures).",
+        ),
+    ] = None
     probe_latency_ms: Annotated[
         int | None,
         Field(default=None, ge=0, description="Duration of the last probe in milliseconds."),

@@ -25,11 +25,11 @@ from kubernetes import client
 from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient
 from qpu_k8s.dra.agent import DraDriver
-from qpu_k8s.dra.health import UnhealthyMode
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.fakekubelet.common import poll_until
 from qpu_k8s.resourceslices.attributes import from_api
-from qpu_k8s.resourceslices.slices import GROUP, PLURAL
+from qpu_k8s.resourceslices.build import GROUP, PLURAL
+from qpu_k8s.resourceslices.policy import UnhealthyMode
 from testsupport.resource_api import AllocationError, Allocator, cel_device, cel_matches
 
 pytestmark = pytest.mark.k8s

@@ -6,7 +6,7 @@ import pytest
 from dra_builders import ibm_backend, ibm_target, validate
 
 from qpu_k8s.resourceslices.attributes import device_attributes
-from qpu_k8s.resourceslices.slices import (
+from qpu_k8s.resourceslices.build import (
     LABEL_POOL,
     Device,
     DeviceTaint,

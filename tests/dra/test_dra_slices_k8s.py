@@ -10,14 +10,8 @@ from dra_builders import validate
 from kubernetes import client
 
 from qpu_k8s.fakekubelet.common import wait_on
-from qpu_k8s.resourceslices.slices import (
-    GROUP,
-    PLURAL,
-    Device,
-    DeviceTaint,
-    PoolScope,
-    SlicePublisher,
-)
+from qpu_k8s.resourceslices.build import GROUP, PLURAL, Device, DeviceTaint, PoolScope
+from qpu_k8s.resourceslices.publish import SlicePublisher
 
 pytestmark = pytest.mark.k8s
 DRIVER = "qpu.quantum.example.com"

@@ -13,16 +13,11 @@ from dra_builders import DRIVER, params_config
 from qpu_k8s.core.qrmi_client import Health
 from qpu_k8s.core.vendors import ResourceType, profile
 from qpu_k8s.dra.cdi import CdiWriter
-from qpu_k8s.dra.health import (
-    DeviceHealth,
-    DeviceHealthStatus,
-    health_board,
-    status_of,
-    unhealthy_taint,
-)
+from qpu_k8s.dra.health import DeviceHealth, DeviceHealthStatus, health_board, status_of
 from qpu_k8s.dra.params import effective_parameters
 from qpu_k8s.dra.registration import instance_id, socket_paths
 from qpu_k8s.dra.state import CHECKPOINT_NAME, ClaimRecord, DeviceRecord, StateStore
+from qpu_k8s.resourceslices.policy import unhealthy_taint
 
 
 def test_parameters_merge_in_order_and_follow_requests() -> None:

@@ -194,12 +194,16 @@ class DraNode:
         return dict(item.partition("=")[::2] for item in doc["devices"][0]["containerEdits"]["env"])
 
     def checkpoint(self) -> dict[str, Any]:
-        """The driver's state on disk: ``{"claims": {uid: record}, "owed": {id: record}}``."""
+        """The driver's claims and owed releases on disk: ``{"claims": {uid: record},
+        "owed": {id: record}}`` (what it knows of backends left out)."""
         state = read_snapshot(self.state_dir / CHECKPOINT_NAME, Record)
         out: dict[str, Any] = {"claims": {}, "owed": {}}
         for key, rec in state.items():
             kind, _, ident = key.partition("/")
-            out["claims" if kind == "claim" else "owed"][ident] = rec.root.model_dump(mode="json")
+            if kind in ("claim", "owed"):
+                out["claims" if kind == "claim" else "owed"][ident] = rec.root.model_dump(
+                    mode="json"
+                )
         return out
 
 

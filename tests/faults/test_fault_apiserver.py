@@ -36,7 +36,7 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
 )
 from qpu_k8s.fakekubelet.dra import DeviceHealthState
-from qpu_k8s.resourceslices.slices import GROUP, PLURAL
+from qpu_k8s.resourceslices.build import GROUP, PLURAL
 from testsupport import resource_api
 
 from .fault_support import (

@@ -29,8 +29,8 @@ from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.resourceslices.slices import GROUP as RESOURCE_GROUP
-from qpu_k8s.resourceslices.slices import PLURAL
+from qpu_k8s.resourceslices.build import GROUP as RESOURCE_GROUP
+from qpu_k8s.resourceslices.build import PLURAL
 from testsupport import resource_api
 
 from .fault_support import IBM_KEY, SECRETS, elapsed, ibm, record_result

@@ -41,7 +41,7 @@ from qpu_k8s.fakekubelet import (
     PodAllocation,
 )
 from qpu_k8s.resourceslices.attributes import device_attributes
-from qpu_k8s.resourceslices.slices import Device, PoolScope, build_slices
+from qpu_k8s.resourceslices.build import Device, PoolScope, build_slices
 
 from .fault_support import (
     DRIVER,

@@ -50,7 +50,7 @@ from qpu_k8s.operator.controller import Controller, OperatorConfig
 from qpu_k8s.operator.handlers import FINALIZER, build_registry, make_settings
 from qpu_k8s.operator.kube import Connection, Kube
 from qpu_k8s.operator.slices import BackendSlices, pool_name
-from qpu_k8s.resourceslices.slices import pool_label
+from qpu_k8s.resourceslices.build import pool_label
 from testsupport import k8s_cluster
 from testsupport.resource_api import Allocator
 

@@ -14,7 +14,6 @@ from operator_testkit import cr
 
 from qpu_k8s.core.credentials import REDACTOR, redact
 from qpu_k8s.core.model import parse_backend, parse_backend_config
-from qpu_k8s.dra.health import UnhealthyMode
 from qpu_k8s.operator import configmap
 from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.kube import ApiStatusError
@@ -22,6 +21,7 @@ from qpu_k8s.operator.reconcile import SecretProblem, SecretReason
 from qpu_k8s.operator.secrets import SecretReader, decode
 from qpu_k8s.operator.slices import devices_for, pool_name, scope_of
 from qpu_k8s.operator.status import BackendStatus, Condition
+from qpu_k8s.resourceslices.policy import UnhealthyMode
 
 PASQAL = {
     "resourceId": "FRESNEL",
@@ -181,7 +181,7 @@ def test_plan_creates_deletes_and_holds() -> None:
 
 
 # -- slice devices ---------------------------------------------------------------------------
-def _status(ready: bool) -> BackendStatus:
+def _status(ready: bool, calibrated: bool = True) -> BackendStatus:
     c = Condition(
         type="Ready",
         status="True" if ready else "False",
@@ -192,6 +192,7 @@ def _status(ready: bool) -> BackendStatus:
         conditions=[c],
         state="online" if ready else "timeout",
         attributes={"qubits": 80, "vendor": "pasqal", "backend": "fresnel"},
+        last_target_time="2026-01-01T00:00:00Z" if calibrated else None,
     )
 
 
@@ -209,6 +210,8 @@ def test_devices_per_lane_and_health_policy() -> None:
         "value": "timeout",
         "effect": "NoSchedule",
     }
+    # Ready, but target() has not answered yet: its attributes would promise nothing.
+    assert devices_for(b, _status(True, calibrated=False), "qpu.quantum.example.com") == []
     assert pool_name("fresnel") == "shared/fresnel"
     assert scope_of(b).spec_fields() == {"allNodes": True}
     sel = parse_backend({"name": "f", "spec": {**PASQAL, "nodeSelector": {"zone": "a"}}})

@@ -35,7 +35,7 @@ def _kopf_handles(what: str) -> tuple[str, str]:
 
 
 KOPF_HANDLERS = _kopf_handles(r"@kopf\.on\.(resume|create|update|delete)\(\*backends")
-SLICES = "resourceslices/slices.py"
+SLICES = "resourceslices/publish.py"
 
 # (component, apiGroup, resource, verb) -> the code that needs it.
 USES: dict[tuple[str, str, str, str], Use] = {
@@ -145,7 +145,7 @@ USES: dict[tuple[str, str, str, str], Use] = {
     ),
     ("dra", "resource.k8s.io", "resourceslices", "watch"): Use(
         "the driver republishes at once when its slices are changed or deleted",
-        (("dra/agent.py", r"publisher\.watch\("), (SLICES, r"watch\.Watch\(")),
+        (("dra/slicesync.py", r"publisher\.watch\("), (SLICES, r"watch\.Watch\(")),
     ),
     ("dra", "resource.k8s.io", "resourceslices", "create"): Use(
         "the shared-slice writer creates missing slices",

@@ -1,0 +1,59 @@
+"""Which devices a backend publishes, and how: one rule for the node driver and the operator.
+
+A backend publishes one device per lane, all with the same attributes but ``lane``. It
+publishes them as schedulable only when it can keep what the attributes promise: it is
+usable (configured, credentials complete, its last probe answered online) and its
+attributes come from a ``target()`` answer (qubits and quality figures, which CEL
+selectors like ``device.attributes[...].qubits >= 100`` evaluate). Otherwise:
+
+* ``withdraw`` (default): its devices are left out of the slice; every DRA version honours
+  it, and a claim is never allocated a device it cannot use;
+* ``taint``: its devices stay, with a ``NoSchedule`` DeviceTaint
+  ``<driver>/unhealthy=<why>`` that shows the reason (GA in 1.37; with the DRADeviceTaints
+  feature off the apiserver drops the field, leaving the device allocatable).
+
+Either way a claim already prepared keeps its acquisition: health gates new allocations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from qpu_k8s.core.model import QuantumBackend, device_id
+from qpu_k8s.core.values import AttributeValue
+from qpu_k8s.resourceslices.build import Device, DeviceTaint
+
+
+class UnhealthyMode(StrEnum):
+    WITHDRAW = "withdraw"
+    TAINT = "taint"
+
+
+def unhealthy_taint(driver: str, why: str) -> DeviceTaint:
+    """The taint an unpublishable device carries in ``taint`` mode (value: why, a label)."""
+    value = "".join(c if c.isalnum() or c in "-_." else "-" for c in why)[:63].strip("-_.")
+    return DeviceTaint(f"{driver}/unhealthy", value or "unknown", "NoSchedule")
+
+
+def lane_devices(
+    backend: QuantumBackend,
+    attributes: Mapping[str, AttributeValue] | None,
+    *,
+    usable: bool,
+    why: str,
+    driver: str,
+    mode: UnhealthyMode,
+) -> list[Device]:
+    """The devices of ``backend``: ``attributes`` (any lane's; None: no ``target()`` answer
+    yet), ``usable`` and, when not, ``why`` (the probe state) decide per the policy."""
+    if attributes is None:
+        usable, why = False, why if not usable else "not-calibrated"
+    if not usable and mode is UnhealthyMode.WITHDRAW:
+        return []
+    taints = () if usable else (unhealthy_taint(driver, why),)
+    base = {k: v for k, v in (attributes or {}).items() if k != "lane"}
+    return [
+        Device(device_id(backend.name, lane), {**base, "lane": lane}, taints)
+        for lane in range(backend.spec.lanes)
+    ]
