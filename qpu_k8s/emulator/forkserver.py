@@ -68,8 +68,6 @@ def _child(sock: socket.socket, result_fd: int, payload: bytes, parent: int) -> 
     try:
         sock.close()
         _die_with_parent(parent)
-        with contextlib.suppress(OSError):
-            os.nice(WORKER_NICENESS)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the emulator's
@@ -121,6 +119,10 @@ def serve(sock: socket.socket) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(args[0]))
+    # The whole server at the workers' priority, preload included: seconds of imports at
+    # start-up must not slow the emulator's APIs down either (its jobs inherit it).
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
     try:
         from . import preload  # noqa: F401 - imports the simulators, warms the caches
     except Exception as exc:  # the jobs will report what is missing

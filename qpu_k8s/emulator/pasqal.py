@@ -7,6 +7,7 @@ bodies accepted), jobs, results through a pre-signed results link.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
 import uuid
@@ -134,6 +135,13 @@ async def _specs(ctx: ServerContext, spec: BackendSpec) -> str:
             raise VendorError(503, f"device specs of {spec.name} are unavailable: {exc}") from exc
         ctx.device_specs[spec.source] = str(cached)
     return str(cached)
+
+
+async def prefetch_specs(ctx: ServerContext) -> None:
+    """Build every served device's specs as soon as the workers are up (at start-up)."""
+    for spec in ctx.served(Vendor.PASQAL):
+        with contextlib.suppress(VendorError):
+            await _specs(ctx, spec)
 
 
 async def public_specs(request: web.Request) -> web.Response:

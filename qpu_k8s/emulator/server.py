@@ -88,6 +88,10 @@ def build_app(ctx: ServerContext) -> web.Application:
     return app
 
 
+# How long running_emulator() waits for the workers' warm-up before serving anyway.
+READY_TIMEOUT_SECONDS = 60.0
+
+
 class EmulatorServer:
     """One server on the current event loop: ``await start()`` ... ``await stop()``."""
 
@@ -105,6 +109,7 @@ class EmulatorServer:
         self._runner: web.AppRunner | None = None
         self._ctx: ServerContext | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._warm: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port."""
@@ -141,8 +146,15 @@ class EmulatorServer:
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.config.port
         self._ctx.base_url = f"http://{_url_host(self.config.host)}:{self.port}"
         self._reaper = asyncio.get_running_loop().create_task(self._reap(ctx))
+        if self.config.warm_workers:
+            self._warm = asyncio.get_running_loop().create_task(pasqal.prefetch_specs(ctx))
         log.info("emulator listening on %s", self._ctx.base_url)
         return self.port
+
+    def warmed(self) -> bool:
+        """The workers have preloaded and what is built in them at start (device specs) is
+        cached, so no request waits for a worker."""
+        return self._warm is not None and self._warm.done()
 
     async def _reap(self, ctx: ServerContext) -> None:
         """Close sessions whose max_ttl ran out, as the vendor does, even if nobody asks."""
@@ -255,6 +267,15 @@ class Emulator(ConfigHelpers):
         return f"http://{self.host}:{self.port}"
 
     # ---- workers -------------------------------------------------------------------------
+    def wait_warm(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until the warm-up (worker preload, device specs) is done."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._server.warmed():
+                return True
+            self._server.pool.ready.wait(0.05)
+        return self._server.warmed()
+
     def workers_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the simulation fork server to finish its preload."""
         return self._server.pool.ready.wait(timeout)
@@ -320,6 +341,10 @@ def running_emulator(
     """
     cfg = config or EmulatorConfig(host=host, port=port, **settings)
     emu = Emulator(cfg).start()
+    if cfg.warm_workers:
+        # The first requests would otherwise wait for the workers' preload (seconds): a
+        # client with a short deadline would see a slow vendor that is only starting.
+        emu.wait_warm(READY_TIMEOUT_SECONDS)
     try:
         yield emu
     finally:
