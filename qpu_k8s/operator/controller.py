@@ -1,29 +1,24 @@
-"""The operator's state and loops: per-backend probes, status, events, node config, claims.
+"""The operator's state and the reconcile of one backend: probe, status, events, slices.
 
 Kopf tells the controller what exists (create/update/resume/delete, namespace and claim
-events); the controller does the rest in two loops it owns, so 1000 backends cost two tasks
-and a heap, not 1000 timers:
+events); the controller keeps an entry per backend and runs two tasks it owns:
 
-* the **probe scheduler** pops the backend whose probe is due (``spec.probeIntervalSeconds``),
-  probes it under a deadline with bounded concurrency, writes status and posts Events on
-  condition changes;
-* the **sync loop** (debounced, and every ``resync`` seconds) lists the QuantumBackends and
-  derives the cluster-wide state from that listing: the node agents' ConfigMap and the shared
-  ResourceClaims. Deriving from a fresh listing, not from memory, means a restart can never
-  publish a partial config.
+* the probe schedule (:mod:`.scheduler`): each backend is probed when due, its status
+  written and Events posted on condition changes, its cluster-wide slices published;
+* the cluster sync (:mod:`.sync`): the node agents' ConfigMap and the shared ResourceClaims,
+  derived from a fresh listing.
 
-What must survive a restart lives in the object: ``status`` (conditions with their transition
-times, last probe time) seeds the in-memory entry on resume. Nothing here imports kopf.
+What must survive a restart lives in the object: ``status`` (conditions with their
+transition times, last probe time) seeds the in-memory entry on resume. Nothing here
+imports kopf.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,8 +42,10 @@ from qpu_k8s.operator.reconcile import (
     compute_status,
     is_ready,
 )
+from qpu_k8s.operator.scheduler import ProbeScheduler, clock
 from qpu_k8s.operator.secrets import SecretReader
 from qpu_k8s.operator.status import BackendStatus
+from qpu_k8s.operator.sync import SyncLoop
 
 log = logging.getLogger(__name__)
 # The apiserver only accepts Events about cluster-scoped objects in "default" (or no
@@ -64,7 +61,7 @@ class RetryLater(Exception):
         super().__init__(message)
 
 
-class SlicePublisher(Protocol):
+class SharedSlices(Protocol):
     """Cluster-wide ResourceSlices of shared backends (implemented in operator/slices.py)."""
 
     async def publish(self, backend: Backend, status: BackendStatus, uid: str = "") -> bool: ...
@@ -108,7 +105,6 @@ class Entry:
     problems: tuple[tuple[str, str], ...] = ()
     status: BackendStatus = field(default_factory=BackendStatus)
     due: float = 0.0
-    probing: bool = False
     deleting: bool = False
     written: dict[str, Any] | None = None
     last_write: float = 0.0
@@ -131,7 +127,7 @@ class Controller:
         kube: Kube,
         *,
         client_factory: ClientFactory | None = None,
-        slices: SlicePublisher | None = None,
+        slices: SharedSlices | None = None,
     ) -> None:
         self.cfg = cfg
         self.kube = kube
@@ -143,33 +139,21 @@ class Controller:
         )
         self.counts: dict[str, sc.Counts] = {}
         self.ns_requests: dict[str, frozenset[str]] = {}
-        self.last_sync_error: str | None = None
-        self.syncs = 0
         self._released: set[str] = set()
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = 0
+        self.scheduler = ProbeScheduler(self._probe, cfg.probe_concurrency)
+        self.sync = SyncLoop(self.sync_once, debounce=cfg.debounce, resync=cfg.resync)
         self._tasks: list[asyncio.Task[None]] = []
-        self._wake: asyncio.Event | None = None
-        self._sync_event: asyncio.Event | None = None
-        self._sync_cond: asyncio.Condition | None = None
-        self._sem: asyncio.Semaphore | None = None
-        self._sync_requested = 0
-        self._sync_done = 0
         self._metrics_server: Any = None
         self._instance = os.environ.get("HOSTNAME", "local")
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._sync_event = asyncio.Event()
-        self._sync_cond = asyncio.Condition()
-        self._sem = asyncio.Semaphore(self.cfg.probe_concurrency)
         if self.cfg.metrics_address and self._metrics_server is None:
             self._metrics_server = serve_metrics(self.cfg.metrics_address)
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._scheduler(), name="qpu-probe-scheduler"),
-            loop.create_task(self._sync_loop(), name="qpu-sync"),
+            loop.create_task(self.scheduler.run(), name="qpu-probe-scheduler"),
+            loop.create_task(self.sync.run(), name="qpu-sync"),
         ]
         self.request_sync()
         log.info("operator started", extra={"namespace": self.cfg.namespace, "dra": self.cfg.dra})
@@ -192,9 +176,9 @@ class Controller:
                 raise RuntimeError(f"operator loop {t.get_name()} stopped")
         return {
             "backends": len(self.entries),
-            "probing": sum(1 for e in self.entries.values() if e.probing),
-            "syncs": self.syncs,
-            "lastSyncError": self.last_sync_error,
+            "probing": self.scheduler.in_flight,
+            "syncs": self.sync.passes,
+            "lastSyncError": self.sync.last_error,
         }
 
     # -- what kopf tells us ---------------------------------------------------------------
@@ -216,7 +200,7 @@ class Controller:
             e.backend, e.problems = None, tuple(err.problems)
         fresh = trigger != "resume" or e.status.observed_generation != generation
         e.generation = generation if isinstance(generation, int) else None
-        self._schedule(e, self._clock() if fresh else self._resume_due(e))
+        self._schedule(e, clock() if fresh else self._resume_due(e))
         m.RECONCILES.labels(trigger, "ok").inc()
         self.request_sync()
         return e
@@ -270,9 +254,10 @@ class Controller:
                 )
         self._released.add(name)
         ticket = self.request_sync()
-        if not await self.wait_synced(ticket, within=30.0):
-            raise RetryLater(f"node config not updated yet: {self.last_sync_error}", 5.0)
+        if not await self.sync.wait(ticket, within=30.0):
+            raise RetryLater(f"node config not updated yet: {self.sync.last_error}", 5.0)
         self.entries.pop(name, None)
+        self.scheduler.forget(name)
         self.clients.drop(name)
         self.counts.pop(name, None)
         m.forget_backend(name)
@@ -280,14 +265,10 @@ class Controller:
         m.RECONCILES.labels("delete", "ok").inc()
         log.info("backend removed", extra={"backend": name})
 
-    # -- probe scheduler ------------------------------------------------------------------
-    @staticmethod
-    def _clock() -> float:
-        return time.monotonic()
-
+    # -- probes -------------------------------------------------------------------------------
     def _resume_due(self, e: Entry) -> float:
         """After a restart, keep the probe rhythm stored in status instead of probing all now."""
-        now = self._clock()
+        now = clock()
         if e.backend is None or not e.status.last_probe_time:
             return now
         try:
@@ -299,53 +280,30 @@ class Controller:
 
     def _schedule(self, e: Entry, due: float) -> None:
         e.due = due
-        self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, e.name))
-        if self._wake is not None:
-            self._wake.set()
+        self.scheduler.schedule(e.name, due)
 
-    async def _scheduler(self) -> None:
-        assert self._wake is not None
-        while True:
-            now = self._clock()
-            while self._heap and self._heap[0][0] <= now:
-                due, _, name = heapq.heappop(self._heap)
-                e = self.entries.get(name)
-                if e is None or e.due != due or e.probing or e.deleting:
-                    continue  # stale heap item, or already running (rescheduled after)
-                m.PROBE_LAG.set(max(0.0, now - due))
-                e.probing = True
-                asyncio.get_running_loop().create_task(self._probe(e))
-            self._wake.clear()
-            timeout = (self._heap[0][0] - now) if self._heap else None
-            await _wait(self._wake, timeout)
-
-    async def _probe(self, e: Entry) -> None:
-        assert self._sem is not None
+    async def _probe(self, name: str) -> None:
+        """Probe one backend, write what it showed, and schedule its next probe."""
+        e = self.entries.get(name)
+        if e is None or e.deleting:
+            return
         generation = e.generation
-        started = self._clock()  # the next probe is due one interval after this one started
+        started = clock()  # the next probe is due one interval after this one started
         try:
-            async with self._sem:
-                m.PROBES_IN_FLIGHT.inc()
-                try:
-                    obs = await self._observe(e)
-                finally:
-                    m.PROBES_IN_FLIGHT.dec()
-            await self._apply(e, obs)
+            await self._apply(e, await self._observe(e))
             m.RECONCILES.labels("probe", "ok").inc()
         except Exception:
             m.RECONCILES.labels("probe", "error").inc()
             log.exception("probe failed", extra={"backend": e.name})
         finally:
-            e.probing = False
             if not e.deleting and self.entries.get(e.name) is e:
                 if e.generation != generation:
-                    self._schedule(e, self._clock())
+                    self._schedule(e, clock())
                 elif e.backend is not None:
                     interval = float(e.backend.spec.probe_interval_seconds)
                     if e.status.state == "no-credentials":
                         interval = min(interval, self.cfg.secret_retry)
-                    self._schedule(e, max(started + interval, self._clock()))
+                    self._schedule(e, max(started + interval, clock()))
 
     async def _observe(self, e: Entry) -> Observation:
         c = self.counts.get(e.name, sc.Counts())
@@ -399,13 +357,13 @@ class Controller:
             problems = (f"ResourceSlice not published: {type(err).__name__}",)
         if problems != e.publish_problems:
             e.publish_problems = problems
-            self._schedule(e, self._clock())  # re-reconcile so Degraded shows it
+            self._schedule(e, clock())  # re-reconcile so Degraded shows it
 
     async def _write_status(self, e: Entry, force: bool = False) -> None:
         body = e.status.to_api()
         if body == e.written:
             return
-        now = self._clock()
+        now = clock()
         if (
             not force
             and e.written is not None
@@ -457,50 +415,9 @@ class Controller:
             extra={"backend": e.name, "reason": ev.reason, "event": ev.type, "detail": ev.message},
         )
 
-    # -- sync loop: node config + shared claims -------------------------------------------
+    # -- cluster sync: node config + shared claims ----------------------------------------
     def request_sync(self) -> int:
-        self._sync_requested += 1
-        if self._sync_event is not None:
-            self._sync_event.set()
-        return self._sync_requested
-
-    async def wait_synced(self, ticket: int, within: float) -> bool:
-        """Wait until a sync that started after ``ticket`` was requested has finished."""
-        assert self._sync_cond is not None
-        cond = self._sync_cond
-        try:
-            async with asyncio.timeout(within), cond:
-                await cond.wait_for(lambda: self._sync_done >= ticket)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _sync_loop(self) -> None:
-        assert self._sync_event is not None
-        assert self._sync_cond is not None
-        backoff = 1.0
-        while True:
-            await _wait(self._sync_event, self.cfg.resync)
-            self._sync_event.clear()
-            await asyncio.sleep(self.cfg.debounce)  # coalesce a burst of changes
-            ticket = self._sync_requested
-            try:
-                await self.sync_once()
-            except ApiStatusError as err:
-                m.API_ERRORS.labels("sync").inc()
-                self.last_sync_error = str(err)
-                log.warning("sync failed, retrying", extra={"error": str(err)})
-                # Back off, but a new request (a deletion waiting on us) retries at once.
-                await _wait(self._sync_event, backoff)
-                backoff = min(backoff * 2, 30.0)
-                self._sync_event.set()
-                continue
-            backoff = 1.0
-            self.last_sync_error = None
-            self.syncs += 1
-            async with self._sync_cond:
-                self._sync_done = max(self._sync_done, ticket)
-                self._sync_cond.notify_all()
+        return self.sync.request()
 
     async def sync_once(self) -> None:
         objs = await self.kube.list_backends(self.cfg.backend_selector)
@@ -581,17 +498,6 @@ class Controller:
                 update={"live_acquisitions": c.live_acquisitions, "shared_claims": c.shared_claims}
             )
             await self._write_status(e, force=True)
-
-
-async def _wait(event: asyncio.Event, seconds: float | None) -> None:
-    """Wait for ``event`` at most ``seconds``.
-
-    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives just as
-    the event fires, and the operator could then never stop.
-    """
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
 
 
 def _valid_objects(

@@ -153,19 +153,13 @@ class Kube:
         """True when the apiserver serves resource.k8s.io/v1 resourceclaims."""
         try:
             resp = await self.call(
-                self.api.call_api,
-                f"/apis/{RESOURCE_GROUP}/{RESOURCE_VERSION}",
-                "GET",
-                response_type="object",
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
+                self.custom.get_api_resources, RESOURCE_GROUP, RESOURCE_VERSION
             )
         except ApiStatusError as err:
             if err.status == 404:
                 return False
             raise
-        body = resp if isinstance(resp, dict) else {}
-        names = {r.get("name") for r in body.get("resources", [])}
+        names = {r.name for r in (getattr(resp, "resources", None) or [])}
         return "resourceclaims" in names
 
     async def list_claims(

@@ -21,6 +21,7 @@ from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.configmap import DATA_KEY
 from qpu_k8s.operator.controller import Controller, OperatorConfig, RetryLater
 from qpu_k8s.operator.handlers import build_registry, selector_filter
+from qpu_k8s.operator.scheduler import clock
 
 NS = "qpu-system"
 CM = (NS, "qpu-k8s-node-config")
@@ -239,7 +240,7 @@ def test_resume_keeps_the_probe_rhythm_stored_in_status() -> None:
         await ctl2.start()
         try:
             e = ctl2.observe(kube.backends["emu"], "resume")
-            assert e.due - ctl2._clock() > 500
+            assert e.due - clock() > 500
             assert e.status.condition("Ready") is not None  # type: ignore[arg-type]
             # A spec change (new generation) seen at resume is probed at once.
             changed = {
@@ -247,7 +248,7 @@ def test_resume_keeps_the_probe_rhythm_stored_in_status() -> None:
                 "metadata": {**kube.backends["emu"]["metadata"], "generation": 2},
             }
             e = ctl2.observe(changed, "resume")
-            assert e.due <= ctl2._clock()
+            assert e.due <= clock()
         finally:
             await ctl2.stop()
 
@@ -391,7 +392,7 @@ def test_status_write_failures_are_retried_on_the_next_probe() -> None:
             ctl.observe(body, "create")
             await until(
                 lambda: (
-                    ctl.entries["emu"].status.state is not None or ctl.last_sync_error is not None
+                    ctl.entries["emu"].status.state is not None or ctl.sync.last_error is not None
                 )
             )
             kube.down = False
