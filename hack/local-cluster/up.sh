@@ -332,20 +332,29 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   "${FRONT_PROXY[@]}" "${RUNTIME_CONFIG[@]}" \
   --feature-gates="$FEATURE_GATES" --allow-privileged=true --profiling=false --v=1
 
-# Image import runs while the apiserver starts.
-IMPORT=(pause busybox coredns)
+# Images: the small ones now (the kubelet needs pause, CoreDNS its own); the project images
+# (1.5 GB) in the background while the rest starts; up.sh waits for them at the end.
+import_images() {  # NAME...
+  local t
+  for t in "$@"; do
+    "${CTR[@]}" images import "$IMAGES_DIR/$t.tar" >>"$LOGS/image-import.log" 2>&1 \
+      || { tail -n 20 "$LOGS/image-import.log" >&2; echo "ctr images import $t.tar failed" >&2; return 1; }
+  done
+}
+TI=$(date +%s)
+import_images pause busybox coredns || die "image import failed (log: $LOGS/image-import.log)"
+grep -qxF "$PAUSE_IMAGE" <("${CTR[@]}" images ls -q) || die "$PAUSE_IMAGE missing after the import"
+PROJECT_IMAGES=()
 if [ "${QPU_K8S_IMAGES:-all}" = all ]; then
   for t in agents emulator; do
-    if [ -s "$IMAGES_DIR/$t.tar" ]; then IMPORT+=("$t"); else warn "$IMAGES_DIR/$t.tar not built: image not loaded"; fi
+    if [ -s "$IMAGES_DIR/$t.tar" ]; then PROJECT_IMAGES+=("$t"); else warn "$IMAGES_DIR/$t.tar not built: not loaded"; fi
   done
 fi
-TI=$(date +%s)
-for t in "${IMPORT[@]}"; do
-  "${CTR[@]}" images import "$IMAGES_DIR/$t.tar" >>"$LOGS/image-import.log" 2>&1 \
-    || { tail -n 20 "$LOGS/image-import.log" >&2; die "ctr images import $t.tar failed"; }
-done
-grep -qxF "$PAUSE_IMAGE" <("${CTR[@]}" images ls -q) || die "$PAUSE_IMAGE missing after the import"
-log "images imported in $(( $(date +%s) - TI ))s: $("${CTR[@]}" images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
+IMPORT_PID=""
+if [ ${#PROJECT_IMAGES[@]} -gt 0 ]; then
+  import_images "${PROJECT_IMAGES[@]}" &
+  IMPORT_PID=$!
+fi
 
 wait_for "kube-apiserver /readyz" "${KUBECTL[@]}" get --raw /readyz
 
@@ -453,6 +462,11 @@ sed -e "s|@DNS_SVC_IP@|$DNS_SVC_IP|g" -e "s|@COREDNS_IMAGE@|$COREDNS_IMAGE|g" "$
   | "${KUBECTL[@]}" apply -f - >"$LOGS/coredns-apply.log" 2>&1 || { cat "$LOGS/coredns-apply.log" >&2; die "kubectl apply coredns.yaml failed"; }
 coredns_ready() { [ "$("${KUBECTL[@]}" -n kube-system get deployment coredns -o jsonpath='{.status.readyReplicas}')" = 1 ]; }
 wait_for "CoreDNS ready" coredns_ready
+
+if [ -n "$IMPORT_PID" ]; then
+  wait "$IMPORT_PID" || die "importing ${PROJECT_IMAGES[*]} failed (log: $LOGS/image-import.log)"
+fi
+log "images in containerd ($(( $(date +%s) - TI ))s): $("${CTR[@]}" images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
 
 for k in "${SYSCTLS[@]}"; do
   before=$(sed -n "s/^$k=//p" "$STATE/sysctl.before")
