@@ -39,7 +39,7 @@ run_go() {
   if "$@" >"$logf" 2>&1; then return 0; fi
   tail -n 25 "$logf" >&2
   local served
-  served=$(grep -E '(404 Not Found|410 Gone|unknown revision|invalid version|not found: )' "$logf" | head -n 3 || true)
+  served=$(grep -E '(403 Forbidden|404 Not Found|410 Gone|not available|unknown revision|invalid version|not found: )' "$logf" | head -n 3 || true)
   [ -z "$served" ] || die "a module version is not served by the Go module proxy ($(go env GOPROXY)):
 $served
 (choose another version in lib.sh; full log: $logf)"
@@ -56,6 +56,11 @@ timed() {
   log "  $name: $(( $(date +%s) - t ))s"
 }
 
+# mod_require GO.MOD MODULE: the version GO.MOD requires of MODULE.
+mod_require() {
+  go mod edit -json "$1" | python3 -c 'import json,sys; print(*[r["Version"] for r in json.load(sys.stdin).get("Require") or [] if r["Path"] == sys.argv[1]])' "$2"
+}
+
 # hash_files FILE...: one sha256 over the files' contents (a recipe key).
 hash_files() { cat "$@" | sha256sum | cut -c1-16; }
 
@@ -67,13 +72,17 @@ RECIPE=1
 K8S_MOD_DIR="$HERE/gomod/kubernetes"
 STAGING_VERSION="0.${K8S_VERSION#1.}"   # 1.37.2 -> 0.37.2
 
+# The wrapper modules are built from a copy in the cache ($MODWORK), never in the work tree, so
+# builds of different versions cannot step on each other and the checkout stays clean.
+K8S_MODWORK="${K8S_BIN%/bin}/mod"
+
 # Point the wrapper module at k8s.io/kubernetes v$K8S_VERSION and replace every staging module
 # that upstream's go.mod maps to ./staging/src/... by its published v$STAGING_VERSION.
 sync_k8s_module() {
   local up mods m dl="$LC_LOGS/k8s-download.json"
   if ! go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" >"$dl" 2>"$LC_LOGS/k8s-download.log"; then
     die "k8s.io/kubernetes@v$K8S_VERSION: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("Error"))' "$dl" 2>/dev/null || cat "$LC_LOGS/k8s-download.log")
-(a 404/410 from the Go module proxy means this version is not served: pick another K8S_VERSION in lib.sh)"
+(a 403/404/410 from the Go module proxy means this version is not served: pick another K8S_VERSION in lib.sh)"
   fi
   up=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["GoMod"])' "$dl")
   local want; want=$(awk '$1 == "go" {print $2; exit}' "$up")
@@ -82,9 +91,11 @@ sync_k8s_module() {
   fi
   mods=$(grep -oE '^[[:space:]]*k8s\.io/[a-z0-9-]+ => \./staging/src/k8s\.io/[a-z0-9-]+' "$up" | awk '{print $1}' | sort -u)
   [ -n "$mods" ] || die "no staging replaces found in $up"
+  rm -rf "$K8S_MODWORK"; mkdir -p "$K8S_MODWORK"
+  cp "$K8S_MOD_DIR/go.mod" "$K8S_MOD_DIR/go.sum" "$K8S_MODWORK/"
   (
-    cd "$K8S_MOD_DIR"
-    # Drop what an earlier version wrote, then write this version's requirements.
+    cd "$K8S_MODWORK"
+    # Drop what the checked-in file has, then write this version's requirements.
     go mod edit -json | python3 -c 'import json,sys; [print(r["Old"]["Path"]) for r in json.load(sys.stdin).get("Replace") or []]' \
       | while read -r m; do go mod edit -dropreplace="$m"; done
     go mod edit -require="k8s.io/kubernetes@v$K8S_VERSION"
@@ -92,7 +103,11 @@ sync_k8s_module() {
     for m in "${K8S_BINARIES[@]}"; do go mod edit -tool="k8s.io/kubernetes/cmd/$m"; done
     run_go "$LC_LOGS/k8s-tidy.log" go mod tidy
   )
-  log "  gomod/kubernetes: k8s.io/kubernetes v$K8S_VERSION, $(wc -w <<<"$mods") staging modules at v$STAGING_VERSION"
+  log "  gomod/kubernetes: k8s.io/kubernetes v$K8S_VERSION, $(wc -w <<<"$mods") staging modules at v$STAGING_VERSION ($K8S_MODWORK)"
+  if [ "$(mod_require "$K8S_MOD_DIR/go.mod" k8s.io/kubernetes)" = "v$K8S_VERSION" ] \
+     && ! cmp -s "$K8S_MOD_DIR/go.mod" "$K8S_MODWORK/go.mod"; then
+    warn "gomod/kubernetes/go.mod differs from what upstream's v$K8S_VERSION go.mod gives: cp $K8S_MODWORK/go.{mod,sum} $K8S_MOD_DIR/"
+  fi
 }
 
 # Every gate in FEATURE_GATES must exist in this release's kube_features.go (a typo or a
@@ -111,7 +126,7 @@ check_feature_gates() {
 build_k8s() {
   local dir="${K8S_BIN%/bin}" key ld p b
   key="v$K8S_VERSION;recipe=$RECIPE"
-  if [ "$REBUILD" != 1 ] && stamp_ok "$K8S_BIN" "k8s=$key" && [ -f "$K8S_MOD_DIR/go.sum" ]; then
+  if [ "$REBUILD" != 1 ] && stamp_ok "$K8S_BIN" "k8s=$key"; then
     log "[k8s] Kubernetes v$K8S_VERSION: cached ($K8S_BIN)"; return 0
   fi
   log "[k8s] Kubernetes v$K8S_VERSION from k8s.io/kubernetes (one go build per binary; logs in $LC_LOGS)"
@@ -128,7 +143,7 @@ build_k8s() {
     # Upstream links the control plane and kubectl statically (CGO_ENABLED=0); the kubelet
     # needs no cgo either.
     timed "k8s $b" run_go "$LC_LOGS/k8s-$b.log" \
-      env -C "$K8S_MOD_DIR" CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$K8S_BIN/$b.new" "k8s.io/kubernetes/cmd/$b"
+      env -C "$K8S_MODWORK" CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$K8S_BIN/$b.new" "k8s.io/kubernetes/cmd/$b"
     mv -f "$K8S_BIN/$b.new" "$K8S_BIN/$b"
   done
   "$K8S_BIN/kubelet" --version | grep -qx "Kubernetes v$K8S_VERSION" \
@@ -139,13 +154,14 @@ build_k8s() {
 
 # ------------------------------------------------------------------ etcd, CoreDNS (wrapper mains)
 build_wrapper() {  # NAME VERSION BINDIR MODULE LDFLAGS
-  local name=$1 ver=$2 bin=$3 module=$4 ld=$5 dir="$HERE/gomod/$1" key
-  key="$ver;recipe=$RECIPE;$(hash_files "$dir/go.mod" "$dir/main.go")"
+  local name=$1 ver=$2 bin=$3 module=$4 ld=$5 src="$HERE/gomod/$1" key dir="${3%/bin}/mod"
+  key="$ver;recipe=$RECIPE;$(hash_files "$src/go.mod" "$src/main.go")"
   if [ "$REBUILD" != 1 ] && stamp_ok "$bin" "$name=$key"; then log "[$name] $name v$ver: cached ($bin)"; return 0; fi
   log "[$name] $name v$ver via gomod/$name"
+  rm -rf "$dir"; mkdir -p "$dir"; cp "$src/go.mod" "$src/go.sum" "$src/main.go" "$dir/"
   (
     cd "$dir"
-    if [ "$(go mod edit -json | python3 -c 'import json,sys; print(*[r["Version"] for r in json.load(sys.stdin)["Require"] if r["Path"] == sys.argv[1]])' "$module")" != "v$ver" ]; then
+    if [ "$(mod_require go.mod "$module")" != "v$ver" ]; then
       go mod edit -require="$module@v$ver"
       run_go "$LC_LOGS/$name-tidy.log" go mod tidy
     fi

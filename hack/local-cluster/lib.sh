@@ -6,11 +6,13 @@
 # version, each with a .build-ok marker; the Go module and build caches are shared.
 
 # ------------------------------------------------------------------ versions
-K8S_VERSION="1.37.2"          # k8s.io/kubernetes; staging modules are v0.<minor>.<patch>
-ETCD_VERSION="3.6.17"         # go.etcd.io/etcd/server/v3
-CONTAINERD_VERSION="2.3.7"    # github.com/containerd/containerd/v2
-RUNC_VERSION="1.4.4"          # github.com/opencontainers/runc
-COREDNS_VERSION="1.15.0"      # github.com/coredns/coredns (a trimmed plugin set, see gomod/coredns)
+# The env overrides exist for trying another release (e.g. QPU_K8S_VERSION=1.36.3, which then
+# needs its own FEATURE_GATES: build.sh checks them against that release).
+K8S_VERSION="${QPU_K8S_VERSION:-1.37.2}"                 # k8s.io/kubernetes; staging v0.<minor>.<patch>
+ETCD_VERSION="${QPU_K8S_ETCD_VERSION:-3.6.17}"           # go.etcd.io/etcd/server/v3
+CONTAINERD_VERSION="${QPU_K8S_CONTAINERD_VERSION:-2.3.7}" # github.com/containerd/containerd/v2
+RUNC_VERSION="${QPU_K8S_RUNC_VERSION:-1.4.4}"            # github.com/opencontainers/runc
+COREDNS_VERSION="${QPU_K8S_COREDNS_VERSION:-1.15.0}"     # github.com/coredns/coredns (trimmed plugin set: gomod/coredns)
 # CNI plugins: Debian's containernetworking-plugins (bridge, host-local, loopback) in /usr/lib/cni.
 CNI_BIN_DIR="/usr/lib/cni"
 
