@@ -90,8 +90,9 @@ STARTED=1
 rm -rf "$RUN_DIR"
 mkdir -p "$PKI" "$LOGS" "$PIDS" "$STATE" "$RUN_DIR/etcd" "$CTRD" "$RUN_DIR/cni/net.d" "$RUN_DIR/cni/ipam"
 chmod 700 "$PKI" "$RUN_DIR/etcd"
-rm -rf "$KUBELET_ROOT/pods" "$KUBELET_ROOT/cpu_manager_state" "$KUBELET_ROOT/memory_manager_state" \
-       "$KUBELET_ROOT/dra_manager_state" "$KUBELET_ROOT/plugins_registry" "$KUBELET_ROOT/plugins" "$KUBELET_ROOT/device-plugins"
+# Nothing is mounted below the kubelet root (checked above): its state goes too (pod and
+# resource-manager checkpoints of an earlier run would confuse the new kubelet).
+rm -rf "${KUBELET_ROOT:?}"
 # DRA and device-plugin directories exist before any driver starts.
 mkdir -p "$KUBELET_ROOT/plugins_registry" "$KUBELET_ROOT/plugins" "$KUBELET_ROOT/device-plugins" /var/run/cdi
 
