@@ -181,5 +181,7 @@ if [ "$PURGE" = 1 ]; then
   log "removing $RUN_DIR and $KUBELET_ROOT"
   rm -rf "$RUN_DIR"
   if ! grep -qs " $KUBELET_ROOT/" /proc/self/mountinfo; then rm -rf "$KUBELET_ROOT"; fi
+  # The directories up.sh created, if nothing else put files there.
+  rmdir /var/run/cdi "$(dirname "$RUN_DIR")" 2>/dev/null || true
 fi
 log "stopped in $(( $(date +%s) - T0 ))s"
