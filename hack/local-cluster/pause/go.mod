@@ -1,0 +1,3 @@
+module qpu.local/local-cluster/pause
+
+go 1.26.0
