@@ -24,7 +24,7 @@ import qrmi as _qrmi_module
 
 from qpu_k8s.core import errors
 from qpu_k8s.core.credentials import REDACTOR, redact
-from qpu_k8s.core.deadline import DeadlineExceeded, abandoned_calls, call_with_deadline
+from qpu_k8s.core.deadline import DeadlineExceeded, Outcome, abandoned_calls, call_with_deadline
 from qpu_k8s.core.faultpoints import crash_point
 from qpu_k8s.core.metrics import (
     ABANDONED_CALLS,
@@ -254,7 +254,7 @@ class QrmiClient:
         token: str | None = None,
         timeout: float,
         checkin: bool = True,
-        on_late: Callable[[Future[T]], None] | None = None,
+        on_late: Callable[[Outcome[T]], None] | None = None,
         capped: bool = True,
     ) -> T:
         """Run ``fn(resource)`` under ``timeout``, with metrics and error mapping.
@@ -355,7 +355,7 @@ class QrmiClient:
             crash_point("after-acquire")
             return token
 
-        def late(fut: Future[str]) -> None:
+        def late(fut: Outcome[str]) -> None:
             exc = fut.exception()
             if exc is not None:
                 if on_late is not None:
@@ -425,7 +425,7 @@ class QrmiClient:
             done.set_result(None)
             crash_point("after-release")
 
-        def late(fut: Future[None]) -> None:
+        def late(fut: Outcome[None]) -> None:
             if on_late is not None:
                 exc = fut.exception()
                 on_late(None if exc is None else _map_error(self.backend.name, "release", exc))
