@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -108,8 +108,19 @@ class Txn(Generic[M]):
 class Journal(Generic[M]):
     """The journal file of one agent state (see the module docstring)."""
 
-    def __init__(self, path: Path, model: type[M], *, version: int = 1) -> None:
+    def __init__(
+        self,
+        path: Path,
+        model: type[M],
+        *,
+        version: int = 1,
+        watch: Callable[[str, M | None, M | None], None] | None = None,
+    ) -> None:
+        """``watch(key, old, new)`` is called for every record that changes, whoever wrote
+        it (this process, another one, a reload): stores keep counters with it, so nothing
+        on a hot path has to scan the whole state."""
         self.path = path
+        self._watch = watch
         self.lock_path = path.with_name(path.name + ".lock")
         self.model = model
         self.version = version
@@ -174,9 +185,19 @@ class Journal(Generic[M]):
         """Read the whole file into a fresh state; returns True if a torn tail was cut."""
         self._close_file()
         self._ensure_file()
-        self._state = {}
+        old, self._state = self._state, {}
         self._offset = 0
-        torn = self._catch_up(first=True)
+        watch, self._watch = self._watch, None  # report the difference once, below
+        try:
+            torn = self._catch_up(first=True)
+        finally:
+            self._watch = watch
+        if watch is not None:
+            for key in old.keys() - self._state.keys():
+                watch(key, old[key], None)
+            for key, value in self._state.items():
+                if old.get(key) != value:
+                    watch(key, old.get(key), value)
         self._compacted_size = self._offset
         return torn
 
@@ -244,12 +265,13 @@ class Journal(Generic[M]):
                 raise ValueError(f"invalid record {op[0]!r}: {err}") from None
         return out
 
-    def _apply(self, ops: list[tuple[str, M | None]]) -> None:
+    def _apply(self, ops: Iterable[tuple[str, M | None]]) -> None:
         for key, value in ops:
-            if value is None:
-                self._state.pop(key, None)
-            else:
+            old = self._state.pop(key, None) if value is None else self._state.get(key)
+            if value is not None:
                 self._state[key] = value
+            if self._watch is not None and old is not value:
+                self._watch(key, old, value)
 
     # -- transactions --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -298,11 +320,7 @@ class Journal(Generic[M]):
         if durable:
             os.fdatasync(self._fd)
         self._offset += len(line)
-        for key, value in txn._ops.items():
-            if value is None:
-                self._state.pop(key, None)
-            else:
-                self._state[key] = value
+        self._apply(txn._ops.items())
         if self._offset > max(MIN_COMPACT_BYTES, GROWTH * self._compacted_size):
             self._compact()
 

@@ -161,8 +161,9 @@ class DevicePlugin:
         self._started = False
 
     def _servicer(self) -> DevicePluginServicer:
-        # After an Allocate, reconcile soon so the new acquisition is bound promptly.
-        return DevicePluginServicer(self.board, self.allocator, after_allocate=self.reconciler.poke)
+        # No reconcile after each Allocate: binding is not urgent, and a List of every pod
+        # on the node per Allocate would make Allocate's cost grow with the node's pods.
+        return DevicePluginServicer(self.board, self.allocator)
 
     @property
     def metrics_port(self) -> int | None:

@@ -57,10 +57,10 @@ RECONCILES = Counter(
 )
 
 
-def set_live(counts: dict[str, int], known: set[str]) -> None:
-    """Set the live-acquisition gauge per backend; drop backends that have none left."""
-    for backend, n in counts.items():
+def set_live(backend: str, n: int) -> None:
+    """Set the live-acquisition gauge of a backend; drop its series at zero."""
+    if n > 0:
         ACQUISITIONS_LIVE.labels(backend).set(n)
-    for backend in known - counts.keys():
+    else:
         with contextlib.suppress(KeyError):
             ACQUISITIONS_LIVE.remove(backend)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import grpc
 
@@ -53,12 +53,9 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
         self,
         board: DeviceBoard,
         allocator: Allocator,
-        *,
-        after_allocate: Callable[[], None] | None = None,
     ) -> None:
         self.board = board
         self.allocator = allocator
-        self.after_allocate = after_allocate
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -118,9 +115,6 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):
             )
         except AllocateError as err:
             context.abort(STATUS_OF.get(err.kind, grpc.StatusCode.UNAVAILABLE), err.message)
-        finally:
-            if self.after_allocate is not None:
-                self.after_allocate()
         return api_pb2.AllocateResponse(
             container_responses=[api_pb2.ContainerAllocateResponse(envs=e.env) for e in envs]
         )

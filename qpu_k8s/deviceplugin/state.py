@@ -179,11 +179,13 @@ class Ledger:
         self.tombstone_ttl = tombstone_ttl
         self.max_tombstones = max_tombstones
         self.backoff = backoff or Backoff()
-        self._journal: Journal[Acquisition] = Journal(path, Acquisition, version=JOURNAL_VERSION)
+        self._journal: Journal[Acquisition] = Journal(
+            path, Acquisition, version=JOURNAL_VERSION, watch=self._count
+        )
         self._lock = threading.RLock()
         self._unheld_since: dict[str, float] = {}
         self._hold_until = 0.0
-        self._known_backends: set[str] = set()
+        self._live: dict[str, int] = {}  # backend -> acquisitions holding something
 
     # -- persistence ------------------------------------------------------------------------
     def load(self, now: float) -> None:
@@ -210,7 +212,6 @@ class Ledger:
                         )
             # Our own start breaks the observation of the kubelet: restart every clock.
             self._unheld_since.clear()
-            self._update_metrics()
             acqs = self._journal.snapshot()
             log.info(
                 "checkpoint loaded",
@@ -225,19 +226,19 @@ class Ledger:
         with self._lock:
             self._journal.close()
 
-    def _update_metrics(self) -> None:
-        counts: dict[str, int] = {}
-        for a in self._journal.snapshot().values():
-            if a.state in HOLDING:
-                counts[a.backend] = counts.get(a.backend, 0) + 1
-        metrics.set_live(counts, self._known_backends)
-        self._known_backends = set(counts)
+    def _count(self, key: str, old: Acquisition | None, new: Acquisition | None) -> None:
+        """Keep the live count per backend (and its gauge) as records change: O(1)."""
+        del key
+        for acq, step in ((old, -1), (new, 1)):
+            if acq is not None and acq.state in HOLDING:
+                n = self._live.get(acq.backend, 0) + step
+                self._live[acq.backend] = n
+                metrics.set_live(acq.backend, n)
 
     def _write(self, changes: Iterable[Acquisition], *, durable: bool = True) -> None:
         with self._journal.transaction(durable=durable) as txn:
             for acq in changes:
                 txn.put(acq.id, acq)
-        self._update_metrics()
 
     # -- reads ------------------------------------------------------------------------------
     def snapshot(self) -> list[Acquisition]:
@@ -360,7 +361,6 @@ class Ledger:
                         txn.put(acq.id, acq)
                     for acq_id in pruned:
                         txn.delete(acq_id)
-                self._update_metrics()
             return len(changes) + len(pruned)
 
     def _not_held(self, accs: list[Acquisition], now: float) -> list[Acquisition]:
@@ -441,7 +441,6 @@ class Ledger:
                 txn.put(acq_id, done)
                 for old in pruned:
                     txn.delete(old)
-            self._update_metrics()
 
     def release_failed(self, acq_id: str, error: str, now: float) -> float:
         """Count a failed attempt and schedule the next; returns the delay."""

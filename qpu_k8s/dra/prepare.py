@@ -208,7 +208,7 @@ class Preparer:
         return counts
 
     def prepared_count(self) -> int:
-        return sum(1 for r in self.store.claims() if r.phase is ClaimPhase.PREPARED)
+        return self.store.prepared
 
     def _existing(self, uid: str) -> list[PreparedDevice] | None:
         """The answer for a claim already prepared, or None after clearing a half-done one

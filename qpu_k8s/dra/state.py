@@ -167,10 +167,17 @@ class StateStore:
         self.instance = instance if _OWNER_RE.fullmatch(instance) else secrets.token_hex(6)
         self.backoff = backoff or Backoff()
         self.journal: Journal[Record] = Journal(
-            state_dir / CHECKPOINT_NAME, Record, version=JOURNAL_VERSION
+            state_dir / CHECKPOINT_NAME, Record, version=JOURNAL_VERSION, watch=self._count
         )
+        self.prepared = 0  # claims in phase PREPARED, kept as records change
         self._owner_fd: int | None = None
         self._lock = threading.RLock()
+
+    def _count(self, key: str, old: Record | None, new: Record | None) -> None:
+        del key
+        for rec, step in ((old, -1), (new, 1)):
+            if rec is not None and getattr(rec.root, "phase", None) is ClaimPhase.PREPARED:
+                self.prepared += step
 
     # -- opening ------------------------------------------------------------------------------
     def load(self) -> Opened:
