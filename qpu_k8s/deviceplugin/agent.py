@@ -27,6 +27,7 @@ from qpu_k8s.deviceplugin.registration import KubeletRegistrar
 from qpu_k8s.deviceplugin.server import DevicePluginServicer
 from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Ledger
 from qpu_k8s.node.labels import NodeLabels, read_node
+from qpu_k8s.node.pods import NodePods
 from qpu_k8s.node.registry import BackendRegistry
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,13 @@ class DevicePlugin:
             abandon_after=cfg.abandon_after,
         )
         self.pod_resources = PodResourcesClient(cfg.pod_resources_socket)
+        # With the apiserver, the node's pods say when a container has ended for good: its
+        # session is released at once instead of after the grace period.
+        self.pods = (
+            NodePods(api, cfg.node_name, cfg.resource_name, on_change=self._pods_changed)
+            if api is not None
+            else None
+        )
         self.reconciler = Reconciler(
             self.ledger,
             self.pod_resources.list,
@@ -149,6 +157,7 @@ class DevicePlugin:
             cfg.resource_name,
             interval=cfg.reconcile_interval,
             restart_hold=cfg.restart_hold,
+            pods=self.pods,
         )
         self.registrar = KubeletRegistrar(
             cfg.device_plugin_dir,
@@ -184,6 +193,8 @@ class DevicePlugin:
             self.board.refresh()
             self.node_labels.watch(self._labels_changed)
             self.allocator.releases.start()
+            if self.pods is not None:
+                self.pods.start()
             self.reconciler.start()
             self.registrar.start()
         except BaseException:
@@ -200,6 +211,9 @@ class DevicePlugin:
                 "backends": len(self.registry.snapshot()),
             },
         )
+
+    def _pods_changed(self) -> None:
+        self.reconciler.poke()
 
     def _stop_metrics(self) -> None:
         if self._metrics is not None:
@@ -220,6 +234,8 @@ class DevicePlugin:
             return
         self._started = False
         self.registrar.stop()
+        if self.pods is not None:
+            self.pods.stop()
         self.reconciler.stop()
         self.allocator.releases.stop()
         self.node_labels.stop()

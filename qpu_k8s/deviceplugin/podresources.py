@@ -21,6 +21,7 @@ import grpc
 
 from qpu_k8s.deviceplugin import metrics
 from qpu_k8s.deviceplugin.state import ContainerRef, Ledger
+from qpu_k8s.node.pods import NodePods
 from qpu_k8s.proto.podresources.v1 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,10 @@ class Reconciler:
         *,
         interval: float = 2.0,
         restart_hold: float = 30.0,
+        pods: NodePods | None = None,
     ) -> None:
         self.ledger = ledger
+        self.pods = pods
         self.lister = lister
         self.releases_due = releases_due
         self.resource_name = resource_name
@@ -141,7 +144,16 @@ class Reconciler:
             log.info("PodResources List works again")
         self._list_ok = True
         metrics.RECONCILES.labels("ok").inc()
-        if self.ledger.reconcile(held_devices(resp, self.resource_name), time.time()):
+        finished = None
+        if self.pods is not None:
+            pods = self.pods
+            finished = lambda c: pods.finished(c.namespace, c.pod, c.container)  # noqa: E731
+            running = pods.running_with_resource()
+            listed = {(p.namespace, p.name) for p in resp.pod_resources}
+            if running is not None and running <= listed:
+                self.ledger.end_hold("the kubelet lists every running pod that asks for it")
+        held = held_devices(resp, self.resource_name)
+        if self.ledger.reconcile(held, time.time(), finished):
             self.releases_due()
 
     def _loop(self) -> None:

@@ -58,7 +58,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -316,8 +316,26 @@ class Ledger:
                 self._hold_until = now + hold
                 log.info("releases on hold", extra={"seconds": hold, "why": why})
 
-    def reconcile(self, held: Mapping[frozenset[str], ContainerRef], now: float) -> int:
-        """Apply one successful PodResources List; returns how many records changed."""
+    def end_hold(self, why: str) -> None:
+        """The kubelet has caught up (every running pod that asks for the resource is
+        listed): decide releases again without waiting for the rest of the hold."""
+        with self._lock:
+            if self._hold_until:
+                self._hold_until = 0.0
+                log.info("releases no longer on hold", extra={"why": why})
+
+    def reconcile(
+        self,
+        held: Mapping[frozenset[str], ContainerRef],
+        now: float,
+        finished: Callable[[ContainerRef], bool] | None = None,
+    ) -> int:
+        """Apply one successful PodResources List; returns how many records changed.
+
+        ``finished``: whether a container has ended and can never run again (from the
+        apiserver's view of the node's pods): what it held is released at once, without
+        grace or hold. Without it, absence from the List for the grace period decides.
+        """
         with self._lock:
             acqs = self._journal.snapshot()
             changes: dict[str, Acquisition] = {}
@@ -325,9 +343,25 @@ class Ledger:
             for acq in acqs.values():
                 if acq.state in _WAITING_FOR_POD:
                     groups.setdefault((acq.request_set, acq.backend), []).append(acq)
-            for (request, _backend), accs in groups.items():
-                accs.sort(key=lambda a: (a.acquired_at or a.created_at, a.id), reverse=True)
+            for (request, _backend), group in groups.items():
+                group.sort(key=lambda a: (a.acquired_at or a.created_at, a.id), reverse=True)
                 ref = held.get(request)
+                accs = group
+                if finished is not None:
+                    # A holder that ended for good frees what it held at once; so does the
+                    # container listed with these devices, if it has ended for good.
+                    over = ref is not None and finished(ref)
+                    accs = []
+                    for acq in group:
+                        if over or (acq.holder is not None and finished(acq.holder)):
+                            self._unheld_since.pop(acq.id, None)
+                            who = acq.holder or ref
+                            why = f"container {who} ended and cannot run again"
+                            changes[acq.id] = self._releasing(acq, why, now)
+                        else:
+                            accs.append(acq)
+                    if not accs:
+                        continue
                 if ref is None:
                     for acq in self._not_held(accs, now):
                         changes[acq.id] = acq

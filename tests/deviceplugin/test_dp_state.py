@@ -237,3 +237,36 @@ def test_checkpoint_file_is_private(tmp_path: Path) -> None:
 @pytest.mark.parametrize("failures", [1, 5, 20])
 def test_backoff_is_capped(failures: int) -> None:
     assert 0 < Backoff(base=1.0, cap=300.0).delay(failures) <= 300.0
+
+
+def test_an_ended_container_releases_at_once_without_grace_or_hold(tmp_path: Path) -> None:
+    """The apiserver says the holder cannot run again: no grace, not even during a hold."""
+    led = ledger(tmp_path, grace=60.0)
+    acq_id = allocate(led, ("qpu-lane-0",), T0)
+    led.reconcile({frozenset({"qpu-lane-0"}): POD_A}, T0 + 1)
+    assert state(led, acq_id) is AcqState.BOUND
+    led.interrupt(T0 + 2, hold=30.0, why="kubelet restarted")
+    # Still listed (its pod runs other containers), but this container is over.
+    led.reconcile({frozenset({"qpu-lane-0"}): POD_A}, T0 + 3, finished=lambda c: c == POD_A)
+    assert state(led, acq_id) is AcqState.RELEASING
+
+
+def test_a_restarting_container_keeps_its_session(tmp_path: Path) -> None:
+    led = ledger(tmp_path, grace=0.0)
+    acq_id = allocate(led, ("qpu-lane-0",), T0)
+    led.reconcile({frozenset({"qpu-lane-0"}): POD_A}, T0 + 1, finished=lambda c: False)
+    led.reconcile({frozenset({"qpu-lane-0"}): POD_A}, T0 + 100, finished=lambda c: False)
+    assert state(led, acq_id) is AcqState.BOUND
+
+
+def test_the_hold_ends_when_the_kubelet_has_caught_up(tmp_path: Path) -> None:
+    led = ledger(tmp_path, grace=1.0)
+    acq_id = allocate(led, ("qpu-lane-0",), T0)
+    led.interrupt(T0, hold=30.0, why="plugin started")
+    led.reconcile({}, T0 + 2)
+    led.reconcile({}, T0 + 4)
+    assert state(led, acq_id) is AcqState.ALLOCATED  # on hold
+    led.end_hold("caught up")
+    led.reconcile({}, T0 + 5)
+    led.reconcile({}, T0 + 6.5)
+    assert state(led, acq_id) is AcqState.RELEASING  # after the grace, not the hold

@@ -167,6 +167,17 @@ USES: dict[tuple[str, str, str, str], Use] = {
         "per-claim credentials (QPUClaimParameters.credentialsSecretRef), opt-in",
         (("dra/claims.py", r"read_namespaced_secret"),),
     ),
+    ("device-plugin", "", "pods", "list"): Use(
+        "the node's pods, to release at once what an ended container held",
+        (
+            ("deviceplugin/agent.py", r"NodePods\("),
+            ("node/pods.py", r"list_pod_for_all_namespaces"),
+        ),
+    ),
+    ("device-plugin", "", "pods", "watch"): Use(
+        "the node's pods, followed for changes",
+        (("deviceplugin/agent.py", r"NodePods\("), ("node/pods.py", r"watch\.Watch\(")),
+    ),
     ("device-plugin", "", "nodes", "get"): Use(
         "node labels for node-bound backends",
         (("deviceplugin/agent.py", r"read_node\("), ("node/labels.py", r"\.read_node\(")),
