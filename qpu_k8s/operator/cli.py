@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--probe-concurrency", "16", "probes running at once", kind=int)
     add_flag(
         parser,
+        "--target-refresh-seconds",
+        "300",
+        "seconds between target() calls (calibration data); health every probe interval",
+        kind=float,
+    )
+    add_flag(
+        parser,
         "--status-refresh",
         "0",
         "min seconds between status writes that only move lastProbeTime (0: every probe)",
@@ -107,6 +114,7 @@ async def _main(args: argparse.Namespace) -> int:
         driver=args.driver_name,
         probe_timeout=args.probe_timeout,
         probe_concurrency=args.probe_concurrency,
+        target_refresh=args.target_refresh_seconds,
         status_refresh=args.status_refresh,
         deletion_grace=args.deletion_grace,
         dra=dra,

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -85,6 +85,8 @@ class OperatorConfig:
     # the condition), not only after the probe interval.
     secret_retry: float = 30.0
     dra: bool = False
+    # Seconds between target() calls (calibration data); health is probed every interval.
+    target_refresh: float = 300.0
     # Minimum seconds between status writes that would only move lastProbeTime (0: every probe).
     status_refresh: float = 0.0
     metrics_address: str = ""
@@ -107,6 +109,8 @@ class Entry:
     due: float = 0.0
     deleting: bool = False
     written: dict[str, Any] | None = None
+    # When target() last answered (clock()); None: not in this process yet.
+    target_at: float | None = None
     last_write: float = 0.0
     publish_problems: tuple[str, ...] = ()
 
@@ -143,6 +147,7 @@ class Controller:
         self.scheduler = ProbeScheduler(self._probe, cfg.probe_concurrency)
         self.sync = SyncLoop(self.sync_once, debounce=cfg.debounce, resync=cfg.resync)
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._metrics_server: Any = None
         self._instance = os.environ.get("HOSTNAME", "local")
 
@@ -158,6 +163,12 @@ class Controller:
         self.request_sync()
         log.info("operator started", extra={"namespace": self.cfg.namespace, "dra": self.cfg.dra})
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, kept referenced until it ends (bounded by stop)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
@@ -165,6 +176,8 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks = []
+        if self._background:  # Events still being posted: a moment to finish
+            await asyncio.wait(self._background, timeout=5.0)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
@@ -194,6 +207,8 @@ class Controller:
         e.uid = str(meta.get("uid", ""))
         e.deleting = bool(meta.get("deletionTimestamp"))
         generation = meta.get("generation")
+        if generation != e.generation:
+            e.target_at = None  # a changed spec is calibrated anew at its first probe
         try:
             e.backend, e.problems = Backend.from_object(body), ()
         except InvalidBackendError as err:
@@ -322,7 +337,15 @@ class Controller:
         except SecretProblem as problem:
             return Observation(**base, secret_problem=problem)
         client = self.clients.get(e.backend, creds)
-        probe = await run_probe(client)
+        now = clock()
+        due = (
+            not e.status.last_target_time
+            or e.target_at is None
+            or now - e.target_at >= self.cfg.target_refresh
+        )
+        probe = await run_probe(client, with_target=due)
+        if probe.target is not None:
+            e.target_at = now
         rtype = e.backend.spec.type.value
         m.PROBE_SECONDS.labels(rtype).observe(probe.seconds)
         m.PROBES.labels(rtype, probe.health.status).inc()
@@ -336,7 +359,8 @@ class Controller:
         e.status = status
         await self._write_status(e)
         for ev in events:
-            await self._post_event(e, ev)
+            # Off the probe's path: an Event is a record of the change, the status is it.
+            self._spawn(self._post_event(e, ev))
         m.BACKEND_READY.labels(e.name).set(1 if is_ready(status) else 0)
         await self._publish_slice(e)
 

@@ -107,6 +107,7 @@ class Kube:
             name,
             {"status": dict(status)},
             _content_type=MERGE,
+            _preload_content=False,  # the answer is not needed: skip decoding it
         )
 
     # -- core objects -------------------------------------------------------------------

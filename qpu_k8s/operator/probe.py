@@ -1,4 +1,4 @@
-"""Probing one backend from the event loop: health, then target() and metadata().
+"""Probing one backend from the event loop: health, and target() when due.
 
 Each vendor call carries its own deadline (the client's probe timeout); the calls block,
 so each runs in its own daemon thread (:func:`qpu_k8s.core.deadline.in_thread`) and the
@@ -55,21 +55,21 @@ class ClientCache:
         return len(self._clients)
 
 
-async def run_probe(client: QuantumResourceClient) -> ProbeResult:
-    """Health always; target() and metadata() when the backend is online."""
+async def run_probe(client: QuantumResourceClient, *, with_target: bool = True) -> ProbeResult:
+    """Health always; target() too when asked for and the backend answered online.
+
+    target() is the large answer (calibration data: ~0.5 MB of JSON for a 133-qubit IBM
+    device), so the controller asks for it when a backend is new or changed and then every
+    ``target_refresh`` seconds, not at every health probe.
+    """
     start = time.perf_counter()
     name = client.backend.name
     health = await in_thread(client.health, name=f"probe-{name}")
     target: dict[str, Any] | None = None
-    metadata: dict[str, str] | None = None
     error: str | None = None
-    if health.healthy:
+    if health.healthy and with_target:
         try:
             target = await in_thread(client.target, name=f"target-{name}")
         except QpuError as err:
             error = redact(err.message)
-        try:
-            metadata = await in_thread(client.metadata, name=f"metadata-{name}")
-        except QpuError:
-            metadata = None
-    return ProbeResult(health, target, metadata, error, time.perf_counter() - start)
+    return ProbeResult(health, target, error, time.perf_counter() - start)

@@ -47,11 +47,10 @@ class SecretProblem(Exception):
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe: health always; target()/metadata() only when the backend answered online."""
+    """One probe: health always; target() when it was due and the backend answered online."""
 
     health: Health
     target: Mapping[str, Any] | None = None
-    metadata: Mapping[str, str] | None = None
     target_error: str | None = None
     seconds: float = 0.0
 
@@ -144,9 +143,7 @@ def _attributes(
     """Lane-independent device attributes: fresh from target() when we have it."""
     fresh = probe is not None and probe.target is not None
     try:
-        attrs = device_attributes(
-            backend, 0, probe.target if fresh and probe else None, probe.metadata if probe else None
-        )
+        attrs = device_attributes(backend, 0, probe.target if fresh and probe else None)
     except InvalidAttributesError as err:
         return dict(previous.attributes), str(err)
     attrs.pop("lane", None)

@@ -64,17 +64,10 @@ def target_attributes(
     return profile(backend.spec.type).target_attributes(target, backend.spec.resource_id)
 
 
-def metadata_attributes(metadata: Mapping[str, str] | None) -> dict[str, AttributeValue]:
-    """Nothing in qrmi 0.26 metadata is a stable device property (it holds the session id)."""
-    del metadata
-    return {}
-
-
 def device_attributes(
     backend: QuantumBackend,
     lane: int,
     target: Mapping[str, Any] | None = None,
-    metadata: Mapping[str, str] | None = None,
     *,
     probed: Mapping[str, AttributeValue] | None = None,
 ) -> dict[str, AttributeValue]:
@@ -92,7 +85,6 @@ def device_attributes(
         "simulator": vendor.simulator(spec.resource_id),
     }
     attrs.update(probed if probed is not None else target_attributes(backend, target))
-    attrs.update(metadata_attributes(metadata))
     attrs.update({k: v for k, v in spec.attributes.items() if k not in IDENTITY})
     attrs.update(
         {

@@ -46,7 +46,7 @@ def _median_qubit(props: dict[str, Any], name: str) -> float:
 def test_ibm_torino_quality_figures_in_documented_units() -> None:
     target = ibm_target("torino")
     props = target["properties"]
-    attrs = device_attributes(ibm_backend(lanes=2), 1, target, {"backend_name": "fake_torino"})
+    attrs = device_attributes(ibm_backend(lanes=2), 1, target)
     assert attrs["qubits"] == 133
     assert attrs["vendor"] == "ibm"
     assert attrs["technology"] == "superconducting"

@@ -192,7 +192,7 @@ def test_credentials_only_reach_allocate_envs_and_cdi_specs(  # noqa: PLR0917
     for name, rid, key in (("ibm-torino", "fake_torino", "QRMI_IBM_QCS_IAM_APIKEY"),):
         backend = parse_backend(ibm(emu, name, rid, node=dra_node.name))
         client = QrmiClient(backend, {key: IBM_KEY})
-        attrs = device_attributes(backend, 0, client.target(), client.metadata())
+        attrs = device_attributes(backend, 0, client.target())
         devices.append(Device(device_id(name, 0), attrs))
     slices = build_slices(DRIVER_NAME, dra_node.name, PoolScope.node(dra_node.name), devices, 1)
     places["ResourceSlices"] = json.dumps(slices)

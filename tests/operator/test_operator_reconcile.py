@@ -59,7 +59,7 @@ def cond(status: BackendStatus, t: ConditionType) -> tuple[str, str, str]:
 
 
 def online(**kw: object) -> ProbeResult:
-    return ProbeResult(Health(True, "online", "", 3), TARGET, {"backend_name": "x"}, None, 0.25)
+    return ProbeResult(Health(True, "online", "", 3), TARGET, None, 0.25)
 
 
 def test_online_probe_makes_ready_with_qubits_and_quality() -> None:
@@ -138,7 +138,7 @@ def test_invalid_spec_lists_the_fields() -> None:
 
 def test_target_failure_degrades_but_keeps_last_figures() -> None:
     first = compute_status(obs(online()), BackendStatus())
-    broken = ProbeResult(Health(True, "online", ""), None, None, "HTTP 500 from /properties", 0.1)
+    broken = ProbeResult(Health(True, "online", ""), None, "HTTP 500 from /properties", 0.1)
     s = compute_status(obs(broken, at=T0 + timedelta(minutes=1)), first)
     assert is_ready(s)
     assert cond(s, ConditionType.DEGRADED)[:2] == ("True", "TargetUnavailable")
