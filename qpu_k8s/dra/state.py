@@ -151,10 +151,6 @@ def _owed_key(debt_id: str) -> str:
     return f"owed/{debt_id}"
 
 
-class ClaimBusyError(Exception):
-    """Another live driver instance is preparing or unpreparing this claim right now."""
-
-
 class StateStore:
     """The journal plus this instance's identity; thread-safe."""
 

@@ -46,8 +46,6 @@ HealthVersion = Literal["v1alpha1", "v1"]
 PLUGIN_TYPE = "DRAPlugin"
 # Newest first, as the kubelet lists them; "<last proto package element>.<service>".
 KUBELET_DRA_SERVICES: tuple[str, ...] = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
-HEALTH_SERVICES: tuple[str, ...] = ("v1.DRAResourceHealth", "v1alpha1.DRAResourceHealth")
-DEFAULT_REGISTRY_DIR = Path("/var/lib/kubelet/plugins_registry")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from qpu_k8s.fakekubelet.common import UnixGrpcServer
 from qpu_k8s.proto.podresources.v1 import api_pb2, api_pb2_grpc
 
 # Where the kubelet serves it, under its root directory.
-DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 
 
 @dataclass(frozen=True)
