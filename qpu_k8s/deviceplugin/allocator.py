@@ -289,12 +289,14 @@ class Allocator:
             current = self.ledger.get(acq.id)
             if current is None or current.state is not AcqState.ACQUIRING:
                 return
-            self.ledger.lose(acq.id, time.time())
+            now = time.time()
+            self.ledger.lose(acq.id, now)
             metrics.LOSSES.report(
                 acq.backend,
                 acq.held_at_most,
                 "an acquire gave no answer within the horizon (if it answers later it is "
                 "released at once)",
+                at=now,
                 acquisition=acq.id,
             )
 

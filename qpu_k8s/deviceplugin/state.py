@@ -208,8 +208,13 @@ class Ledger:
                             acq.backend,
                             acq.held_at_most,
                             "acquire was in flight when the plugin stopped",
+                            at=now,
                             acquisition=acq.id,
                         )
+            # Losses of earlier processes stay visible (their tombstones keep the time).
+            for acq in self._journal.snapshot().values():
+                if acq.state is AcqState.LOST and acq.released_at is not None:
+                    metrics.LOSSES.seen(acq.backend, acq.released_at)
             # Our own start breaks the observation of the kubelet: restart every clock.
             self._unheld_since.clear()
             acqs = self._journal.snapshot()

@@ -178,6 +178,8 @@ class Preparer:
 
     def recover(self) -> dict[str, int]:
         """Start-up clean-up; call after the registry has loaded and the store is open."""
+        for loss in self.store.losses():  # losses of earlier processes stay visible
+            metrics.LOSSES.seen(loss.backend, loss.at)
         counts = {
             "stale_boot": 0,
             "half_prepared": 0,
@@ -499,13 +501,14 @@ class Preparer:
             if vendor.session_ttl_key and dev.session_max_ttl_seconds:
                 config[vendor.session_ttl_key] = str(dev.session_max_ttl_seconds)
             bound = vendor.held_at_most(config)
-        metrics.LOSSES.report(
+        at = metrics.LOSSES.report(
             dev.backend,
             bound,
             f"acquire may have been in flight when {why}",
             uid=rec.uid,
             device=dev.device,
         )
+        self.store.remember_loss(dev.backend, at)
 
     def _release_all(self, rec: ClaimRecord) -> None:
         """Release every acquired, unreleased device of an unpreparing claim; raise on a

@@ -132,10 +132,22 @@ class KnownBackend(_Model):
     status: str = ""
 
 
+class LastLoss(_Model):
+    """When a device last went from prepared to lost, so the last-loss gauge survives a
+    restart (a scrape after the restart must still show the loss)."""
+
+    kind: Literal["loss"] = "loss"
+    backend: str
+    at: float
+
+
 class Record(
-    RootModel[Annotated[ClaimRecord | OwedRelease | KnownBackend, Field(discriminator="kind")]]
+    RootModel[
+        Annotated[ClaimRecord | OwedRelease | KnownBackend | LastLoss, Field(discriminator="kind")]
+    ]
 ):
-    """One journal value: a claim, an owed release, or a backend's last known state."""
+    """One journal value: a claim, an owed release, a backend's last known state or its
+    last loss."""
 
 
 class _LegacyState(_Model):
@@ -283,6 +295,14 @@ class StateStore:
     def forget(self, backend: str) -> None:
         with self.edit(durable=False) as txn:
             txn.delete(known_key(backend))
+
+    # -- losses -------------------------------------------------------------------------------
+    def remember_loss(self, backend: str, at: float) -> None:
+        with self.edit() as txn:
+            txn.put(f"loss/{backend}", Record(LastLoss(backend=backend, at=at)))
+
+    def losses(self) -> list[LastLoss]:
+        return [r.root for r in self.journal.snapshot().values() if isinstance(r.root, LastLoss)]
 
     # -- owed releases (the release runner's book) ---------------------------------------------
     def owe(self, txn: Txn[Record], debt: OwedRelease) -> None:

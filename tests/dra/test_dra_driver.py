@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from dra_builders import (
     allocated_claim,
     params_config,
 )
+from kubernetes import client
 from prometheus_client import REGISTRY
 
 from qpu_k8s.core.checkpoint import read_boot_id
@@ -30,6 +32,7 @@ from qpu_k8s.core.journal import read_snapshot
 from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.dra.registration import SERVICES
+from qpu_k8s.dra.slicesync import NodeSlices
 from qpu_k8s.dra.state import (
     CHECKPOINT_NAME,
     ClaimPhase,
@@ -39,7 +42,9 @@ from qpu_k8s.dra.state import (
     StateStore,
 )
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
-from qpu_k8s.resourceslices.build import shared_pool_name
+from qpu_k8s.resourceslices.build import PoolScope, shared_pool_name
+from qpu_k8s.resourceslices.policy import UnhealthyMode
+from qpu_k8s.resourceslices.publish import SlicePublisher
 
 NS = "team-a"
 
@@ -571,3 +576,61 @@ def test_a_hanging_vendor_fails_prepare_within_the_deadline(
         assert agent.cdi.claims() == set()
     finally:
         agent.stop()
+
+
+def _until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _published(agent: DraDriver) -> dict[str, Any]:
+    """What the agent's slice sync would publish now: device name -> (attributes, taints)."""
+    assert agent.registry is not None
+    assert agent.calibration is not None
+    publisher = SlicePublisher(
+        client.ApiClient(), DRIVER, agent.pool, PoolScope.node(agent.pool)
+    )  # never called: only its driver name is read
+    slices = NodeSlices(
+        agent.registry,
+        agent.calibration,
+        publisher,
+        mode=UnhealthyMode.WITHDRAW,
+        resync_seconds=60,
+    )
+    return {d.name: (d.attributes, d.taints) for d in slices.devices()}
+
+
+def test_a_restart_under_a_hung_probe_keeps_publishing_what_was_known(
+    node_env: NodeEnv, claims: StaticClaims
+) -> None:
+    """Issue 17.2: a restarted driver whose first probe hangs publishes the node's devices
+    as they were, not an empty slice, until a probe says otherwise."""
+    emu = node_env.emu
+    first = start(node_env, claims)
+    try:
+        before = _until(
+            lambda: (p := _published(first)) and "ibm-manila-lane-0" in p and p,
+            30,
+            "ibm-manila published with its attributes",
+        )
+    finally:
+        first.stop()
+    emu.set_fault("hang", "fake_manila")
+    second = start(node_env, claims, probe_timeout=5.0)
+    try:
+        assert second.registry is not None
+        manila = second.registry.snapshot()["ibm-manila"]
+        now = _published(second)
+        assert second.registry.snapshot()["ibm-manila"].health.status == "unknown"
+        assert manila.health.status == "unknown"  # the probe was still hanging throughout
+        assert now["ibm-manila-lane-0"] == before["ibm-manila-lane-0"]
+        # The probe's deadline passes: now the vendor has said otherwise, and it is withdrawn.
+        _until(lambda: "ibm-manila-lane-0" not in _published(second), 15, "withdrawn")
+    finally:
+        emu.clear_faults()
+        second.stop()

@@ -11,7 +11,11 @@ The kill lands exactly where it hurts, through the test-only crash points
   once after the restart, 0 leaked.
 * ``after-release``: the vendor closed the session, the checkpoint does not say so yet:
   the release is sent once more after the restart, to an already closed session (a no-op
-  at the vendor), and never again.
+  at the vendor), and never again. The claim's CDI spec was removed before the release:
+  no container can start with a released token.
+
+A restart also meets a vendor that fails: a release it owes is retried with backoff, across
+further restarts, until the vendor confirms it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ from .fault_support import (
 
 TTL = 3  # seconds: the session max TTL of these tests' backends (qrmi's default is 28800)
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"
+LOST_DP = "qpu_k8s_deviceplugin_acquisitions_lost_total"
+LAST_LOSS_DP = "qpu_k8s_deviceplugin_acquisitions_lost_last_timestamp_seconds"
+LOST_DRA = "qpu_k8s_dra_acquisitions_lost_total"
+LAST_LOSS_DRA = "qpu_k8s_dra_acquisitions_lost_last_timestamp_seconds"
 StartPlugin = Callable[..., PluginProcess]
 StartDra = Callable[..., DraProcess]
 
@@ -102,7 +110,7 @@ def test_dp_killed_between_vendor_acquire_and_checkpoint_reports_a_bounded_loss(
         "(if any) can only expire on its own"
     )
     assert line["held_at_most_seconds"] == str(TTL)
-    assert second.metric("qpu_k8s_deviceplugin_acquisitions_lost_total") == 1
+    assert second.metric(LOST_DP) == 1
     assert states(layout) == [(None, AcqState.LOST)]
     # The kubelet retries the pod's Allocate on the restarted plugin: a fresh session.
     registered_again(kubelet, 2)
@@ -117,6 +125,13 @@ def test_dp_killed_between_vendor_acquire_and_checkpoint_reports_a_bounded_loss(
     assert wait_closed(emu, lost, TTL + 2) == "expired"
     assert release_requests(emu, lost) == 0
     assert open_tokens(emu) == set()
+    # A crash loop: the process that found the loss dies; the next one shows when it
+    # happened on its first scrape (its own counter starts from zero).
+    when = second.metric(LAST_LOSS_DP)
+    assert when > 0
+    second.kill()
+    third = plugin_process()
+    assert (third.metric(LAST_LOSS_DP), third.metric(LOST_DP)) == (when, 0)
     record_result(
         "kill-dp-after-acquire",
         recovery_s=recovered,
@@ -274,7 +289,7 @@ def test_dra_killed_between_vendor_acquire_and_checkpoint_reports_a_bounded_loss
         "session (if any) can only expire on its own"
     )
     assert line["held_at_most_seconds"] == str(TTL)
-    assert second.metric("qpu_k8s_dra_acquisitions_lost_total") == 1
+    assert second.metric(LOST_DRA) == 1
     dra_kubelet.wait_for_registration(DRIVER, timeout=20, count=2)
     _, error = _prepare(dra_kubelet, ref)  # the kubelet's retry
     recovered = elapsed(started)
@@ -286,6 +301,11 @@ def test_dra_killed_between_vendor_acquire_and_checkpoint_reports_a_bounded_loss
     assert wait_closed(emu, lost, TTL + 2) == "expired"
     assert release_requests(emu, lost) == 0
     assert open_tokens(emu) == set()
+    when = second.metric(LAST_LOSS_DRA)  # a crash loop, as in the device plugin's test
+    assert when > 0
+    second.stop()
+    third = dra_process()
+    assert (third.metric(LAST_LOSS_DRA), third.metric(LOST_DRA)) == (when, 0)
     record_result(
         "kill-dra-after-acquire",
         recovery_s=recovered,
@@ -318,7 +338,7 @@ def test_dra_killed_after_the_token_is_recorded_releases_it_once(
     assert error == ""
     token = dra_node.cdi_env(ref.uid)[TOKEN]
     assert token != orphan
-    assert second.metric("qpu_k8s_dra_acquisitions_lost_total") == 0
+    assert second.metric(LOST_DRA) == 0
     assert dra_kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
     assert wait_closed(emu, token, 5) == "release"
     assert (release_requests(emu, orphan), release_requests(emu, token)) == (1, 1)
@@ -360,3 +380,89 @@ def test_dra_killed_after_the_vendor_released_repeats_only_a_no_op(
         double_releases=0,
         repeated_noop_requests=1,
     )
+
+
+def _failed_releases(emu: Emulator, token: str) -> int:
+    return sum(
+        1
+        for r in emu.state.requests(path_contains=f"/sessions/{token}")
+        if r.method in ("PATCH", "DELETE") and r.status >= 500
+    )
+
+
+def test_dra_owes_a_release_across_restarts_until_the_vendor_confirms_it(
+    emu: Emulator, dra_node: DraNode, dra_kubelet: FakeDRAKubelet, dra_process: StartDra
+) -> None:
+    """Issue 17.1: killed with a token recorded, restarted while the vendor answers 503,
+    killed again: the release is owed, not given up, and lands once when the vendor is back."""
+    dra_node.write_backends([ibm(emu, "ibm-manila", "fake_manila", node=dra_node.name)])
+    driver = dra_process(QPU_K8S_FAULT_KILL_AT="after-acquire-recorded")
+    dra_kubelet.wait_for_registration(DRIVER, timeout=20)
+    ref = _ref(dra_node.claim([("qpu", "ibm-manila-lane-0")]))
+    with pytest.raises(grpc.RpcError):
+        _prepare(dra_kubelet, ref)
+    assert driver.wait_exit() == -9
+    (orphan,) = open_tokens(emu)
+
+    emu.set_fault("error5xx", "fake_manila")
+    started = time.monotonic()
+    try:
+        second = dra_process()
+        assert second.started()["half_prepared"] == 1
+        wait_for(lambda: _failed_releases(emu, orphan) >= 2, 10, "two failed releases")
+        (owed,) = dra_node.checkpoint()["owed"].values()
+        assert (owed["token"], owed["attempts"] >= 1) == (orphan, True)
+        second.stop()  # SIGKILL with the release still owed
+        third = dra_process()
+        third.started()
+        failed = _failed_releases(emu, orphan)
+        wait_for(lambda: _failed_releases(emu, orphan) > failed, 15, "a retry after restart")
+        assert session_of(emu, orphan).is_open
+    finally:
+        emu.clear_faults()
+    assert wait_closed(emu, orphan, 20) == "release"
+    recovered = elapsed(started)
+    assert release_requests(emu, orphan) == 1  # exactly one that succeeded
+    wait_for(lambda: dra_node.checkpoint()["owed"] == {}, 10, "the debt paid")
+    assert open_tokens(emu) == set()
+    record_result(
+        "dra-release-owed-across-restarts",
+        closed_after_s=recovered,
+        failed_attempts=_failed_releases(emu, orphan),
+        leaked=0,
+        double_releases=0,
+    )
+
+
+def test_dra_killed_mid_unprepare_never_serves_a_released_token(
+    emu: Emulator, dra_node: DraNode, dra_kubelet: FakeDRAKubelet, dra_process: StartDra
+) -> None:
+    """Issue 17.3: killed after the vendor released, before the record said so: no CDI spec
+    holds the released token, after the kill nor after the restart, and a prepare of the
+    same claim in that gap gets a live session."""
+    dra_node.write_backends([ibm(emu, "ibm-manila", "fake_manila", node=dra_node.name)])
+    driver = dra_process(QPU_K8S_FAULT_KILL_AT="after-release")
+    dra_kubelet.wait_for_registration(DRIVER, timeout=20)
+    ref = _ref(dra_node.claim([("qpu", "ibm-manila-lane-0")]))
+    assert _prepare(dra_kubelet, ref)[1] == ""
+    released = dra_node.cdi_env(ref.uid)[TOKEN]
+    with pytest.raises(grpc.RpcError):
+        dra_kubelet.node_unprepare_resources([ref])
+    assert driver.wait_exit() == -9
+    assert wait_closed(emu, released, 1) == "release"
+    assert list(dra_node.cdi_dir.iterdir()) == []  # removed before the release was sent
+
+    second = dra_process()
+    assert second.started()["unpreparing"] == 1
+    assert second.started()["cdi_rewritten"] == 0
+    assert list(dra_node.cdi_dir.iterdir()) == []
+    dra_kubelet.wait_for_registration(DRIVER, timeout=20, count=2)
+    assert _prepare(dra_kubelet, ref)[1] == ""  # a prepare in the gap
+    live = dra_node.cdi_env(ref.uid)[TOKEN]
+    assert live != released
+    assert session_of(emu, live).is_open
+    assert dra_kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+    assert wait_closed(emu, live, 5) == "release"
+    assert list(dra_node.cdi_dir.iterdir()) == []
+    assert open_tokens(emu) == set()
+    record_result("kill-dra-mid-unprepare", stale_cdi_specs=0, leaked=0)
