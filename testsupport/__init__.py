@@ -4,3 +4,8 @@ The fake kubelet the demo also uses is product code (``qpu_k8s.fakekubelet``); w
 here serves only tests, benchmarks and the developer commands (tools, packaging, the
 real-cluster fixture).
 """
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+"""The checkout's root (tests run child processes from it)."""

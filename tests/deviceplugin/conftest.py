@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dp_support import RESOURCE, Layout, PluginProcess, fast_config
 
 from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
+from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, fast_config
 
 
 @pytest.fixture(scope="session")

@@ -8,15 +8,6 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from dp_support import (
-    RESOURCE,
-    Layout,
-    ibm_backend,
-    pasqal_backend,
-    release_calls,
-    session_of,
-    wait_for,
-)
 
 from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.deviceplugin.state import HOLDING, AcqState
@@ -27,6 +18,15 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PluginOptions,
     PodAllocation,
+)
+from testsupport.deviceplugin import (
+    RESOURCE,
+    Layout,
+    ibm_backend,
+    pasqal_backend,
+    release_calls,
+    session_of,
+    wait_for,
 )
 
 StartAgent = Callable[..., DevicePlugin]

@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from dp_support import (
+
+from qpu_k8s.deviceplugin.state import AcqState
+from qpu_k8s.emulator import Emulator
+from qpu_k8s.fakekubelet import (
+    FakeDevicePluginKubelet,
+    FakePodResourcesServer,
+    PodAllocation,
+)
+from testsupport.deviceplugin import (
     RESOURCE,
     Layout,
     PluginProcess,
@@ -19,14 +27,6 @@ from dp_support import (
     release_calls,
     session_of,
     wait_for,
-)
-
-from qpu_k8s.deviceplugin.state import AcqState
-from qpu_k8s.emulator import Emulator
-from qpu_k8s.fakekubelet import (
-    FakeDevicePluginKubelet,
-    FakePodResourcesServer,
-    PodAllocation,
 )
 
 StartPlugin = Callable[..., PluginProcess]

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dra_builders import NODE_LABEL_KEY, NodeEnv
 from kubernetes import client, config
 
 from qpu_k8s.fakekubelet import FakeDRAKubelet
 from testsupport import resource_api
+from testsupport.dra import NODE_LABEL_KEY, NodeEnv
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +45,8 @@ def pool_name() -> str:
 # -- the driver on a test node -----------------------------------------------------------
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Any]:
-    from dra_builders import ALICE_KEY, IBM_KEY, PASQAL_TOKEN
-
     from qpu_k8s.emulator import running_emulator
+    from testsupport.dra import ALICE_KEY, IBM_KEY, PASQAL_TOKEN
 
     with running_emulator(
         api_keys=frozenset({IBM_KEY, ALICE_KEY}),
@@ -59,7 +58,7 @@ def emulator() -> Iterator[Any]:
 
 @pytest.fixture
 def node_env(emulator: Any) -> Iterator[NodeEnv]:
-    from dra_builders import IBM_KEY, PASQAL_TOKEN, node_backends
+    from testsupport.dra import IBM_KEY, PASQAL_TOKEN, node_backends
 
     root = Path(tempfile.mkdtemp(prefix="dra-", dir="/tmp"))
     env = NodeEnv(root, f"dra-node-{uuid.uuid4().hex[:8]}", emulator)

@@ -7,7 +7,6 @@ import statistics
 from typing import Any
 
 import pytest
-from dra_builders import ibm_backend, ibm_target, pasqal_backend, pulser_target
 
 from qpu_k8s.core.values import MAX_DEVICE_ATTRIBUTES as MAX_ATTRIBUTES
 from qpu_k8s.core.vendors import ResourceType, profile
@@ -19,6 +18,7 @@ from qpu_k8s.resourceslices.attributes import (
     from_api,
     to_api,
 )
+from testsupport.dra import ibm_backend, ibm_target, pasqal_backend, pulser_target
 
 IBM = profile(ResourceType.IBM_QUANTUM_COMPUTE_SERVICE)
 PASQAL = profile(ResourceType.PASQAL_CLOUD)

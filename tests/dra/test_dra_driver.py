@@ -14,15 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dra_builders import (
-    ALICE_KEY,
-    DRIVER,
-    IBM_KEY,
-    SECRET_VALUES,
-    NodeEnv,
-    allocated_claim,
-    params_config,
-)
 from prometheus_client import REGISTRY
 
 from qpu_k8s.core.checkpoint import read_boot_id
@@ -40,6 +31,15 @@ from qpu_k8s.dra.state import (
 )
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.resourceslices.build import shared_pool_name
+from testsupport.dra import (
+    ALICE_KEY,
+    DRIVER,
+    IBM_KEY,
+    SECRET_VALUES,
+    NodeEnv,
+    allocated_claim,
+    params_config,
+)
 
 NS = "team-a"
 

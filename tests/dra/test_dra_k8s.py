@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 import yaml
-from dra_builders import ALICE_KEY, DRIVER, SECRET_VALUES, NodeEnv, node_backends, validate
 from kubernetes import client
 
 from qpu_k8s.core.kubeclient import as_object
@@ -30,6 +29,7 @@ from qpu_k8s.fakekubelet.common import poll_until
 from qpu_k8s.resourceslices.attributes import from_api
 from qpu_k8s.resourceslices.build import GROUP, PLURAL
 from qpu_k8s.resourceslices.policy import UnhealthyMode
+from testsupport.dra import ALICE_KEY, DRIVER, SECRET_VALUES, NodeEnv, node_backends, validate
 from testsupport.resource_api import AllocationError, Allocator, cel_device, cel_matches
 
 pytestmark = pytest.mark.k8s

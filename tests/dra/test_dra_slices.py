@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from dra_builders import ibm_backend, ibm_target, validate
 
 from qpu_k8s.resourceslices.attributes import device_attributes
 from qpu_k8s.resourceslices.build import (
@@ -17,6 +16,7 @@ from qpu_k8s.resourceslices.build import (
     slice_name,
     to_v1beta1,
 )
+from testsupport.dra import ibm_backend, ibm_target, validate
 
 DRIVER = "qpu.quantum.example.com"
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import qrmi
-from emulator_support import qrmi_resource
 
 from qpu_k8s.emulator import Emulator, JobStatus
+from testsupport.emulator import qrmi_resource
 
 
 def bell_sequence(device: Any | None = None) -> Any:

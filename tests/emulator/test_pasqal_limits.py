@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import psutil
 import pytest
 import qrmi
-from emulator_support import qrmi_resource, wait_for
 
 from qpu_k8s.emulator import Emulator, JobStatus, running_emulator
+from testsupport.emulator import qrmi_resource, wait_for
 
 
 def atoms_sequence(n: int, duration: int = 6000, layout: bool = True) -> str:

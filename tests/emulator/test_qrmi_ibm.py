@@ -6,9 +6,9 @@ import json
 
 import pytest
 import qrmi
-from emulator_support import bell_isa, qrmi_resource
 
 from qpu_k8s.emulator import Emulator, JobStatus, SessionState
+from testsupport.emulator import bell_isa, qrmi_resource
 
 
 def sampler_payload(backend_name: str, emu: Emulator, shots: int = 400) -> qrmi.Payload:

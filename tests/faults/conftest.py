@@ -5,7 +5,6 @@ load), the fake kubelet parts, all on real unix sockets in short temporary direc
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,23 +12,15 @@ from typing import Any
 
 import pytest
 
-# The device-plugin and DRA test helpers are reused, not copied.
-_TESTS = Path(__file__).resolve().parents[1]
-for _folder in ("deviceplugin", "dra"):
-    if str(_TESTS / _folder) not in sys.path:
-        sys.path.append(str(_TESTS / _folder))
-
-from dp_support import RESOURCE, Layout, PluginProcess, fast_config  # noqa: E402
-
-from qpu_k8s.deviceplugin.agent import DevicePlugin  # noqa: E402
-from qpu_k8s.emulator import Emulator, running_emulator  # noqa: E402
-from qpu_k8s.fakekubelet import (  # noqa: E402
+from qpu_k8s.deviceplugin.agent import DevicePlugin
+from qpu_k8s.emulator import Emulator, running_emulator
+from qpu_k8s.fakekubelet import (
     FakeDevicePluginKubelet,
     FakeDRAKubelet,
     FakePodResourcesServer,
 )
-
-from .fault_support import (  # noqa: E402
+from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, fast_config
+from testsupport.faults import (
     IBM_KEY,
     PASQAL_TOKEN,
     USER_KEY,

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dp_support import REPO, RESOURCE, Layout, wait_for
 from kubernetes import client, config
 
 from qpu_k8s.core.kubeclient import as_object
@@ -37,9 +36,9 @@ from qpu_k8s.fakekubelet import (
 )
 from qpu_k8s.fakekubelet.dra import DeviceHealthState
 from qpu_k8s.resourceslices.build import GROUP, PLURAL
-from testsupport import resource_api
-
-from .fault_support import (
+from testsupport import REPO, resource_api
+from testsupport.deviceplugin import RESOURCE, Layout, wait_for
+from testsupport.faults import (
     DRIVER,
     NODE_LABEL,
     SECRETS,
@@ -51,7 +50,7 @@ from .fault_support import (
     release_requests,
     session_of,
 )
-from .netproxy import TcpProxy
+from testsupport.netproxy import TcpProxy
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"

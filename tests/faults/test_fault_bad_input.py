@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.core.model import MAX_CONFIG_BYTES
 from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME as DP_CHECKPOINT
@@ -26,8 +25,8 @@ from qpu_k8s.fakekubelet import (
     FakeDRAKubelet,
     FakePodResourcesServer,
 )
-
-from .fault_support import (
+from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, wait_for
+from testsupport.faults import (
     DRIVER,
     IBM_KEY,
     NS,

@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
@@ -32,8 +31,8 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-
-from .fault_support import (
+from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, wait_for
+from testsupport.faults import (
     DRIVER,
     DraNode,
     DraProcess,

@@ -18,7 +18,6 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 import pytest
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.deviceplugin.state import HOLDING
@@ -29,8 +28,8 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-
-from .fault_support import ibm, open_tokens, record_result, release_requests
+from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, wait_for
+from testsupport.faults import ibm, open_tokens, record_result, release_requests
 
 PODS = 200
 StartPlugin = Callable[..., PluginProcess]

@@ -12,8 +12,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
-
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
@@ -24,8 +22,8 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-
-from .fault_support import (
+from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, wait_for
+from testsupport.faults import (
     DRIVER,
     DraNode,
     DraProcess,

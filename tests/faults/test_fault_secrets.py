@@ -25,7 +25,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.core.model import device_id, parse_backend
 from qpu_k8s.core.names import DRIVER_NAME
@@ -42,8 +41,8 @@ from qpu_k8s.fakekubelet import (
 )
 from qpu_k8s.resourceslices.attributes import device_attributes
 from qpu_k8s.resourceslices.build import Device, PoolScope, build_slices
-
-from .fault_support import (
+from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, wait_for
+from testsupport.faults import (
     DRIVER,
     IBM_KEY,
     NS,

@@ -15,14 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from dp_support import wait_for
 
 from qpu_k8s.dra.state import CHECKPOINT_NAME
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.fakekubelet.dra import DRAPluginClient
-
-from .fault_support import DraNode, DraProcess, ibm, open_tokens, release_requests
+from testsupport.deviceplugin import wait_for
+from testsupport.faults import DraNode, DraProcess, ibm, open_tokens, release_requests
 
 StartDra = Callable[..., DraProcess]
 

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 import grpc
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.core.model import parse_backend
 from qpu_k8s.core.qrmi_client import MAX_STUCK_CALLS, CallTimeouts, QrmiClient
@@ -27,8 +26,8 @@ from qpu_k8s.fakekubelet import (
     PodAllocation,
 )
 from qpu_k8s.fakekubelet.dra import DeviceHealthState
-
-from .fault_support import (
+from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, wait_for
+from testsupport.faults import (
     DRIVER,
     IBM_KEY,
     DraNode,

@@ -20,9 +20,9 @@ from qpu_k8s.core.journal import read_snapshot
 from qpu_k8s.deviceplugin.agent import DevicePluginConfig
 from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Acquisition
 from qpu_k8s.emulator import Emulator
+from testsupport import REPO
 
 RESOURCE = "quantum.example.com/qpu"
-REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 

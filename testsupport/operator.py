@@ -21,13 +21,13 @@ import jsonschema
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.core.deadline import DeadlineExceeded, call_with_deadline
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.qrmi_client import Health, LateAcquire, LateRelease, TaskState
 from qpu_k8s.core.vendors import profile
 from qpu_k8s.operator.kube import ApiStatusError
+from testsupport import resource_api
 
 
 # -- CRD schema and CEL ----------------------------------------------------------------------
@@ -353,22 +353,14 @@ def valid_reason(reason: str) -> bool:
 
 
 def install_crd(api: client.ApiClient, body: dict[str, Any], timeout: float = 30) -> None:
+    """Create or replace a CRD and wait until the apiserver reports it Established."""
+    resource_api.apply_crd(api, body)
     ext = client.ApiextensionsV1Api(api)
     name = body["metadata"]["name"]
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as err:
-        if err.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(name)
-        body = {
-            **body,
-            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
-        }
-        ext.replace_custom_resource_definition(name, body)
     end = time.monotonic() + timeout
     while True:
-        conds = ext.read_custom_resource_definition(name).status.conditions or []
+        status = ext.read_custom_resource_definition(name).status
+        conds = (status.conditions if status is not None else None) or []
         if any(c.type == "Established" and c.status == "True" for c in conds):
             return
         if time.monotonic() > end:

@@ -3,7 +3,8 @@
 Same ``DraDriver`` as ``qpu-k8s dra-plugin``, but claims and per-claim Secrets come from JSON
 files under ``<root>/claims`` and ``<root>/secrets`` (the test plays the apiserver) and no
 slices are published, so the driver can be SIGKILLed and restarted without a cluster.
-Run: ``python tests/faults/dra_child.py --root DIR --node NAME`` (JSON logs on stderr).
+Run from the repo root: ``python -m testsupport.dra_child --root DIR --node NAME`` (JSON logs
+on stderr; ``-m``, as a script its folder would shadow the standard library's ``operator``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ def qrmi_resource(
     emu: Emulator, name: str, resource_type: str | None = None, **overrides: str
 ) -> Any:
     """A real ``qrmi.QuantumResource`` pointed at the emulator via ``from_config``."""
-    import qrmi
+    import qrmi as qrmi_module
+
+    qrmi: Any = qrmi_module  # re-exported from a Rust core that type checkers cannot see
 
     from qpu_k8s.emulator import catalog
 

@@ -47,9 +47,13 @@ class _Versioned:
 
         context.add_callback(on_end)
         seen = -1
+
+        def changed_or_ended() -> bool:
+            return self.version != seen or ended.is_set()
+
         while True:
             with self.cond:
-                self.cond.wait_for(lambda last=seen: self.version != last or ended.is_set())
+                self.cond.wait_for(changed_or_ended)
                 if ended.is_set():
                     return
                 seen = self.version

@@ -1,8 +1,8 @@
 """Helpers of the fault-injection suite: the DRA driver as a process, a simulated node,
 backends, metric parsing, and the numbers each test reports for docs/reliability.md.
 
-The device-plugin helpers (layout, plugin process, emulator backends) come from
-``tests/deviceplugin/dp_support.py``; this module adds the DRA side and what both share.
+The device-plugin helpers (layout, plugin process, emulator backends) are in
+``testsupport.deviceplugin``; this module adds the DRA side and what both share.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dp_support import REPO, wait_for
 
 from qpu_k8s.core.journal import read_snapshot
 from qpu_k8s.dra.state import CHECKPOINT_NAME, Record
 from qpu_k8s.emulator import Emulator, SessionRecord
+from testsupport import REPO
+from testsupport.deviceplugin import wait_for
 
 # Credential values of this suite: distinctive, so a scan finds any copy of them.
 IBM_KEY = "fault-suite-ibm-apikey-6c1f0e9d"
@@ -35,7 +36,7 @@ SECRETS = (IBM_KEY, PASQAL_TOKEN, USER_KEY)
 NODE_LABEL = "qpu-k8s.test/node"
 DRIVER = "qpu.quantum.example.com"
 NS = "team-a"
-CHILD = Path(__file__).with_name("dra_child.py")
+CHILD = "testsupport.dra_child"  # run with -m from the repo root
 RESULTS = Path(os.environ.get("QPU_K8S_FAULT_RESULTS", "/tmp/qpu-k8s-fault-results.jsonl"))
 
 
@@ -209,7 +210,7 @@ class DraNode:
 
 @dataclass
 class DraProcess:
-    """``tests/faults/dra_child.py`` as a real process, JSON logs in a file."""
+    """``python -m testsupport.dra_child`` as a real process, JSON logs in a file."""
 
     node: DraNode
     env: dict[str, str] = field(default_factory=dict)
@@ -228,7 +229,8 @@ class DraProcess:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
-                    str(CHILD),
+                    "-m",
+                    CHILD,
                     "--root",
                     str(self.node.root),
                     "--node",
