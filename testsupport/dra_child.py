@@ -1,8 +1,10 @@
 """The DRA node driver as a real child process for the fault tests.
 
 Same ``DraDriver`` as ``qpu-k8s dra-plugin``, but claims and per-claim Secrets come from JSON
-files under ``<root>/claims`` and ``<root>/secrets`` (the test plays the apiserver) and no
-slices are published, so the driver can be SIGKILLed and restarted without a cluster.
+files under ``<root>/claims`` and ``<root>/secrets`` (the test plays the apiserver, see
+``testsupport.dra.DraNode``) and no slices are published, so the driver can be SIGKILLed and
+restarted without a cluster.
+
 Run from the repo root: ``python -m testsupport.dra_child --root DIR --node NAME`` (JSON logs
 on stderr; ``-m``, as a script its folder would shadow the standard library's ``operator``).
 """
@@ -10,37 +12,10 @@ on stderr; ``-m``, as a script its folder would shadow the standard library's ``
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
-
-NODE_LABEL = "qpu-k8s.test/node"
-
-
-class FileClaims:
-    """ClaimSource over ``claims/<ns>/<name>.json`` and ``secrets/<ns>/<name>.json``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        from qpu_k8s.dra.claims import ClaimNotFoundError
-
-        path = self.root / kind / namespace / f"{name}.json"
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:
-            what = "ResourceClaim" if kind == "claims" else "Secret"
-            raise ClaimNotFoundError(f"{what} {namespace}/{name} not found") from None
-        return data
-
-    def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
-        return self._read("claims", namespace, name)
-
-    def get_secret(self, namespace: str, name: str) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self._read("secrets", namespace, name).items()}
 
 
 def main() -> int:
@@ -54,21 +29,14 @@ def main() -> int:
 
     from qpu_k8s.core import logs
     from qpu_k8s.core.metrics import serve_metrics
-    from qpu_k8s.dra.agent import DraDriver, DraDriverConfig
+    from qpu_k8s.dra.agent import DraDriver
+    from testsupport.dra import FileClaims, driver_config
 
     logs.setup("debug", "json")
     root: Path = args.root
-    cfg = DraDriverConfig(
-        node_name=args.node,
-        config_path=root / "backends.yaml",
-        plugins_dir=root / "plugins",
-        registry_dir=root / "registry",
-        cdi_dir=root / "cdi",
-        state_dir=root / "state",
-        credentials_dir=root / "creds",
-        boot_id_file=root / "boot_id",
-        node_labels={NODE_LABEL: args.node},
-        reload_interval=0.2,
+    cfg = driver_config(
+        root,
+        args.node,
         probe_timeout=args.probe_timeout,
         acquire_timeout=args.acquire_timeout,
         instance=args.instance,
@@ -79,8 +47,6 @@ def main() -> int:
     assert metrics is not None
     agent = DraDriver(cfg, claims=FileClaims(root), publish_slices=False)
     agent.start()
-    import logging
-
     logging.getLogger("dra_child").info(
         "dra child started",
         extra={"metrics_port": metrics.server_port, **agent.recovered},

@@ -1,15 +1,122 @@
-"""Helpers for the emulator tests (clients pointed at the emulator, deadline waits)."""
+"""The emulator as the tests use it: the credentials it accepts, backends on it, what its
+sessions saw, and clients and circuits for the emulator's own tests."""
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from qpu_k8s.emulator import Emulator
+from qpu_k8s.emulator import Emulator, SessionRecord, running_emulator
+from testsupport.names import NODE_LABEL
+
+# -- credentials -----------------------------------------------------------------------------
+# Distinctive values, so a scan of logs, metrics and files finds any copy of them. IBM_KEY
+# sorts before USER_KEY: it is the emulator's ``first_api_key``, what ``ibm_credentials()``
+# hands out.
+IBM_KEY = "qpu-k8s-test-ibm-apikey-6c1f0e9d"  # the backends' own key
+USER_KEY = "qpu-k8s-test-user-apikey-93e5aa70"  # a user's own key, from a claim's Secret
+PASQAL_TOKEN = "qpu-k8s-test-pasqal-token-4b7a2d11"
+SECRETS = (IBM_KEY, PASQAL_TOKEN, USER_KEY)
+SECRET_FILES = {
+    "ibm-creds": {"QRMI_IBM_QCS_IAM_APIKEY": IBM_KEY},
+    "pasqal-creds": {"QRMI_PASQAL_CLOUD_AUTH_TOKEN": PASQAL_TOKEN},
+}
 
 
+@contextmanager
+def agents_emulator() -> Iterator[Emulator]:
+    """The emulator the node agents' tests share: ideal simulation (fast), these keys."""
+    with running_emulator(
+        api_keys=frozenset({IBM_KEY, USER_KEY}),
+        pasqal_tokens=frozenset({PASQAL_TOKEN}),
+        noise=False,
+    ) as emu:
+        assert emu.config.first_api_key == IBM_KEY
+        yield emu
+
+
+def write_secret(folder: Path, name: str, data: Mapping[str, str]) -> None:
+    """A Secret volume as the kubelet mounts it: ``<folder>/<name>/<KEY>`` files."""
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    for key, value in data.items():
+        (folder / name / key).write_text(value)
+
+
+def write_backend_secrets(folder: Path) -> None:
+    """``ibm-creds`` and ``pasqal-creds``, the Secrets the test backends name."""
+    for name, data in SECRET_FILES.items():
+        write_secret(folder, name, data)
+
+
+# -- backends on the emulator ------------------------------------------------------------------
+def ibm_backend(
+    emu: Emulator,
+    name: str,
+    resource_id: str,
+    lanes: int = 1,
+    *,
+    node: str | None = None,
+    max_ttl: int | None = None,
+    secret_name: str = "ibm-creds",  # noqa: S107 - a Secret name, not a value
+    **spec: Any,
+) -> dict[str, Any]:
+    """An IBM backend served by ``emu`` (a QuantumBackend's name and spec); node-bound to
+    ``node`` (by :data:`NODE_LABEL`) when given; ``spec`` adds or overrides fields."""
+    config = emu.ibm_config(resource_id)
+    if max_ttl is not None:
+        config["QRMI_IBM_QCS_SESSION_MAX_TTL"] = str(max_ttl)
+    body: dict[str, Any] = {
+        "resourceId": resource_id,
+        "type": "ibm-quantum-compute-service",
+        "config": config,
+        "credentialsSecretRef": {"name": secret_name},
+        "lanes": lanes,
+    }
+    if node is not None:
+        body |= {"access": "node-bound", "nodeSelector": {NODE_LABEL: node}}
+    return {"name": name, "spec": body | spec}
+
+
+def pasqal_backend(
+    emu: Emulator, name: str, device: str, lanes: int = 1, *, node: str | None = None, **spec: Any
+) -> dict[str, Any]:
+    """A Pasqal device served by ``emu``, like :func:`ibm_backend`."""
+    body: dict[str, Any] = {
+        "resourceId": device,
+        "type": "pasqal-cloud",
+        "config": emu.pasqal_config(device),
+        "credentialsSecretRef": {"name": "pasqal-creds"},
+        "lanes": lanes,
+    }
+    if node is not None:
+        body |= {"access": "node-bound", "nodeSelector": {NODE_LABEL: node}}
+    return {"name": name, "spec": body | spec}
+
+
+# -- what the emulator saw -----------------------------------------------------------------------
+def session_of(emu: Emulator, token: str) -> SessionRecord:
+    rec = emu.state.session(token)
+    assert rec is not None, f"the emulator has no session {token}"
+    return rec
+
+
+def open_tokens(emu: Emulator) -> set[str]:
+    return {s.id for s in emu.state.open_sessions()}
+
+
+def release_requests(emu: Emulator, token: str) -> int:
+    """Answered requests that close a session (qrmi's release: PATCH, or DELETE .../close)."""
+    return sum(
+        1
+        for r in emu.state.requests(path_contains=f"/sessions/{token}")
+        if r.method in ("PATCH", "DELETE") and r.status < 400
+    )
+
+
+# -- clients and circuits for the emulator's own tests ---------------------------------------------
 def qrmi_resource(
     emu: Emulator, name: str, resource_type: str | None = None, **overrides: str
 ) -> Any:
@@ -48,18 +155,6 @@ def bell_isa(backend: Any, measure: bool = True, optimization_level: int = 1) ->
         optimization_level=optimization_level, backend=backend, seed_transpiler=1
     )
     return pm.run(qc)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, step: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(step)
 
 
 class Call:

@@ -6,7 +6,6 @@ library's module, so test and helper file names here are unique on their own.)
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import re
@@ -327,15 +326,6 @@ class FakeSlices:
     async def remove(self, name: str) -> None:
         self.published.pop(name, None)
         self.log.append(("slice-remove", name))
-
-
-async def until(pred: Callable[[], bool], within: float = 5.0, what: str = "condition") -> None:
-    """Wait (polling the loop, never sleeping blind) until ``pred()`` holds."""
-    end = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def ready_condition(status: Mapping[str, Any] | None, ctype: str = "Ready") -> dict[str, Any]:

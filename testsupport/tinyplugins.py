@@ -20,9 +20,7 @@ from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2 as health
 from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2 as reg
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-
-RESOURCE = "quantum.example.com/qpu"
-DRIVER = "qpu.quantum.example.com"
+from testsupport.names import DRIVER, RESOURCE
 
 
 class _Versioned:

@@ -14,7 +14,8 @@ import pytest
 from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
-from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, fast_config
+from testsupport.deviceplugin import Layout, PluginProcess, all_healthy, fast_config
+from testsupport.names import RESOURCE
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +66,7 @@ def start_agent(
         agent.start()
         assert agent.wait_registered(timeout=5), "the agent did not register"
         if healthy:
-            kubelet.wait_for_devices(
-                RESOURCE, lambda ds: bool(ds) and all(d.healthy for d in ds), timeout=10
-            )
+            kubelet.wait_for_devices(RESOURCE, all_healthy, timeout=10)
         return agent
 
     yield start

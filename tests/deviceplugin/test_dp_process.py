@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -18,18 +17,10 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-from testsupport.deviceplugin import (
-    RESOURCE,
-    Layout,
-    PluginProcess,
-    ibm_backend,
-    pasqal_backend,
-    release_calls,
-    session_of,
-    wait_for,
-)
-
-StartPlugin = Callable[..., PluginProcess]
+from testsupport.deviceplugin import Layout, StartPlugin
+from testsupport.emulator import ibm_backend, pasqal_backend, release_requests, session_of
+from testsupport.names import RESOURCE
+from testsupport.waiting import wait_for
 
 
 def pod(name: str, *devices: str) -> PodAllocation:
@@ -109,7 +100,7 @@ def test_plugin_restart_neither_leaks_nor_double_releases(
     assert emu.state.wait_until(lambda s: not session_of(emu, ended).is_open, 10)
     more_lists(pod_resources)
     # ...exactly once, and the running pod keeps its acquisition.
-    assert release_calls(emu, ended) == 1
+    assert release_requests(emu, ended) == 1
     assert session_of(emu, kept).is_open
     assert checkpoint_states(layout) == {kept: AcqState.BOUND, ended: AcqState.RELEASED}
 
@@ -117,12 +108,12 @@ def test_plugin_restart_neither_leaks_nor_double_releases(
     third = plugin_process()
     third.wait_log("registered with the kubelet")
     more_lists(pod_resources)
-    assert release_calls(emu, ended) == 1  # not released again after another restart
+    assert release_requests(emu, ended) == 1  # not released again after another restart
     assert session_of(emu, kept).is_open
     pod_resources.set_pods([])
     assert emu.state.wait_until(lambda s: not session_of(emu, kept).is_open, 10)
     more_lists(pod_resources)
-    assert release_calls(emu, kept) == 1
+    assert release_requests(emu, kept) == 1
     assert [s.id for s in emu.state.open_sessions()] == []
 
 

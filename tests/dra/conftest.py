@@ -7,14 +7,16 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client, config
 
+from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import FakeDRAKubelet
 from testsupport import resource_api
-from testsupport.dra import NODE_LABEL_KEY, NodeEnv
+from testsupport.dra import DraNode, node_backends
+from testsupport.emulator import agents_emulator
+from testsupport.names import NODE_LABEL
 
 
 @pytest.fixture(scope="session")
@@ -44,44 +46,28 @@ def pool_name() -> str:
 
 # -- the driver on a test node -----------------------------------------------------------
 @pytest.fixture(scope="session")
-def emulator() -> Iterator[Any]:
-    from qpu_k8s.emulator import running_emulator
-    from testsupport.dra import ALICE_KEY, IBM_KEY, PASQAL_TOKEN
-
-    with running_emulator(
-        api_keys=frozenset({IBM_KEY, ALICE_KEY}),
-        pasqal_tokens=frozenset({PASQAL_TOKEN}),
-        noise=False,
-    ) as emu:
+def emulator() -> Iterator[Emulator]:
+    with agents_emulator() as emu:
         yield emu
 
 
 @pytest.fixture
-def node_env(emulator: Any) -> Iterator[NodeEnv]:
-    from testsupport.dra import IBM_KEY, PASQAL_TOKEN, node_backends
-
+def node_env(emulator: Emulator) -> Iterator[DraNode]:
     root = Path(tempfile.mkdtemp(prefix="dra-", dir="/tmp"))
-    env = NodeEnv(root, f"dra-node-{uuid.uuid4().hex[:8]}", emulator)
-    for name, key, value in (
-        ("ibm-creds", "QRMI_IBM_QCS_IAM_APIKEY", IBM_KEY),
-        ("pasqal-creds", "QRMI_PASQAL_CLOUD_AUTH_TOKEN", PASQAL_TOKEN),
-    ):
-        (root / "creds" / name).mkdir(parents=True)
-        (root / "creds" / name / key).write_text(value)
-    env.boot_id_file.write_text(str(uuid.uuid4()))
-    env.write_backends(node_backends(emulator, env.node))
-    yield env
+    node = DraNode(root, emulator)
+    node.write_backends(node_backends(emulator, node.name))
+    yield node
     shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
-def kubelet(node_env: NodeEnv) -> Iterator[FakeDRAKubelet]:
+def kubelet(node_env: DraNode) -> Iterator[FakeDRAKubelet]:
     with FakeDRAKubelet(node_env.root / "registry") as k:
         yield k
 
 
 @pytest.fixture
-def k8s_node(k8s_api: client.ApiClient, node_env: NodeEnv) -> Iterator[str]:
+def k8s_node(k8s_api: client.ApiClient, node_env: DraNode) -> Iterator[str]:
     """A Node object of its own (its name is the pool name), labelled for the test backends.
 
     Only its object exists (no kubelet behind it): the driver reads its labels and UID, and
@@ -90,7 +76,7 @@ def k8s_node(k8s_api: client.ApiClient, node_env: NodeEnv) -> Iterator[str]:
     core = client.CoreV1Api(k8s_api)
     core.create_node(
         client.V1Node(
-            metadata=client.V1ObjectMeta(name=node_env.node, labels={NODE_LABEL_KEY: node_env.node})
+            metadata=client.V1ObjectMeta(name=node_env.node, labels={NODE_LABEL: node_env.node})
         )
     )
     yield node_env.node

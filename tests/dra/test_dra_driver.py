@@ -31,17 +31,9 @@ from qpu_k8s.dra.state import (
 )
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.resourceslices.build import shared_pool_name
-from testsupport.dra import (
-    ALICE_KEY,
-    DRIVER,
-    IBM_KEY,
-    SECRET_VALUES,
-    NodeEnv,
-    allocated_claim,
-    params_config,
-)
-
-NS = "team-a"
+from testsupport.dra import NS, DraNode, allocated_claim, params_config
+from testsupport.emulator import IBM_KEY, SECRETS, USER_KEY
+from testsupport.names import DRIVER
 
 
 @pytest.fixture
@@ -49,14 +41,14 @@ def claims() -> StaticClaims:
     return StaticClaims()
 
 
-def start(node_env: NodeEnv, claims: StaticClaims, **overrides: Any) -> DraDriver:
+def start(node_env: DraNode, claims: StaticClaims, **overrides: Any) -> DraDriver:
     agent = DraDriver(node_env.agent_config(**overrides), claims=claims, publish_slices=False)
     agent.start()
     return agent
 
 
 @pytest.fixture
-def agent(node_env: NodeEnv, claims: StaticClaims) -> Iterator[DraDriver]:
+def agent(node_env: DraNode, claims: StaticClaims) -> Iterator[DraDriver]:
     a = start(node_env, claims)
     yield a
     a.stop()
@@ -64,7 +56,7 @@ def agent(node_env: NodeEnv, claims: StaticClaims) -> Iterator[DraDriver]:
 
 def _claim(
     claims: StaticClaims,
-    node_env: NodeEnv,
+    node_env: DraNode,
     devices: list[tuple[str, str]],
     config: list[dict[str, Any]] | None = None,
 ) -> ClaimRef:
@@ -83,7 +75,7 @@ def _session(emu: Any, token: str) -> Any:
 
 
 def test_registration_sockets_and_both_api_versions(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     agent = start(node_env, claims, instance="abc123")
     try:
@@ -110,7 +102,7 @@ def test_registration_sockets_and_both_api_versions(
 
 
 def test_rolling_update_two_instances_side_by_side(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     old = start(node_env, claims, instance="old")
     new: DraDriver | None = None
@@ -133,7 +125,7 @@ def test_rolling_update_two_instances_side_by_side(
 
 @pytest.mark.parametrize("version", ["v1", "v1beta1"])
 def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -161,7 +153,7 @@ def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
     # The checkpoint holds the token but no credential.
     checkpoint = (node_env.root / "state" / CHECKPOINT_NAME).read_text()
     assert token in checkpoint
-    assert not any(secret in checkpoint for secret in SECRET_VALUES)
+    assert not any(secret in checkpoint for secret in SECRETS)
 
     assert kubelet.node_unprepare_resources([ref], version) == {ref.uid: ""}  # type: ignore[arg-type]
     assert not _session(emu, token).is_open
@@ -176,7 +168,7 @@ def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
 
 
 def test_claim_on_a_shared_backend_is_prepared_from_the_operators_pool(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     """Shared (cloud) backends live in the operator's cluster-wide pool ``shared/<name>``;
     the node that runs the pod acquires them, and refuses a device from the wrong pool."""
@@ -205,7 +197,7 @@ def test_claim_on_a_shared_backend_is_prepared_from_the_operators_pool(
 
 
 def test_shared_claim_is_acquired_once_and_released_once(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -232,7 +224,7 @@ def test_shared_claim_is_acquired_once_and_released_once(
 
 
 def test_plugin_restart_keeps_prepared_claims(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     emu = node_env.emu
     first = start(node_env, claims)
@@ -258,7 +250,7 @@ def test_plugin_restart_keeps_prepared_claims(
 
 
 def test_new_boot_id_releases_stale_acquisitions_and_cdi(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     emu = node_env.emu
     first = start(node_env, claims)
@@ -288,7 +280,7 @@ def test_new_boot_id_releases_stale_acquisitions_and_cdi(
 
 
 def test_half_prepared_claim_from_a_crash_is_released_at_start(
-    node_env: NodeEnv, claims: StaticClaims
+    node_env: DraNode, claims: StaticClaims
 ) -> None:
     emu = node_env.emu
     warm = start(node_env, claims)
@@ -333,7 +325,7 @@ def test_half_prepared_claim_from_a_crash_is_released_at_start(
 
 
 def test_failures_name_the_problem_and_leave_nothing_behind(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -380,7 +372,7 @@ def test_failures_name_the_problem_and_leave_nothing_behind(
     ],
 )
 def test_bad_parameters_fail_prepare_naming_the_field(  # noqa: PLR0917
-    node_env: NodeEnv,
+    node_env: DraNode,
     claims: StaticClaims,
     kubelet: FakeDRAKubelet,
     agent: DraDriver,
@@ -395,11 +387,11 @@ def test_bad_parameters_fail_prepare_naming_the_field(  # noqa: PLR0917
 
 
 def test_session_parameters_and_per_claim_credentials(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
-    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": ALICE_KEY, "other": "x"})
+    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": USER_KEY, "other": "x"})
     config = [
         params_config(
             "qpu",
@@ -411,7 +403,7 @@ def test_session_parameters_and_per_claim_credentials(
     ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], config)
     assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
     env = agent.cdi.read_env(ref.uid)
-    assert env["fake_torino_QRMI_IBM_QCS_IAM_APIKEY"] == ALICE_KEY
+    assert env["fake_torino_QRMI_IBM_QCS_IAM_APIKEY"] == USER_KEY
     assert env["fake_torino_QRMI_IBM_QCS_SESSION_MODE"] == "batch"
     session = _session(emu, env["fake_torino_QRMI_JOB_ACQUISITION_TOKEN"])
     assert (session.mode, session.max_ttl) == ("batch", 600)
@@ -435,7 +427,7 @@ def test_session_parameters_and_per_claim_credentials(
 
 
 def test_claim_with_two_backends_gets_one_env(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     kubelet.wait_for_registration(DRIVER)
     ref = _claim(
@@ -454,7 +446,7 @@ def test_claim_with_two_backends_gets_one_env(
 
 @pytest.mark.parametrize("version", ["v1alpha1", "v1"])
 def test_health_stream_follows_the_backend(
-    node_env: NodeEnv, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
+    node_env: DraNode, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -484,7 +476,7 @@ def test_health_stream_follows_the_backend(
 
 
 def test_metrics_count_calls_and_results(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -510,7 +502,7 @@ def test_metrics_count_calls_and_results(
 
 
 def test_no_credential_in_logs_checkpoint_or_health(
-    node_env: NodeEnv,
+    node_env: DraNode,
     claims: StaticClaims,
     kubelet: FakeDRAKubelet,
     agent: DraDriver,
@@ -518,7 +510,7 @@ def test_no_credential_in_logs_checkpoint_or_health(
 ) -> None:
     caplog.set_level("DEBUG")
     kubelet.wait_for_registration(DRIVER)
-    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": ALICE_KEY})
+    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": USER_KEY})
     config = [params_config(credentialsSecretRef={"name": "alice-ibm"})]
     ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], config)
     assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
@@ -526,12 +518,12 @@ def test_no_credential_in_logs_checkpoint_or_health(
     health = repr(agent.health.current()[1])
     kubelet.node_unprepare_resources([ref])
     text = caplog.text + checkpoint + health
-    for secret in SECRET_VALUES:
+    for secret in SECRETS:
         assert secret not in text
 
 
 def test_transient_release_failure_fails_unprepare_until_the_vendor_is_back(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -553,7 +545,7 @@ def test_transient_release_failure_fails_unprepare_until_the_vendor_is_back(
 
 
 def test_a_hanging_vendor_fails_prepare_within_the_deadline(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     emu = node_env.emu
     agent = start(node_env, claims, probe_timeout=5.0, acquire_timeout=1.0)

@@ -29,7 +29,11 @@ from qpu_k8s.fakekubelet.common import poll_until
 from qpu_k8s.resourceslices.attributes import from_api
 from qpu_k8s.resourceslices.build import GROUP, PLURAL
 from qpu_k8s.resourceslices.policy import UnhealthyMode
-from testsupport.dra import ALICE_KEY, DRIVER, SECRET_VALUES, NodeEnv, node_backends, validate
+from testsupport.dra import DraNode as NodeEnv
+from testsupport.dra import node_backends, validate
+from testsupport.emulator import SECRETS as SECRET_VALUES
+from testsupport.emulator import USER_KEY as ALICE_KEY
+from testsupport.names import DRIVER
 from testsupport.resource_api import AllocationError, Allocator, cel_device, cel_matches
 
 pytestmark = pytest.mark.k8s

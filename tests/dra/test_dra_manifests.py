@@ -18,7 +18,8 @@ import yaml
 from celpy.adapter import json_to_cel
 
 from qpu_k8s.dra.params import InvalidParametersError, parse_parameters
-from testsupport.dra import DRIVER, validate
+from testsupport.dra import validate
+from testsupport.names import DRIVER
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = [

@@ -15,7 +15,7 @@ import pytest
 
 from qpu_k8s.emulator import CATALOG, Emulator, EmulatorClient, Vendor, catalog
 from qpu_k8s.emulator.config import EmulatorConfig
-from testsupport.emulator import wait_for
+from testsupport.waiting import wait_for
 
 
 def test_catalogue_matches_the_served_data() -> None:

@@ -10,7 +10,8 @@ import pytest
 import qrmi
 
 from qpu_k8s.emulator import Emulator, JobStatus, running_emulator
-from testsupport.emulator import qrmi_resource, wait_for
+from testsupport.emulator import qrmi_resource
+from testsupport.waiting import wait_for
 
 
 def atoms_sequence(n: int, duration: int = 6000, layout: bool = True) -> str:

@@ -13,30 +13,21 @@ from typing import Any
 import pytest
 
 from qpu_k8s.deviceplugin.agent import DevicePlugin
-from qpu_k8s.emulator import Emulator, running_emulator
+from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
     FakeDevicePluginKubelet,
     FakeDRAKubelet,
     FakePodResourcesServer,
 )
-from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, fast_config
-from testsupport.faults import (
-    IBM_KEY,
-    PASQAL_TOKEN,
-    USER_KEY,
-    DraNode,
-    DraProcess,
-    write_secret,
-)
+from testsupport.deviceplugin import Layout, PluginProcess, all_healthy, fast_config
+from testsupport.dra import DraNode, DraProcess
+from testsupport.emulator import agents_emulator, write_backend_secrets
+from testsupport.names import RESOURCE
 
 
 @pytest.fixture(scope="session")
 def fault_emulator() -> Iterator[Emulator]:
-    with running_emulator(
-        api_keys=frozenset({IBM_KEY, USER_KEY}),
-        pasqal_tokens=frozenset({PASQAL_TOKEN}),
-        noise=False,
-    ) as emu:
+    with agents_emulator() as emu:
         yield emu
 
 
@@ -59,8 +50,7 @@ def root() -> Iterator[Path]:
 def layout(root: Path) -> Layout:
     lay = Layout(root / "dp")
     lay.dp_dir.mkdir(parents=True)
-    write_secret(lay.credentials, "ibm-creds", {"QRMI_IBM_QCS_IAM_APIKEY": IBM_KEY})
-    write_secret(lay.credentials, "pasqal-creds", {"QRMI_PASQAL_CLOUD_AUTH_TOKEN": PASQAL_TOKEN})
+    write_backend_secrets(lay.credentials)
     return lay
 
 
@@ -105,9 +95,7 @@ def start_agent(
         agents.append(agent)
         agent.start()
         assert agent.wait_registered(timeout=10), "the agent did not register"
-        kubelet.wait_for_devices(
-            RESOURCE, lambda ds: bool(ds) and all(d.healthy for d in ds), timeout=30
-        )
+        kubelet.wait_for_devices(RESOURCE, all_healthy, timeout=30)
         return agent
 
     yield start
@@ -117,8 +105,8 @@ def start_agent(
 
 # -- DRA driver ------------------------------------------------------------------------------
 @pytest.fixture
-def dra_node(root: Path) -> DraNode:
-    return DraNode(root / "dra")
+def dra_node(root: Path, fault_emulator: Emulator) -> DraNode:
+    return DraNode(root / "dra", fault_emulator)
 
 
 @pytest.fixture

@@ -37,20 +37,13 @@ from qpu_k8s.fakekubelet import (
 from qpu_k8s.fakekubelet.dra import DeviceHealthState
 from qpu_k8s.resourceslices.build import GROUP, PLURAL
 from testsupport import REPO, resource_api
-from testsupport.deviceplugin import RESOURCE, Layout, wait_for
-from testsupport.faults import (
-    DRIVER,
-    NODE_LABEL,
-    SECRETS,
-    DraNode,
-    elapsed,
-    ibm,
-    open_tokens,
-    record_result,
-    release_requests,
-    session_of,
-)
+from testsupport.deviceplugin import Layout
+from testsupport.dra import DraNode
+from testsupport.emulator import SECRETS, open_tokens, release_requests, session_of
+from testsupport.faults import elapsed, ibm, record_result
+from testsupport.names import DRIVER, NODE_LABEL, RESOURCE
 from testsupport.netproxy import TcpProxy
+from testsupport.waiting import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"

@@ -7,7 +7,6 @@ Both agents run as real processes; each case is fed to the one running process i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -25,22 +24,13 @@ from qpu_k8s.fakekubelet import (
     FakeDRAKubelet,
     FakePodResourcesServer,
 )
-from testsupport.deviceplugin import RESOURCE, Layout, PluginProcess, wait_for
-from testsupport.faults import (
-    DRIVER,
-    IBM_KEY,
-    NS,
-    SECRETS,
-    DraNode,
-    DraProcess,
-    ibm,
-    open_tokens,
-    record_result,
-    write_secret,
-)
+from testsupport.deviceplugin import Layout, StartPlugin
+from testsupport.dra import NS, DraNode, StartDra, params_config
+from testsupport.emulator import IBM_KEY, SECRETS, open_tokens, write_secret
+from testsupport.faults import ibm, record_result
+from testsupport.names import DRIVER, RESOURCE
+from testsupport.waiting import wait_for
 
-StartPlugin = Callable[..., PluginProcess]
-StartDra = Callable[..., DraProcess]
 INVALID = "backend config invalid, keeping the previous one"
 
 
@@ -210,19 +200,7 @@ def test_bad_claims_fail_prepare_naming_the_field_and_the_driver_keeps_serving(
     dra_kubelet.wait_for_registration(DRIVER, timeout=20)
 
     def params(**fields: Any) -> list[dict[str, Any]]:
-        return [
-            {
-                "source": "FromClaim",
-                "opaque": {
-                    "driver": DRIVER,
-                    "parameters": {
-                        "apiVersion": "qpu.quantum.example.com/v1alpha1",
-                        "kind": "QPUClaimParameters",
-                        **fields,
-                    },
-                },
-            }
-        ]
+        return [params_config(**fields)]
 
     lane = [("qpu", "ibm-manila-lane-0")]
     dra_node.claim_secret(NS, "wrong-keys", {"APIKEY": IBM_KEY})

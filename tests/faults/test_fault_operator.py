@@ -31,9 +31,10 @@ from qpu_k8s.emulator import Emulator
 from qpu_k8s.resourceslices.build import GROUP as RESOURCE_GROUP
 from qpu_k8s.resourceslices.build import PLURAL
 from testsupport import REPO, resource_api
-from testsupport.deviceplugin import wait_for
-from testsupport.faults import IBM_KEY, SECRETS, elapsed, ibm, record_result
+from testsupport.emulator import IBM_KEY, SECRETS
+from testsupport.faults import elapsed, ibm, record_result
 from testsupport.netproxy import TcpProxy
+from testsupport.waiting import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 GROUP, VERSION, KIND_PLURAL = "quantum.example.com", "v1alpha1", "quantumbackends"

@@ -15,7 +15,8 @@ from qpu_k8s.fakekubelet import (
     PluginOptions,
     is_extended_resource_name,
 )
-from testsupport.tinyplugins import RESOURCE, TinyDevicePlugin
+from testsupport.names import RESOURCE
+from testsupport.tinyplugins import TinyDevicePlugin
 
 
 def test_register_records_registration_options_and_devices(

@@ -18,7 +18,8 @@ from qpu_k8s.fakekubelet import (
     PrepareResult,
 )
 from qpu_k8s.fakekubelet.dra import choose_service
-from testsupport.tinyplugins import DRIVER, TinyDRAPlugin, health
+from testsupport.names import DRIVER
+from testsupport.tinyplugins import TinyDRAPlugin, health
 
 CLAIM = ClaimRef(namespace="team-a", uid="uid-1", name="qpu-claim")
 

@@ -21,7 +21,8 @@ from qpu_k8s.operator.configmap import DATA_KEY
 from qpu_k8s.operator.controller import Controller, OperatorConfig, RetryLater
 from qpu_k8s.operator.handlers import build_registry, selector_filter
 from qpu_k8s.operator.scheduler import clock
-from testsupport.operator import FakeClients, FakeKube, FakeSlices, cr, ready_condition, until
+from testsupport.operator import FakeClients, FakeKube, FakeSlices, cr, ready_condition
+from testsupport.waiting import until
 
 NS = "qpu-system"
 CM = (NS, "qpu-k8s-node-config")

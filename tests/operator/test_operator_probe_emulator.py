@@ -20,7 +20,8 @@ import yaml
 from qpu_k8s.core import logs
 from qpu_k8s.emulator.server import Emulator, running_emulator
 from qpu_k8s.operator.controller import Controller, OperatorConfig
-from testsupport.operator import FakeKube, cr, ready_condition, until
+from testsupport.operator import FakeKube, cr, ready_condition
+from testsupport.waiting import until
 
 NS = "qpu-system"
 WRONG_KEY = "wrong-apikey-4a1b2c3d"
