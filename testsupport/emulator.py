@@ -199,7 +199,7 @@ def long_job_circuit(num_qubits: int = 11, reps: int = 60) -> Any:
     return pm.run(circuit).assign_parameters(values)
 
 
-def sampler_input(circuit: Any, shots: int) -> str:
+def sampler_input(circuit: Any, shots: int, **fields: Any) -> str:
     """A Sampler V2 job input as qrmi.primitives sends it (OpenQASM 3 pubs)."""
     import json
 
@@ -207,4 +207,13 @@ def sampler_input(circuit: Any, shots: int) -> str:
 
     pub = qasm3.dumps(circuit, disable_constants=True, allow_aliasing=True)
     body = {"pubs": [[pub, None, shots]], "shots": shots, "options": {}, "version": 2}
-    return json.dumps(body)
+    return json.dumps(body | fields)
+
+
+def sampler_payload(circuit: Any, shots: int) -> Any:
+    """The ``qrmi.Payload`` a Sampler V2 job of ``circuit`` (an ISA circuit) is sent as."""
+    import qrmi as qrmi_module
+
+    qrmi: Any = qrmi_module
+    body = sampler_input(circuit, shots, support_qiskit=True)
+    return qrmi.Payload.QiskitPrimitive(input=body, program_id="sampler")

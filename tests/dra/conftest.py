@@ -1,9 +1,8 @@
-"""Fixtures for the DRA tests: the resource.k8s.io CRDs on the real 1.20 apiserver."""
+"""Fixtures of the DRA tests: the resource.k8s.io CRDs on the real 1.20 apiserver, and a test
+node with this folder's backends (the node, emulator and kubelet are in testsupport.fixtures)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +10,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import FakeDRAKubelet
 from testsupport import resource_api
 from testsupport.dra import DraNode, node_backends
-from testsupport.emulator import agents_emulator
 from testsupport.names import NODE_LABEL
 
 
@@ -45,25 +42,17 @@ def pool_name() -> str:
 
 
 # -- the driver on a test node -----------------------------------------------------------
-@pytest.fixture(scope="session")
-def emulator() -> Iterator[Emulator]:
-    with agents_emulator() as emu:
-        yield emu
+@pytest.fixture
+def node_env(dra_node: DraNode) -> DraNode:
+    """This folder's node: ``dra_node`` with the backends of ``node_backends`` configured."""
+    dra_node.write_backends(node_backends(dra_node.emu, dra_node.name))
+    return dra_node
 
 
 @pytest.fixture
-def node_env(emulator: Emulator) -> Iterator[DraNode]:
-    root = Path(tempfile.mkdtemp(prefix="dra-", dir="/tmp"))
-    node = DraNode(root, emulator)
-    node.write_backends(node_backends(emulator, node.name))
-    yield node
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def kubelet(node_env: DraNode) -> Iterator[FakeDRAKubelet]:
-    with FakeDRAKubelet(node_env.root / "registry") as k:
-        yield k
+def kubelet(dra_kubelet: FakeDRAKubelet) -> FakeDRAKubelet:
+    """In this folder the kubelet is the DRA one (``dra_kubelet``)."""
+    return dra_kubelet
 
 
 @pytest.fixture
