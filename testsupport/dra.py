@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -162,6 +163,38 @@ def params_config(request: str | None = None, **params: Any) -> dict[str, Any]:
     if request:
         cfg["requests"] = [request]
     return cfg
+
+
+class StaticClaims:
+    """In-memory claims and Secrets (thread-safe), shaped like the apiserver's answers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claims: dict[tuple[str, str], dict[str, Any]] = {}
+        self._secrets: dict[tuple[str, str], dict[str, str]] = {}
+
+    def put_claim(self, claim: Mapping[str, Any]) -> None:
+        meta = claim["metadata"]
+        with self._lock:
+            self._claims[(meta["namespace"], meta["name"])] = dict(claim)
+
+    def put_secret(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
+        with self._lock:
+            self._secrets[(namespace, name)] = dict(data)
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            claim = self._claims.get((namespace, name))
+        if claim is None:
+            raise ClaimNotFoundError(f"ResourceClaim {namespace}/{name} not found")
+        return claim
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, str]:
+        with self._lock:
+            secret = self._secrets.get((namespace, name))
+        if secret is None:
+            raise ClaimNotFoundError(f"Secret {namespace}/{name} not found")
+        return dict(secret)
 
 
 class FileClaims:

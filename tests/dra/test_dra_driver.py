@@ -19,7 +19,6 @@ from prometheus_client import REGISTRY
 from qpu_k8s.core.checkpoint import read_boot_id
 from qpu_k8s.core.journal import read_snapshot
 from qpu_k8s.dra.agent import DraDriver
-from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.dra.registration import SERVICES
 from qpu_k8s.dra.state import (
     CHECKPOINT_NAME,
@@ -31,7 +30,7 @@ from qpu_k8s.dra.state import (
 )
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.resourceslices.build import shared_pool_name
-from testsupport.dra import NS, DraNode, allocated_claim, params_config
+from testsupport.dra import NS, DraNode, StaticClaims, allocated_claim, params_config
 from testsupport.emulator import IBM_KEY, SECRETS, USER_KEY
 from testsupport.names import DRIVER
 
