@@ -15,10 +15,10 @@ import yaml
 from qpu_k8s.core.journal import read_snapshot
 from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
 from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Acquisition
-from qpu_k8s.emulator import Emulator
-from qpu_k8s.fakekubelet import DeviceState
+from qpu_k8s.fakekubelet import DeviceState, FakePodResourcesServer
 from testsupport.emulator import write_secret
 from testsupport.processes import AgentProcess
+from testsupport.waiting import wait_for
 
 
 def write_yaml_atomically(path: Path, doc: Any) -> None:
@@ -64,10 +64,6 @@ class Layout:
 
     def write_secret(self, name: str, data: Mapping[str, str]) -> None:
         write_secret(self.credentials, name, data)
-
-    def write_emulator_secrets(self, emu: Emulator) -> None:
-        self.write_secret("ibm-creds", emu.ibm_credentials())
-        self.write_secret("pasqal-creds", emu.pasqal_credentials())
 
     def acquisitions(self) -> list[Acquisition]:
         """What the plugin's journal holds on disk, oldest first."""
@@ -147,3 +143,12 @@ StartAgent = Callable[..., DevicePlugin]
 def all_healthy(devices: Sequence[DeviceState]) -> bool:
     """Some devices, every one healthy (a check for ``wait_for_devices``)."""
     return bool(devices) and all(d.healthy for d in devices)
+
+
+def more_lists(pod_resources: FakePodResourcesServer, n: int = 8) -> None:
+    """Let the plugin reconcile ``n`` more times (well past the 0.3 s release grace): wait
+    for ``n`` more PodResources List calls."""
+    calls = pod_resources.calls("List")
+    wait_for(
+        lambda: pod_resources.calls("List") >= calls + n, 10, f"{n} more PodResources List calls"
+    )

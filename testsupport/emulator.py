@@ -137,6 +137,25 @@ def qrmi_resource(
     return qrmi.QuantumResource.from_config(name, types[rtype], config)
 
 
+def pasqal_cloud_client(emu: Emulator) -> Any:
+    """The ``pasqal-cloud`` SDK's client on the emulator, with its static token."""
+    from pasqal_cloud.authentication import TokenProvider
+    from pasqal_cloud.endpoints import Endpoints
+    from pasqal_cloud.pasqal_cloud_client import PasqalCloudClient
+
+    token = emu.pasqal_credentials()["QRMI_PASQAL_CLOUD_AUTH_TOKEN"]
+
+    class StaticToken(TokenProvider):
+        def get_token(self) -> str:
+            return token
+
+    return PasqalCloudClient(
+        project_id="emulator-project",
+        token_provider=StaticToken(),
+        endpoints=Endpoints(**emu.pasqal_endpoints()),
+    )
+
+
 def bell_isa(backend: Any, measure: bool = True, optimization_level: int = 1) -> Any:
     """A Bell-pair circuit transpiled for ``backend`` (an ISA circuit).
 

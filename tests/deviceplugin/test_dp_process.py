@@ -17,7 +17,7 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-from testsupport.deviceplugin import Layout, StartPlugin
+from testsupport.deviceplugin import Layout, StartPlugin, more_lists
 from testsupport.emulator import ibm_backend, pasqal_backend, release_requests, session_of
 from testsupport.names import RESOURCE
 from testsupport.waiting import wait_for
@@ -40,12 +40,6 @@ def allocate_token(kubelet: FakeDevicePluginKubelet, *devices: str) -> str:
 
 def checkpoint_states(layout: Layout) -> dict[str | None, AcqState]:
     return {a.token: a.state for a in layout.acquisitions()}
-
-
-def more_lists(pr: FakePodResourcesServer, n: int = 8) -> None:
-    """Let the plugin reconcile ``n`` more times (well past the 0.3 s release grace)."""
-    calls = pr.calls("List")
-    wait_for(lambda: pr.calls("List") >= calls + n, 10, f"{n} more PodResources List calls")
 
 
 def test_sigterm_stops_cleanly_and_keeps_what_pods_hold(

@@ -20,7 +20,7 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-from testsupport.deviceplugin import Layout, StartPlugin, all_healthy
+from testsupport.deviceplugin import Layout, StartPlugin, all_healthy, more_lists
 from testsupport.dra import DraNode, StartDra
 from testsupport.emulator import open_tokens, release_requests, session_of
 from testsupport.faults import elapsed, ibm, record_result
@@ -36,11 +36,6 @@ def pod(name: str, device: str) -> PodAllocation:
 
 def live(layout: Layout) -> dict[str, AcqState]:
     return {a.token: a.state for a in layout.acquisitions() if a.token}
-
-
-def more_lists(pr: FakePodResourcesServer, n: int = 8) -> None:
-    calls = pr.calls("List")
-    wait_for(lambda: pr.calls("List") >= calls + n, 10, f"{n} more PodResources List calls")
 
 
 def test_kubelet_restarts_device_plugin_reregisters_and_keeps_every_acquisition(
