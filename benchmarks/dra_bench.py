@@ -39,10 +39,11 @@ from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient, QuantumResourceClient
 from qpu_k8s.dra.agent import DraDriver, DraDriverConfig
-from qpu_k8s.dra.claims import ClaimSource, KubeClaims, StaticClaims
+from qpu_k8s.dra.claims import ClaimSource, KubeClaims
 from qpu_k8s.emulator import running_emulator
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.resourceslices.build import GROUP
+from testsupport.dra import StaticClaims
 from testsupport.grpc_floor import LatencySummary, measure_unary_floor, summarize
 from testsupport.instant_client import InstantClient
 

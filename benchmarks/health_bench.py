@@ -40,10 +40,10 @@ from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
 from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.dra.agent import DraDriverConfig as DraConfig
-from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakeDRAKubelet, FakePodResourcesServer
 from qpu_k8s.node.registry import BackendRegistry
+from testsupport.dra import StaticClaims
 
 RESOURCE = "quantum.example.com/qpu"
 DRIVER = DRIVER_NAME

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test tier."""
+"""Fixtures shared by every test tier: the real cluster here, the emulator, the fake kubelet
+parts, node layouts and agent starters in ``testsupport.fixtures`` (declared once there)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from testsupport import k8s_cluster
+
+pytest_plugins = ["testsupport.fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from testsupport import REPO
+
 CHART = REPO / "charts" / "qpu-k8s"
 EXAMPLES = REPO / "qpu_k8s" / "examples"
 PODS_DIR = REPO / "manifests" / "examples" / "pods"
@@ -22,7 +23,7 @@ SCRIPTS = ("qiskit_bell.py", "pulser_bell.py")
 SCRIPTS_CONFIGMAP = "qpu-k8s-paper-scripts"
 EXAMPLE_LABELS = {"app.kubernetes.io/part-of": "qpu-k8s-examples"}
 # A path inside the example containers (an emptyDir), not on this machine.
-CONTAINER_TMP = "/tmp"  # noqa: S108
+CONTAINER_TMP = "/tmp"
 
 
 def chart_defaults() -> dict[str, Any]:

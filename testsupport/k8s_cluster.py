@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from testsupport import REPO
 
 
 def k8s_local_dir() -> Path:

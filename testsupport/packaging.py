@@ -27,9 +27,8 @@ from typing import Any
 import yaml
 
 from qpu_k8s.core.names import DRIVER_NAME
-from testsupport import example_workloads, tools
+from testsupport import REPO, example_workloads, tools
 
-REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "qpu-k8s"
 MANIFESTS = REPO / "manifests"
 INSTALL_DIR = MANIFESTS / "install"

@@ -193,22 +193,27 @@ def crd(kind: str) -> dict[str, Any]:
     }
 
 
+def apply_crd(api: client.ApiClient, crd_body: Mapping[str, Any]) -> None:
+    """Create a CustomResourceDefinition, or replace the one of that name."""
+    ext = client.ApiextensionsV1Api(api)
+    # The client accepts a plain dict body; its stubs only name the model class.
+    body: Any = copy.deepcopy(dict(crd_body))
+    name = body["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as err:
+        if err.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        assert current.metadata is not None
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(name, body)
+
+
 def install(api: client.ApiClient, timeout: float = 60.0) -> None:
     """Create (or update) the four CRDs and wait until the apiserver serves them."""
-    ext = client.ApiextensionsV1Api(api)
     for kind in KINDS:
-        # The client accepts a plain dict body; its stubs only name the model class.
-        body: Any = crd(kind)
-        name = body["metadata"]["name"]
-        try:
-            ext.create_custom_resource_definition(body)
-        except ApiException as err:
-            if err.status != 409:
-                raise
-            current = ext.read_custom_resource_definition(name)
-            assert current.metadata is not None
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
+        apply_crd(api, crd(kind))
     custom = client.CustomObjectsApi(api)
     deadline = time.monotonic() + timeout
     pending = list(KINDS)

@@ -3,15 +3,13 @@
 The kubelet sends only namespace, name and UID; the allocation lives in the claim's status.
 :class:`KubeClaims` reads it through the real Kubernetes client at the REST path of
 ``resource.k8s.io/v1`` (or ``v1beta1``: the parts we read, ``status.allocation.devices``
-results and config, have the same shape in both). :class:`StaticClaims` serves the same
-interface from memory for unit tests and the benchmark's apiserver-free mode.
+results and config, have the same shape in both). Any other :class:`ClaimSource` can be
+given to the driver (the tests' in-memory and file-backed ones are in ``testsupport.dra``).
 """
 
 from __future__ import annotations
 
 import base64
-import threading
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from kubernetes import client
@@ -73,35 +71,3 @@ class KubeClaims:
             raise
         data = secret.data or {}
         return {k: base64.b64decode(v).decode("utf-8") for k, v in data.items()}
-
-
-class StaticClaims:
-    """In-memory claims and Secrets (thread-safe), shaped like the apiserver's answers."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._claims: dict[tuple[str, str], dict[str, Any]] = {}
-        self._secrets: dict[tuple[str, str], dict[str, str]] = {}
-
-    def put_claim(self, claim: Mapping[str, Any]) -> None:
-        meta = claim["metadata"]
-        with self._lock:
-            self._claims[(meta["namespace"], meta["name"])] = dict(claim)
-
-    def put_secret(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
-        with self._lock:
-            self._secrets[(namespace, name)] = dict(data)
-
-    def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
-        with self._lock:
-            claim = self._claims.get((namespace, name))
-        if claim is None:
-            raise ClaimNotFoundError(f"ResourceClaim {namespace}/{name} not found")
-        return claim
-
-    def get_secret(self, namespace: str, name: str) -> dict[str, str]:
-        with self._lock:
-            secret = self._secrets.get((namespace, name))
-        if secret is None:
-            raise ClaimNotFoundError(f"Secret {namespace}/{name} not found")
-        return dict(secret)

@@ -125,17 +125,3 @@ def wait_on(
             if remaining <= 0:
                 raise KubeletFakeError(f"timed out after {timeout:.1f}s waiting for {what()}")
             cond.wait(remaining)
-
-
-def poll_until(
-    check: Callable[[], T | None], timeout: float, what: str, interval: float = POLL_INTERVAL
-) -> T:
-    """For state only observable by polling (files): check until non-None or the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() >= deadline:
-            raise KubeletFakeError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)

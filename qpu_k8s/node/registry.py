@@ -220,7 +220,8 @@ class BackendRegistry:
             self._wake.notify_all()
 
     def probe_now(self, name: str) -> Health:
-        """Probe one backend synchronously (tests, and after a failed acquire)."""
+        """Probe one backend now, on the caller's thread, and return its health (how tests and
+        benchmarks drive a probe; the agents themselves use :meth:`reprobe`)."""
         state = self.get(name)
         if state is None or state.client is None:
             raise KeyError(name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 import qrmi
@@ -13,38 +12,17 @@ import qrmi
 from qpu_k8s.core import errors
 from qpu_k8s.core.model import QuantumBackend, parse_backend
 from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient, TaskState
-from qpu_k8s.emulator import Emulator, running_emulator
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[Emulator]:
-    with running_emulator(noise=False) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: Emulator) -> Iterator[Emulator]:
-    yield emulator
-    emulator.reset()
+from qpu_k8s.emulator import Emulator
+from testsupport.emulator import bell_isa
+from testsupport.emulator import ibm_backend as emulator_backend
+from testsupport.emulator import sampler_payload as isa_sampler_payload
 
 
 def ibm_backend(emu: Emulator, name: str = "fake_manila") -> QuantumBackend:
-    return parse_backend(
-        {
-            "name": name.replace("_", "-"),
-            "spec": {
-                "resourceId": name,
-                "type": "ibm-quantum-compute-service",
-                "config": emu.ibm_config(name),
-                "credentialsSecretRef": {"name": "ibm"},
-            },
-        }
-    )
+    return parse_backend(emulator_backend(emu, name.replace("_", "-"), name, secret_name="ibm"))
 
 
 def sampler_payload(client: QrmiClient, shots: int = 200) -> object:
-    from qiskit import QuantumCircuit, qasm3
-    from qiskit.transpiler import generate_preset_pass_manager
     from qrmi.primitives.ibm import get_backend
 
     res = qrmi.QuantumResource.from_config(
@@ -52,20 +30,7 @@ def sampler_payload(client: QrmiClient, shots: int = 200) -> object:
         qrmi.ResourceType.IBMQuantumComputeService,
         client._config,
     )
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    isa = generate_preset_pass_manager(1, backend=get_backend(res)).run(qc)
-    pub = qasm3.dumps(isa, disable_constants=True, allow_aliasing=True)
-    body = {
-        "pubs": [[pub, None, shots]],
-        "shots": shots,
-        "options": {},
-        "version": 2,
-        "support_qiskit": True,
-    }
-    return qrmi.Payload.QiskitPrimitive(input=json.dumps(body), program_id="sampler")
+    return isa_sampler_payload(bell_isa(get_backend(res)), shots)
 
 
 def test_lifecycle_acquire_task_release(emu: Emulator) -> None:

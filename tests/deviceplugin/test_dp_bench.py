@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from dp_support import REPO
+
+from testsupport import REPO
 
 
 @pytest.mark.slow

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import json
 
-from dp_support import Layout, ibm_backend, pasqal_backend
-
 from qpu_k8s.cli.demo import EXAMPLES
 from qpu_k8s.cli.demo_deviceplugin import run_device_plugin_flow
 from qpu_k8s.emulator import Emulator
+from testsupport.deviceplugin import Layout
+from testsupport.emulator import ibm_backend, pasqal_backend
 
 
 def test_pod_gets_a_qpu_runs_the_example_and_releases_it(emu: Emulator, layout: Layout) -> None:

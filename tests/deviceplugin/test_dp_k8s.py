@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dp_support import RESOURCE, Layout, PluginProcess, ibm_backend, session_of, wait_for
 from kubernetes import client, config
 
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
+from testsupport.deviceplugin import Layout, PluginProcess
+from testsupport.emulator import ibm_backend, session_of
+from testsupport.names import RESOURCE
+from testsupport.waiting import wait_for
 
 pytestmark = pytest.mark.k8s
 

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import stat
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
-from dp_support import (
-    RESOURCE,
-    Layout,
-    ibm_backend,
-    pasqal_backend,
-    release_calls,
-    session_of,
-    wait_for,
-)
 
 from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.deviceplugin.state import HOLDING, AcqState
@@ -28,8 +18,10 @@ from qpu_k8s.fakekubelet import (
     PluginOptions,
     PodAllocation,
 )
-
-StartAgent = Callable[..., DevicePlugin]
+from testsupport.deviceplugin import Layout, StartAgent
+from testsupport.emulator import ibm_backend, pasqal_backend, release_requests, session_of
+from testsupport.names import RESOURCE
+from testsupport.waiting import wait_for
 
 
 def manila_and_fresnel(emu: Emulator, layout: Layout, **manila: object) -> None:
@@ -340,7 +332,7 @@ def test_release_when_the_pod_ends(
     wait_for(lambda: agent.ledger.get(acq_id).state is AcqState.RELEASED, 5, "released")  # type: ignore[union-attr]
     calls = pod_resources.calls("List")
     wait_for(lambda: pod_resources.calls("List") >= calls + 5, 5, "more reconcile passes")
-    assert release_calls(emu, token) == 1
+    assert release_requests(emu, token) == 1
 
 
 def test_no_release_while_pod_resources_is_unavailable(
@@ -391,7 +383,7 @@ def test_failed_release_is_retried_with_backoff_and_done_once(
     emu.clear_faults()
     assert emu.state.wait_until(lambda s: not session_of(emu, token).is_open, 5)
     wait_for(lambda: agent.ledger.snapshot()[0].state is AcqState.RELEASED, 5, "released")
-    assert release_calls(emu, token) == 1
+    assert release_requests(emu, token) == 1
 
 
 # -- config reload -----------------------------------------------------------------------------

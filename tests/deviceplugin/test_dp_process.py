@@ -6,20 +6,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
-from dp_support import (
-    RESOURCE,
-    Layout,
-    PluginProcess,
-    ibm_backend,
-    pasqal_backend,
-    release_calls,
-    session_of,
-    wait_for,
-)
 
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
@@ -28,8 +17,10 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-
-StartPlugin = Callable[..., PluginProcess]
+from testsupport.deviceplugin import Layout, StartPlugin, more_lists
+from testsupport.emulator import ibm_backend, pasqal_backend, release_requests, session_of
+from testsupport.names import RESOURCE
+from testsupport.waiting import wait_for
 
 
 def pod(name: str, *devices: str) -> PodAllocation:
@@ -49,12 +40,6 @@ def allocate_token(kubelet: FakeDevicePluginKubelet, *devices: str) -> str:
 
 def checkpoint_states(layout: Layout) -> dict[str | None, AcqState]:
     return {a.token: a.state for a in layout.acquisitions()}
-
-
-def more_lists(pr: FakePodResourcesServer, n: int = 8) -> None:
-    """Let the plugin reconcile ``n`` more times (well past the 0.3 s release grace)."""
-    calls = pr.calls("List")
-    wait_for(lambda: pr.calls("List") >= calls + n, 10, f"{n} more PodResources List calls")
 
 
 def test_sigterm_stops_cleanly_and_keeps_what_pods_hold(
@@ -109,7 +94,7 @@ def test_plugin_restart_neither_leaks_nor_double_releases(
     assert emu.state.wait_until(lambda s: not session_of(emu, ended).is_open, 10)
     more_lists(pod_resources)
     # ...exactly once, and the running pod keeps its acquisition.
-    assert release_calls(emu, ended) == 1
+    assert release_requests(emu, ended) == 1
     assert session_of(emu, kept).is_open
     assert checkpoint_states(layout) == {kept: AcqState.BOUND, ended: AcqState.RELEASED}
 
@@ -117,12 +102,12 @@ def test_plugin_restart_neither_leaks_nor_double_releases(
     third = plugin_process()
     third.wait_log("registered with the kubelet")
     more_lists(pod_resources)
-    assert release_calls(emu, ended) == 1  # not released again after another restart
+    assert release_requests(emu, ended) == 1  # not released again after another restart
     assert session_of(emu, kept).is_open
     pod_resources.set_pods([])
     assert emu.state.wait_until(lambda s: not session_of(emu, kept).is_open, 10)
     more_lists(pod_resources)
-    assert release_calls(emu, kept) == 1
+    assert release_requests(emu, kept) == 1
     assert [s.id for s in emu.state.open_sessions()] == []
 
 

@@ -1,20 +1,19 @@
-"""Fixtures for the DRA tests: the resource.k8s.io CRDs on the real 1.20 apiserver."""
+"""Fixtures of the DRA tests: the resource.k8s.io CRDs on the real 1.20 apiserver, and a test
+node with this folder's backends (the node, emulator and kubelet are in testsupport.fixtures)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from dra_builders import NODE_LABEL_KEY, NodeEnv
 from kubernetes import client, config
 
 from qpu_k8s.fakekubelet import FakeDRAKubelet
 from testsupport import resource_api
+from testsupport.dra import DraNode, node_backends
+from testsupport.names import NODE_LABEL
 
 
 @pytest.fixture(scope="session")
@@ -43,46 +42,21 @@ def pool_name() -> str:
 
 
 # -- the driver on a test node -----------------------------------------------------------
-@pytest.fixture(scope="session")
-def emulator() -> Iterator[Any]:
-    from dra_builders import ALICE_KEY, IBM_KEY, PASQAL_TOKEN
-
-    from qpu_k8s.emulator import running_emulator
-
-    with running_emulator(
-        api_keys=frozenset({IBM_KEY, ALICE_KEY}),
-        pasqal_tokens=frozenset({PASQAL_TOKEN}),
-        noise=False,
-    ) as emu:
-        yield emu
+@pytest.fixture
+def node_env(dra_node: DraNode) -> DraNode:
+    """This folder's node: ``dra_node`` with the backends of ``node_backends`` configured."""
+    dra_node.write_backends(node_backends(dra_node.emu, dra_node.name))
+    return dra_node
 
 
 @pytest.fixture
-def node_env(emulator: Any) -> Iterator[NodeEnv]:
-    from dra_builders import IBM_KEY, PASQAL_TOKEN, node_backends
-
-    root = Path(tempfile.mkdtemp(prefix="dra-", dir="/tmp"))
-    env = NodeEnv(root, f"dra-node-{uuid.uuid4().hex[:8]}", emulator)
-    for name, key, value in (
-        ("ibm-creds", "QRMI_IBM_QCS_IAM_APIKEY", IBM_KEY),
-        ("pasqal-creds", "QRMI_PASQAL_CLOUD_AUTH_TOKEN", PASQAL_TOKEN),
-    ):
-        (root / "creds" / name).mkdir(parents=True)
-        (root / "creds" / name / key).write_text(value)
-    env.boot_id_file.write_text(str(uuid.uuid4()))
-    env.write_backends(node_backends(emulator, env.node))
-    yield env
-    shutil.rmtree(root, ignore_errors=True)
+def kubelet(dra_kubelet: FakeDRAKubelet) -> FakeDRAKubelet:
+    """In this folder the kubelet is the DRA one (``dra_kubelet``)."""
+    return dra_kubelet
 
 
 @pytest.fixture
-def kubelet(node_env: NodeEnv) -> Iterator[FakeDRAKubelet]:
-    with FakeDRAKubelet(node_env.root / "registry") as k:
-        yield k
-
-
-@pytest.fixture
-def k8s_node(k8s_api: client.ApiClient, node_env: NodeEnv) -> Iterator[str]:
+def k8s_node(k8s_api: client.ApiClient, node_env: DraNode) -> Iterator[str]:
     """A Node object of its own (its name is the pool name), labelled for the test backends.
 
     Only its object exists (no kubelet behind it): the driver reads its labels and UID, and
@@ -91,7 +65,7 @@ def k8s_node(k8s_api: client.ApiClient, node_env: NodeEnv) -> Iterator[str]:
     core = client.CoreV1Api(k8s_api)
     core.create_node(
         client.V1Node(
-            metadata=client.V1ObjectMeta(name=node_env.node, labels={NODE_LABEL_KEY: node_env.node})
+            metadata=client.V1ObjectMeta(name=node_env.node, labels={NODE_LABEL: node_env.node})
         )
     )
     yield node_env.node

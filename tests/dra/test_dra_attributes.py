@@ -7,7 +7,6 @@ import statistics
 from typing import Any
 
 import pytest
-from dra_builders import ibm_backend, ibm_target, pasqal_backend, pulser_target
 
 from qpu_k8s.core.values import MAX_DEVICE_ATTRIBUTES as MAX_ATTRIBUTES
 from qpu_k8s.core.vendors import ResourceType, profile
@@ -19,6 +18,7 @@ from qpu_k8s.resourceslices.attributes import (
     from_api,
     to_api,
 )
+from testsupport.dra import ibm_model, ibm_target, pasqal_model, pulser_target
 
 IBM = profile(ResourceType.IBM_QUANTUM_COMPUTE_SERVICE)
 PASQAL = profile(ResourceType.PASQAL_CLOUD)
@@ -46,7 +46,7 @@ def _median_qubit(props: dict[str, Any], name: str) -> float:
 def test_ibm_torino_quality_figures_in_documented_units() -> None:
     target = ibm_target("torino")
     props = target["properties"]
-    attrs = device_attributes(ibm_backend(lanes=2), 1, target)
+    attrs = device_attributes(ibm_model(lanes=2), 1, target)
     assert attrs["qubits"] == 133
     assert attrs["vendor"] == "ibm"
     assert attrs["technology"] == "superconducting"
@@ -113,7 +113,7 @@ def test_broken_pairs_and_units_other_than_microseconds() -> None:
 
 
 def test_pasqal_specs_give_atoms_and_no_invented_quality() -> None:
-    fresnel = device_attributes(pasqal_backend(), 0, pulser_target("AnalogDevice"))
+    fresnel = device_attributes(pasqal_model(), 0, pulser_target("AnalogDevice"))
     assert fresnel["qubits"] == 80
     assert fresnel["technology"] == "neutral-atom"
     assert fresnel["vendor"] == "pasqal"
@@ -121,13 +121,13 @@ def test_pasqal_specs_give_atoms_and_no_invented_quality() -> None:
     assert fresnel["minAtomDistanceNm"] == 5000
     assert fresnel["dimensions"] == 2
     assert not {"twoQubitErrorPpm", "t1Us", "readoutErrorPpm"} & fresnel.keys()
-    emu = device_attributes(pasqal_backend("emu-free", "EMU_FREE"), 0, None)
+    emu = device_attributes(pasqal_model("emu-free", "EMU_FREE"), 0, None)
     assert emu["simulator"] is True
     assert "qubits" not in emu
 
 
 def test_spec_attributes_override_probed_but_not_identity() -> None:
-    backend = ibm_backend(attributes={"qubits": 127, "lane": 9, "backend": "x", "site": "lab-1"})
+    backend = ibm_model(attributes={"qubits": 127, "lane": 9, "backend": "x", "site": "lab-1"})
     attrs = device_attributes(backend, 0, ibm_target("torino"))
     assert attrs["qubits"] == 127
     assert attrs["site"] == "lab-1"

@@ -9,28 +9,17 @@ from __future__ import annotations
 import json
 import stat
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dra_builders import (
-    ALICE_KEY,
-    DRIVER,
-    IBM_KEY,
-    SECRET_VALUES,
-    NodeEnv,
-    allocated_claim,
-    params_config,
-)
 from kubernetes import client
 from prometheus_client import REGISTRY
 
 from qpu_k8s.core.checkpoint import read_boot_id
 from qpu_k8s.core.journal import read_snapshot
 from qpu_k8s.dra.agent import DraDriver
-from qpu_k8s.dra.claims import StaticClaims
 from qpu_k8s.dra.registration import SERVICES
 from qpu_k8s.dra.slicesync import NodeSlices
 from qpu_k8s.dra.state import (
@@ -45,8 +34,10 @@ from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.resourceslices.build import PoolScope, shared_pool_name
 from qpu_k8s.resourceslices.policy import UnhealthyMode
 from qpu_k8s.resourceslices.publish import SlicePublisher
-
-NS = "team-a"
+from testsupport.dra import NS, DraNode, StaticClaims, allocated_claim, params_config
+from testsupport.emulator import IBM_KEY, SECRETS, USER_KEY
+from testsupport.names import DRIVER
+from testsupport.waiting import wait_for
 
 
 @pytest.fixture
@@ -54,14 +45,14 @@ def claims() -> StaticClaims:
     return StaticClaims()
 
 
-def start(node_env: NodeEnv, claims: StaticClaims, **overrides: Any) -> DraDriver:
+def start(node_env: DraNode, claims: StaticClaims, **overrides: Any) -> DraDriver:
     agent = DraDriver(node_env.agent_config(**overrides), claims=claims, publish_slices=False)
     agent.start()
     return agent
 
 
 @pytest.fixture
-def agent(node_env: NodeEnv, claims: StaticClaims) -> Iterator[DraDriver]:
+def agent(node_env: DraNode, claims: StaticClaims) -> Iterator[DraDriver]:
     a = start(node_env, claims)
     yield a
     a.stop()
@@ -69,7 +60,7 @@ def agent(node_env: NodeEnv, claims: StaticClaims) -> Iterator[DraDriver]:
 
 def _claim(
     claims: StaticClaims,
-    node_env: NodeEnv,
+    node_env: DraNode,
     devices: list[tuple[str, str]],
     config: list[dict[str, Any]] | None = None,
 ) -> ClaimRef:
@@ -88,7 +79,7 @@ def _session(emu: Any, token: str) -> Any:
 
 
 def test_registration_sockets_and_both_api_versions(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     agent = start(node_env, claims, instance="abc123")
     try:
@@ -115,7 +106,7 @@ def test_registration_sockets_and_both_api_versions(
 
 
 def test_rolling_update_two_instances_side_by_side(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     old = start(node_env, claims, instance="old")
     new: DraDriver | None = None
@@ -138,7 +129,7 @@ def test_rolling_update_two_instances_side_by_side(
 
 @pytest.mark.parametrize("version", ["v1", "v1beta1"])
 def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -166,7 +157,7 @@ def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
     # The checkpoint holds the token but no credential.
     checkpoint = (node_env.root / "state" / CHECKPOINT_NAME).read_text()
     assert token in checkpoint
-    assert not any(secret in checkpoint for secret in SECRET_VALUES)
+    assert not any(secret in checkpoint for secret in SECRETS)
 
     assert kubelet.node_unprepare_resources([ref], version) == {ref.uid: ""}  # type: ignore[arg-type]
     assert not _session(emu, token).is_open
@@ -181,7 +172,7 @@ def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
 
 
 def test_claim_on_a_shared_backend_is_prepared_from_the_operators_pool(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     """Shared (cloud) backends live in the operator's cluster-wide pool ``shared/<name>``;
     the node that runs the pod acquires them, and refuses a device from the wrong pool."""
@@ -210,7 +201,7 @@ def test_claim_on_a_shared_backend_is_prepared_from_the_operators_pool(
 
 
 def test_shared_claim_is_acquired_once_and_released_once(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -237,7 +228,7 @@ def test_shared_claim_is_acquired_once_and_released_once(
 
 
 def test_plugin_restart_keeps_prepared_claims(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     emu = node_env.emu
     first = start(node_env, claims)
@@ -263,7 +254,7 @@ def test_plugin_restart_keeps_prepared_claims(
 
 
 def test_new_boot_id_releases_stale_acquisitions_and_cdi(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     emu = node_env.emu
     first = start(node_env, claims)
@@ -293,7 +284,7 @@ def test_new_boot_id_releases_stale_acquisitions_and_cdi(
 
 
 def test_half_prepared_claim_from_a_crash_is_released_at_start(
-    node_env: NodeEnv, claims: StaticClaims
+    node_env: DraNode, claims: StaticClaims
 ) -> None:
     emu = node_env.emu
     warm = start(node_env, claims)
@@ -338,7 +329,7 @@ def test_half_prepared_claim_from_a_crash_is_released_at_start(
 
 
 def test_failures_name_the_problem_and_leave_nothing_behind(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -385,7 +376,7 @@ def test_failures_name_the_problem_and_leave_nothing_behind(
     ],
 )
 def test_bad_parameters_fail_prepare_naming_the_field(  # noqa: PLR0917
-    node_env: NodeEnv,
+    node_env: DraNode,
     claims: StaticClaims,
     kubelet: FakeDRAKubelet,
     agent: DraDriver,
@@ -400,11 +391,11 @@ def test_bad_parameters_fail_prepare_naming_the_field(  # noqa: PLR0917
 
 
 def test_session_parameters_and_per_claim_credentials(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
-    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": ALICE_KEY, "other": "x"})
+    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": USER_KEY, "other": "x"})
     config = [
         params_config(
             "qpu",
@@ -416,7 +407,7 @@ def test_session_parameters_and_per_claim_credentials(
     ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], config)
     assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
     env = agent.cdi.read_env(ref.uid)
-    assert env["fake_torino_QRMI_IBM_QCS_IAM_APIKEY"] == ALICE_KEY
+    assert env["fake_torino_QRMI_IBM_QCS_IAM_APIKEY"] == USER_KEY
     assert env["fake_torino_QRMI_IBM_QCS_SESSION_MODE"] == "batch"
     session = _session(emu, env["fake_torino_QRMI_JOB_ACQUISITION_TOKEN"])
     assert (session.mode, session.max_ttl) == ("batch", 600)
@@ -440,7 +431,7 @@ def test_session_parameters_and_per_claim_credentials(
 
 
 def test_claim_with_two_backends_gets_one_env(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     kubelet.wait_for_registration(DRIVER)
     ref = _claim(
@@ -459,7 +450,7 @@ def test_claim_with_two_backends_gets_one_env(
 
 @pytest.mark.parametrize("version", ["v1alpha1", "v1"])
 def test_health_stream_follows_the_backend(
-    node_env: NodeEnv, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
+    node_env: DraNode, kubelet: FakeDRAKubelet, agent: DraDriver, version: str
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -489,7 +480,7 @@ def test_health_stream_follows_the_backend(
 
 
 def test_metrics_count_calls_and_results(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -515,7 +506,7 @@ def test_metrics_count_calls_and_results(
 
 
 def test_no_credential_in_logs_checkpoint_or_health(
-    node_env: NodeEnv,
+    node_env: DraNode,
     claims: StaticClaims,
     kubelet: FakeDRAKubelet,
     agent: DraDriver,
@@ -523,7 +514,7 @@ def test_no_credential_in_logs_checkpoint_or_health(
 ) -> None:
     caplog.set_level("DEBUG")
     kubelet.wait_for_registration(DRIVER)
-    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": ALICE_KEY})
+    claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": USER_KEY})
     config = [params_config(credentialsSecretRef={"name": "alice-ibm"})]
     ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], config)
     assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
@@ -531,12 +522,12 @@ def test_no_credential_in_logs_checkpoint_or_health(
     health = repr(agent.health.current()[1])
     kubelet.node_unprepare_resources([ref])
     text = caplog.text + checkpoint + health
-    for secret in SECRET_VALUES:
+    for secret in SECRETS:
         assert secret not in text
 
 
 def test_transient_release_failure_fails_unprepare_until_the_vendor_is_back(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
@@ -558,7 +549,7 @@ def test_transient_release_failure_fails_unprepare_until_the_vendor_is_back(
 
 
 def test_a_hanging_vendor_fails_prepare_within_the_deadline(
-    node_env: NodeEnv, claims: StaticClaims, kubelet: FakeDRAKubelet
+    node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet
 ) -> None:
     emu = node_env.emu
     agent = start(node_env, claims, probe_timeout=5.0, acquire_timeout=1.0)
@@ -576,16 +567,6 @@ def test_a_hanging_vendor_fails_prepare_within_the_deadline(
         assert agent.cdi.claims() == set()
     finally:
         agent.stop()
-
-
-def _until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _published(agent: DraDriver) -> dict[str, Any]:
@@ -606,14 +587,14 @@ def _published(agent: DraDriver) -> dict[str, Any]:
 
 
 def test_a_restart_under_a_hung_probe_keeps_publishing_what_was_known(
-    node_env: NodeEnv, claims: StaticClaims
+    node_env: DraNode, claims: StaticClaims
 ) -> None:
     """Issue 17.2: a restarted driver whose first probe hangs publishes the node's devices
     as they were, not an empty slice, until a probe says otherwise."""
     emu = node_env.emu
     first = start(node_env, claims)
     try:
-        before = _until(
+        before = wait_for(
             lambda: (p := _published(first)) and "ibm-manila-lane-0" in p and p,
             30,
             "ibm-manila published with its attributes",
@@ -630,7 +611,7 @@ def test_a_restart_under_a_hung_probe_keeps_publishing_what_was_known(
         assert manila.health.status == "unknown"  # the probe was still hanging throughout
         assert now["ibm-manila-lane-0"] == before["ibm-manila-lane-0"]
         # The probe's deadline passes: now the vendor has said otherwise, and it is withdrawn.
-        _until(lambda: "ibm-manila-lane-0" not in _published(second), 15, "withdrawn")
+        wait_for(lambda: "ibm-manila-lane-0" not in _published(second), 15, "withdrawn")
     finally:
         emu.clear_faults()
         second.stop()

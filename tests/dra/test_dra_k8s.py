@@ -19,18 +19,22 @@ from typing import Any
 
 import pytest
 import yaml
-from dra_builders import ALICE_KEY, DRIVER, SECRET_VALUES, NodeEnv, node_backends, validate
 from kubernetes import client
 
 from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient
 from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
-from qpu_k8s.fakekubelet.common import poll_until
 from qpu_k8s.resourceslices.attributes import from_api
 from qpu_k8s.resourceslices.build import GROUP, PLURAL
 from qpu_k8s.resourceslices.policy import UnhealthyMode
+from testsupport.dra import DraNode as NodeEnv
+from testsupport.dra import node_backends, validate
+from testsupport.emulator import SECRETS as SECRET_VALUES
+from testsupport.emulator import USER_KEY as ALICE_KEY
+from testsupport.names import DRIVER
 from testsupport.resource_api import AllocationError, Allocator, cel_device, cel_matches
+from testsupport.waiting import wait_for as poll_until
 
 pytestmark = pytest.mark.k8s
 REPO = Path(__file__).resolve().parents[2]

@@ -16,9 +16,10 @@ import celpy
 import pytest
 import yaml
 from celpy.adapter import json_to_cel
-from dra_builders import DRIVER, validate
 
 from qpu_k8s.dra.params import InvalidParametersError, parse_parameters
+from testsupport.dra import validate
+from testsupport.names import DRIVER
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from dra_builders import ibm_backend, ibm_target, validate
 
 from qpu_k8s.resourceslices.attributes import device_attributes
 from qpu_k8s.resourceslices.build import (
@@ -17,8 +16,8 @@ from qpu_k8s.resourceslices.build import (
     slice_name,
     to_v1beta1,
 )
-
-DRIVER = "qpu.quantum.example.com"
+from testsupport.dra import ibm_model, ibm_target, validate
+from testsupport.names import DRIVER
 
 
 def _devices(n: int) -> list[Device]:
@@ -40,7 +39,7 @@ def test_chunks_of_128_with_count_and_generation() -> None:
 
 
 def test_real_backend_slice_validates_against_v1_and_v1beta1() -> None:
-    backend = ibm_backend(lanes=3)
+    backend = ibm_model(lanes=3)
     target = ibm_target("torino")
     devices = [
         Device(

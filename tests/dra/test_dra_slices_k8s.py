@@ -6,12 +6,12 @@ import threading
 from typing import Any
 
 import pytest
-from dra_builders import validate
 from kubernetes import client
 
 from qpu_k8s.fakekubelet.common import wait_on
 from qpu_k8s.resourceslices.build import GROUP, PLURAL, Device, DeviceTaint, PoolScope
 from qpu_k8s.resourceslices.publish import SlicePublisher
+from testsupport.dra import validate
 
 pytestmark = pytest.mark.k8s
 DRIVER = "qpu.quantum.example.com"

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from dra_builders import DRIVER, params_config
 
 from qpu_k8s.core.qrmi_client import Health
 from qpu_k8s.core.vendors import ResourceType, profile
@@ -18,6 +17,8 @@ from qpu_k8s.dra.params import effective_parameters
 from qpu_k8s.dra.registration import instance_id, socket_paths
 from qpu_k8s.dra.state import CHECKPOINT_NAME, ClaimRecord, DeviceRecord, StateStore
 from qpu_k8s.resourceslices.policy import unhealthy_taint
+from testsupport.dra import params_config
+from testsupport.names import DRIVER
 
 
 def test_parameters_merge_in_order_and_follow_requests() -> None:

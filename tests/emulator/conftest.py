@@ -1,4 +1,8 @@
-"""Fixtures for the emulator tests: one shared emulator, reset between tests."""
+"""Fixtures for the emulator's own tests: one emulator as it ships (calibrated noise, its
+default credentials), reset after each test.
+
+Here ``emu`` is that emulator rather than the agents' noise-free one of
+``testsupport.fixtures``: these tests check the emulator itself, noise model included."""
 
 from __future__ import annotations
 
@@ -17,6 +21,6 @@ def shared_emulator() -> Iterator[Emulator]:
 
 @pytest.fixture
 def emu(shared_emulator: Emulator) -> Iterator[Emulator]:
-    """The shared emulator, with every session, job and fault forgotten afterwards."""
+    """This folder's emulator, with every session, job and fault forgotten afterwards."""
     yield shared_emulator
     shared_emulator.reset()

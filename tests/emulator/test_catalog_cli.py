@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from emulator_support import wait_for
 
 from qpu_k8s.emulator import CATALOG, Emulator, EmulatorClient, Vendor, catalog
 from qpu_k8s.emulator.config import EmulatorConfig
+from testsupport.waiting import wait_for
 
 
 def test_catalogue_matches_the_served_data() -> None:

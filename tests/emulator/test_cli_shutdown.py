@@ -19,10 +19,11 @@ from typing import Any
 import psutil
 import pytest
 import qrmi
-from emulator_support import long_job_circuit, sampler_input, wait_for
 
 from qpu_k8s.emulator import EmulatorClient
 from qpu_k8s.emulator.config import EmulatorConfig
+from testsupport.emulator import long_job_circuit, sampler_input
+from testsupport.waiting import wait_for
 
 # Generous on a loaded 2-core machine; the benchmark measures the real figure (< 1 s).
 EXIT_DEADLINE_SECONDS = 10

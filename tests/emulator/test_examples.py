@@ -8,10 +8,9 @@ import subprocess
 import sys
 from typing import Any
 
-from emulator_support import qrmi_resource
-
 from qpu_k8s.cli.demo import EXAMPLES
 from qpu_k8s.emulator import Emulator, SessionState
+from testsupport.emulator import qrmi_resource
 
 
 def run_example(script: str, env: dict[str, str], *args: str) -> dict[str, Any]:

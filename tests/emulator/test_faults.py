@@ -6,9 +6,9 @@ import time
 
 import pytest
 import qrmi
-from emulator_support import Call, qrmi_resource
 
 from qpu_k8s.emulator import Emulator, running_emulator
+from testsupport.emulator import Call, qrmi_resource
 
 
 def test_hang_blocks_the_call_and_stop_is_prompt() -> None:

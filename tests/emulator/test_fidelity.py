@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 import qrmi
-from emulator_support import bell_isa, qrmi_resource, sampler_input
 
 from qpu_k8s.emulator import Emulator, JobStatus, calibration, fidelity, running_emulator
+from testsupport.emulator import bell_isa, qrmi_resource, sampler_input
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

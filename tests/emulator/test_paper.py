@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from emulator_support import qrmi_resource
 
 from qpu_k8s.cli.demo import EXAMPLES
 from qpu_k8s.emulator import Emulator, JobStatus, SessionState
+from testsupport.emulator import qrmi_resource
 
 PAPER = EXAMPLES / "paper"
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import qrmi
-from emulator_support import qrmi_resource
 
 from qpu_k8s.emulator import Emulator, JobStatus
+from testsupport.emulator import pasqal_cloud_client, qrmi_resource
 
 
 def bell_sequence(device: Any | None = None) -> Any:
@@ -139,21 +139,7 @@ def test_oauth_grants(emu: Emulator, grant: str) -> None:
 
 
 def test_pasqal_cloud_sdk_create_batch(emu: Emulator) -> None:
-    from pasqal_cloud.authentication import TokenProvider
-    from pasqal_cloud.endpoints import Endpoints
-    from pasqal_cloud.pasqal_cloud_client import PasqalCloudClient
-
-    token = emu.pasqal_credentials()["QRMI_PASQAL_CLOUD_AUTH_TOKEN"]
-
-    class StaticToken(TokenProvider):
-        def get_token(self) -> str:
-            return token
-
-    client = PasqalCloudClient(
-        project_id="emulator-project",
-        token_provider=StaticToken(),
-        endpoints=Endpoints(**emu.pasqal_endpoints()),
-    )
+    client = pasqal_cloud_client(emu)
     assert set(client.get_device_specs_dict()) == {"FRESNEL", "EMU_MPS", "EMU_FREE"}
     batch = client.create_batch(
         bell_sequence().to_abstract_repr(),

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import psutil
 import pytest
 import qrmi
-from emulator_support import qrmi_resource, wait_for
 
 from qpu_k8s.emulator import Emulator, JobStatus, running_emulator
+from testsupport.emulator import pasqal_cloud_client, qrmi_resource
+from testsupport.waiting import wait_for
 
 
 def atoms_sequence(n: int, duration: int = 6000, layout: bool = True) -> str:
@@ -70,21 +71,7 @@ def test_time_limit(big: Emulator) -> None:
 
 
 def test_time_limit_in_the_pasqal_cloud_sdk(big: Emulator) -> None:
-    from pasqal_cloud.authentication import TokenProvider
-    from pasqal_cloud.endpoints import Endpoints
-    from pasqal_cloud.pasqal_cloud_client import PasqalCloudClient
-
-    token = big.pasqal_credentials()["QRMI_PASQAL_CLOUD_AUTH_TOKEN"]
-
-    class StaticToken(TokenProvider):
-        def get_token(self) -> str:
-            return token
-
-    client = PasqalCloudClient(
-        project_id="emulator-project",
-        token_provider=StaticToken(),
-        endpoints=Endpoints(**big.pasqal_endpoints()),
-    )
+    client = pasqal_cloud_client(big)
     from pasqal_cloud.errors import BatchCreationError
 
     with pytest.raises(BatchCreationError, match="requires the sequence's register"):

@@ -6,27 +6,17 @@ import json
 
 import pytest
 import qrmi
-from emulator_support import bell_isa, qrmi_resource
 
 from qpu_k8s.emulator import Emulator, JobStatus, SessionState
+from testsupport.emulator import bell_isa, qrmi_resource
+from testsupport.emulator import sampler_payload as isa_sampler_payload
 
 
 def sampler_payload(backend_name: str, emu: Emulator, shots: int = 400) -> qrmi.Payload:
     """A Sampler V2 input as qrmi.primitives builds it (OpenQASM 3 pubs)."""
-    from qiskit import qasm3
     from qrmi.primitives.ibm import get_backend
 
-    res = qrmi_resource(emu, backend_name)
-    isa = bell_isa(get_backend(res))
-    pub = qasm3.dumps(isa, disable_constants=True, allow_aliasing=True)
-    body = {
-        "pubs": [[pub, None, shots]],
-        "shots": shots,
-        "options": {},
-        "version": 2,
-        "support_qiskit": True,
-    }
-    return qrmi.Payload.QiskitPrimitive(input=json.dumps(body), program_id="sampler")
+    return isa_sampler_payload(bell_isa(get_backend(qrmi_resource(emu, backend_name))), shots)
 
 
 def test_status_target_metadata(emu: Emulator) -> None:

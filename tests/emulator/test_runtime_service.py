@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from emulator_support import bell_isa
 
 from qpu_k8s.emulator import Emulator, JobStatus, SessionState
+from testsupport.emulator import bell_isa
 
 # SamplerV2/EstimatorV2 are deprecated since qiskit-ibm-runtime 0.50 and tested on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -11,12 +11,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-from emulator_support import qrmi_resource
 
 from qpu_k8s.emulator import Emulator, Fault, FaultKind, SessionRecord
 from qpu_k8s.emulator.auth import TokenIssuer, bearer
 from qpu_k8s.emulator.faults import FaultRegistry
 from qpu_k8s.emulator.state import EmulatorState
+from testsupport.emulator import qrmi_resource
 
 
 def test_tokens_are_jwt_shaped_signed_and_scoped() -> None:

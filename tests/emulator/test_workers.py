@@ -17,16 +17,10 @@ from typing import Any
 import psutil
 import pytest
 import qrmi
-from emulator_support import (
-    Call,
-    bell_isa,
-    long_job_circuit,
-    qrmi_resource,
-    sampler_input,
-    wait_for,
-)
 
 from qpu_k8s.emulator import Emulator, JobStatus, running_emulator
+from testsupport.emulator import Call, bell_isa, long_job_circuit, qrmi_resource, sampler_input
+from testsupport.waiting import wait_for
 
 # SamplerV2 of qiskit-ibm-runtime is deprecated since 0.50 and used on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dp_support import REPO, RESOURCE, Layout, wait_for
 from kubernetes import client, config
 
 from qpu_k8s.core.kubeclient import as_object
@@ -37,21 +36,14 @@ from qpu_k8s.fakekubelet import (
 )
 from qpu_k8s.fakekubelet.dra import DeviceHealthState
 from qpu_k8s.resourceslices.build import GROUP, PLURAL
-from testsupport import resource_api
-
-from .fault_support import (
-    DRIVER,
-    NODE_LABEL,
-    SECRETS,
-    DraNode,
-    elapsed,
-    ibm,
-    open_tokens,
-    record_result,
-    release_requests,
-    session_of,
-)
-from .netproxy import TcpProxy
+from testsupport import REPO, resource_api
+from testsupport.deviceplugin import Layout
+from testsupport.dra import DraNode
+from testsupport.emulator import SECRETS, open_tokens, release_requests, session_of
+from testsupport.faults import elapsed, ibm, record_result
+from testsupport.names import DRIVER, NODE_LABEL, RESOURCE
+from testsupport.netproxy import TcpProxy
+from testsupport.waiting import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"

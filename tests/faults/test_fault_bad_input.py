@@ -7,13 +7,11 @@ Both agents run as real processes; each case is fed to the one running process i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 import yaml
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.core.model import MAX_CONFIG_BYTES
 from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME as DP_CHECKPOINT
@@ -26,22 +24,13 @@ from qpu_k8s.fakekubelet import (
     FakeDRAKubelet,
     FakePodResourcesServer,
 )
+from testsupport.deviceplugin import Layout, StartPlugin
+from testsupport.dra import NS, DraNode, StartDra, params_config
+from testsupport.emulator import IBM_KEY, SECRETS, open_tokens, write_secret
+from testsupport.faults import ibm, record_result
+from testsupport.names import DRIVER, RESOURCE
+from testsupport.waiting import wait_for
 
-from .fault_support import (
-    DRIVER,
-    IBM_KEY,
-    NS,
-    SECRETS,
-    DraNode,
-    DraProcess,
-    ibm,
-    open_tokens,
-    record_result,
-    write_secret,
-)
-
-StartPlugin = Callable[..., PluginProcess]
-StartDra = Callable[..., DraProcess]
 INVALID = "backend config invalid, keeping the previous one"
 
 
@@ -211,19 +200,7 @@ def test_bad_claims_fail_prepare_naming_the_field_and_the_driver_keeps_serving(
     dra_kubelet.wait_for_registration(DRIVER, timeout=20)
 
     def params(**fields: Any) -> list[dict[str, Any]]:
-        return [
-            {
-                "source": "FromClaim",
-                "opaque": {
-                    "driver": DRIVER,
-                    "parameters": {
-                        "apiVersion": "qpu.quantum.example.com/v1alpha1",
-                        "kind": "QPUClaimParameters",
-                        **fields,
-                    },
-                },
-            }
-        ]
+        return [params_config(**fields)]
 
     lane = [("qpu", "ibm-manila-lane-0")]
     dra_node.claim_secret(NS, "wrong-keys", {"APIKEY": IBM_KEY})

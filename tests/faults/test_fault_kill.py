@@ -21,11 +21,9 @@ further restarts, until the vendor confirms it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
@@ -36,18 +34,12 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-
-from .fault_support import (
-    DRIVER,
-    DraNode,
-    DraProcess,
-    elapsed,
-    ibm,
-    open_tokens,
-    record_result,
-    release_requests,
-    session_of,
-)
+from testsupport.deviceplugin import Layout, StartPlugin, all_healthy
+from testsupport.dra import DraNode, StartDra
+from testsupport.emulator import open_tokens, release_requests, session_of
+from testsupport.faults import elapsed, ibm, record_result
+from testsupport.names import DRIVER, RESOURCE
+from testsupport.waiting import wait_for
 
 TTL = 3  # seconds: the session max TTL of these tests' backends (qrmi's default is 28800)
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"
@@ -55,8 +47,6 @@ LOST_DP = "qpu_k8s_deviceplugin_acquisitions_lost_total"
 LAST_LOSS_DP = "qpu_k8s_deviceplugin_acquisitions_lost_last_timestamp_seconds"
 LOST_DRA = "qpu_k8s_dra_acquisitions_lost_total"
 LAST_LOSS_DRA = "qpu_k8s_dra_acquisitions_lost_last_timestamp_seconds"
-StartPlugin = Callable[..., PluginProcess]
-StartDra = Callable[..., DraProcess]
 
 
 def pod(name: str, *devices: str) -> PodAllocation:
@@ -82,7 +72,7 @@ def wait_closed(emu: Emulator, token: str, timeout: float) -> str:
 def registered_again(kubelet: FakeDevicePluginKubelet, count: int) -> None:
     """Wait for the ``count``-th registration and its healthy device list."""
     wait_for(lambda: len(kubelet.registrations) >= count, 20, f"registration #{count}")
-    kubelet.wait_for_devices(RESOURCE, lambda ds: bool(ds) and all(d.healthy for d in ds), 20)
+    kubelet.wait_for_devices(RESOURCE, all_healthy, 20)
 
 
 # -- device plugin ---------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 import pytest
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.deviceplugin.agent import DevicePlugin
 from qpu_k8s.deviceplugin.state import HOLDING
@@ -29,11 +28,13 @@ from qpu_k8s.fakekubelet import (
     FakePodResourcesServer,
     PodAllocation,
 )
-
-from .fault_support import ibm, open_tokens, record_result, release_requests
+from testsupport.deviceplugin import Layout, StartPlugin
+from testsupport.emulator import open_tokens, release_requests
+from testsupport.faults import ibm, record_result
+from testsupport.names import RESOURCE
+from testsupport.waiting import wait_for
 
 PODS = 200
-StartPlugin = Callable[..., PluginProcess]
 
 
 def test_200_pods_in_bursts_on_4_lanes_balanced_and_nothing_leaked(

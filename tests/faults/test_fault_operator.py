@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import yaml
-from dp_support import REPO, wait_for
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -31,10 +30,11 @@ from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.resourceslices.build import GROUP as RESOURCE_GROUP
 from qpu_k8s.resourceslices.build import PLURAL
-from testsupport import resource_api
-
-from .fault_support import IBM_KEY, SECRETS, elapsed, ibm, record_result
-from .netproxy import TcpProxy
+from testsupport import REPO, resource_api
+from testsupport.emulator import IBM_KEY, SECRETS
+from testsupport.faults import elapsed, ibm, record_result
+from testsupport.netproxy import TcpProxy
+from testsupport.waiting import wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 GROUP, VERSION, KIND_PLURAL = "quantum.example.com", "v1alpha1", "quantumbackends"

@@ -10,40 +10,24 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
-
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import (
     ClaimRef,
-    DeviceState,
     FakeDevicePluginKubelet,
     FakeDRAKubelet,
     FakePodResourcesServer,
     PodAllocation,
 )
-
-from .fault_support import (
-    DRIVER,
-    DraNode,
-    DraProcess,
-    elapsed,
-    ibm,
-    open_tokens,
-    record_result,
-    release_requests,
-    session_of,
-)
+from testsupport.deviceplugin import Layout, StartPlugin, all_healthy, more_lists
+from testsupport.dra import DraNode, StartDra
+from testsupport.emulator import open_tokens, release_requests, session_of
+from testsupport.faults import elapsed, ibm, record_result
+from testsupport.names import DRIVER, RESOURCE
+from testsupport.waiting import wait_for
 
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"
-StartPlugin = Callable[..., PluginProcess]
-StartDra = Callable[..., DraProcess]
-
-
-def all_healthy(ds: list[DeviceState]) -> bool:
-    return bool(ds) and all(d.healthy for d in ds)
 
 
 def pod(name: str, device: str) -> PodAllocation:
@@ -52,11 +36,6 @@ def pod(name: str, device: str) -> PodAllocation:
 
 def live(layout: Layout) -> dict[str, AcqState]:
     return {a.token: a.state for a in layout.acquisitions() if a.token}
-
-
-def more_lists(pr: FakePodResourcesServer, n: int = 8) -> None:
-    calls = pr.calls("List")
-    wait_for(lambda: pr.calls("List") >= calls + n, 10, f"{n} more PodResources List calls")
 
 
 def test_kubelet_restarts_device_plugin_reregisters_and_keeps_every_acquisition(

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
 import pytest
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.core.model import device_id, parse_backend
 from qpu_k8s.core.names import DRIVER_NAME
@@ -42,24 +41,13 @@ from qpu_k8s.fakekubelet import (
 )
 from qpu_k8s.resourceslices.attributes import device_attributes
 from qpu_k8s.resourceslices.build import Device, PoolScope, build_slices
+from testsupport.deviceplugin import Layout, StartPlugin
+from testsupport.dra import NS, DraNode, StartDra, params_config
+from testsupport.emulator import IBM_KEY, PASQAL_TOKEN, SECRETS, USER_KEY, open_tokens
+from testsupport.faults import ibm, pasqal, record_result
+from testsupport.names import DRIVER, RESOURCE
+from testsupport.waiting import wait_for
 
-from .fault_support import (
-    DRIVER,
-    IBM_KEY,
-    NS,
-    PASQAL_TOKEN,
-    SECRETS,
-    USER_KEY,
-    DraNode,
-    DraProcess,
-    ibm,
-    open_tokens,
-    pasqal,
-    record_result,
-)
-
-StartPlugin = Callable[..., PluginProcess]
-StartDra = Callable[..., DraProcess]
 PASQAL_PLAIN = {"PASQAL_USERNAME", "PASQAL_PASSWORD"}
 
 
@@ -146,20 +134,7 @@ def test_credentials_only_reach_allocate_envs_and_cdi_specs(  # noqa: PLR0917
 
     # -- DRA: backend credentials, a user's own credentials, failure, release --------------
     dra_node.claim_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": USER_KEY})
-    user_params = [
-        {
-            "source": "FromClaim",
-            "opaque": {
-                "driver": DRIVER,
-                "parameters": {
-                    "apiVersion": "qpu.quantum.example.com/v1alpha1",
-                    "kind": "QPUClaimParameters",
-                    "sessionMode": "batch",
-                    "credentialsSecretRef": {"name": "alice-ibm"},
-                },
-            },
-        }
-    ]
+    user_params = [params_config(sessionMode="batch", credentialsSecretRef={"name": "alice-ibm"})]
     shared = ClaimRef(*dra_node.claim([("qpu", "ibm-torino-lane-0"), ("atoms", "emu-free-lane-0")]))
     alice = ClaimRef(*dra_node.claim([("qpu", "ibm-torino-lane-1")], config=user_params))
     rejected = ClaimRef(*dra_node.claim([("qpu", "ibm-lagos-lane-0")]))

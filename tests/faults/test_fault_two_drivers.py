@@ -10,23 +10,21 @@ acquired once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from dp_support import wait_for
 
 from qpu_k8s.dra.state import CHECKPOINT_NAME
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.fakekubelet.dra import DRAPluginClient
+from testsupport.dra import DraNode, StartDra
+from testsupport.emulator import open_tokens, release_requests
+from testsupport.faults import ibm
+from testsupport.names import DRIVER
+from testsupport.waiting import wait_for
 
-from .fault_support import DraNode, DraProcess, ibm, open_tokens, release_requests
-
-StartDra = Callable[..., DraProcess]
-
-DRIVER = "qpu.quantum.example.com"
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"
 LANES = 4
 

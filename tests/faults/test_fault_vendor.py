@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 import grpc
-from dp_support import RESOURCE, Layout, PluginProcess, wait_for
 
 from qpu_k8s.core.model import parse_backend
 from qpu_k8s.core.qrmi_client import MAX_STUCK_CALLS, CallTimeouts, QrmiClient
@@ -27,28 +26,14 @@ from qpu_k8s.fakekubelet import (
     PodAllocation,
 )
 from qpu_k8s.fakekubelet.dra import DeviceHealthState
-
-from .fault_support import (
-    DRIVER,
-    IBM_KEY,
-    DraNode,
-    DraProcess,
-    elapsed,
-    ibm,
-    open_tokens,
-    record_result,
-    release_requests,
-    session_of,
-)
+from testsupport.deviceplugin import Layout, StartPlugin, all_healthy
+from testsupport.dra import DraNode, StartDra
+from testsupport.emulator import IBM_KEY, open_tokens, release_requests, session_of
+from testsupport.faults import PROBE_INTERVAL, elapsed, ibm, record_result
+from testsupport.names import DRIVER, RESOURCE
+from testsupport.waiting import wait_for
 
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"
-PROBE_INTERVAL = 5  # the smallest probeIntervalSeconds a QuantumBackend may set
-StartPlugin = Callable[..., PluginProcess]
-StartDra = Callable[..., DraProcess]
-
-
-def all_healthy(ds: list[DeviceState]) -> bool:
-    return bool(ds) and all(d.healthy for d in ds)
 
 
 def none_healthy(ds: list[DeviceState]) -> bool:

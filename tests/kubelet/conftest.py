@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny_plugins import TinyDevicePlugin
+
+from testsupport.tinyplugins import TinyDevicePlugin
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tiny_plugins import RESOURCE, TinyDevicePlugin
 
 from qpu_k8s.fakekubelet import (
     DeviceState,
@@ -16,6 +15,8 @@ from qpu_k8s.fakekubelet import (
     PluginOptions,
     is_extended_resource_name,
 )
+from testsupport.names import RESOURCE
+from testsupport.tinyplugins import TinyDevicePlugin
 
 
 def test_register_records_registration_options_and_devices(

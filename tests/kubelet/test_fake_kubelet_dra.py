@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny_plugins import DRIVER, TinyDRAPlugin, health
 
 from qpu_k8s.fakekubelet import (
     AnsweredDevice,
@@ -19,6 +18,8 @@ from qpu_k8s.fakekubelet import (
     PrepareResult,
 )
 from qpu_k8s.fakekubelet.dra import choose_service
+from testsupport.names import DRIVER
+from testsupport.tinyplugins import TinyDRAPlugin, health
 
 CLAIM = ClaimRef(namespace="team-a", uid="uid-1", name="qpu-claim")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from operator_testkit import install_crd
 
 from testsupport import resource_api
+from testsupport.operator import install_crd
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from typing import Any
 import kopf
 import pytest
 import yaml
-from operator_testkit import FakeClients, FakeKube, FakeSlices, cr, ready_condition, until
 
 from qpu_k8s.core.qrmi_client import Health
 from qpu_k8s.operator import shared_claims as sc
@@ -22,6 +21,8 @@ from qpu_k8s.operator.configmap import DATA_KEY
 from qpu_k8s.operator.controller import Controller, OperatorConfig, RetryLater
 from qpu_k8s.operator.handlers import build_registry, selector_filter
 from qpu_k8s.operator.scheduler import clock
+from testsupport.operator import FakeClients, FakeKube, FakeSlices, cr, ready_condition
+from testsupport.waiting import until
 
 NS = "qpu-system"
 CM = (NS, "qpu-k8s-node-config")

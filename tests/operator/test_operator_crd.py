@@ -22,11 +22,11 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from operator_testkit import cel_errors, cr, schema_errors
 
 from qpu_k8s.core.model import InvalidBackendError, QuantumBackend
 from qpu_k8s.core.vendors import PROFILES
 from qpu_k8s.operator import crd
+from testsupport.operator import cel_errors, cr, schema_errors
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests" / "examples" / "backends").glob("*.yaml"))

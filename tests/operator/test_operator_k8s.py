@@ -39,7 +39,6 @@ import yaml
 from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_testkit import cr, free_port, install_crd, ready_condition
 
 from qpu_k8s.core import logs
 from qpu_k8s.emulator.server import Emulator, running_emulator
@@ -52,6 +51,7 @@ from qpu_k8s.operator.kube import Connection, Kube
 from qpu_k8s.operator.slices import BackendSlices, pool_name
 from qpu_k8s.resourceslices.build import pool_label
 from testsupport import k8s_cluster
+from testsupport.operator import cr, free_port, install_crd, ready_condition
 from testsupport.resource_api import Allocator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]

@@ -10,7 +10,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from operator_testkit import cr
 
 from qpu_k8s.core.credentials import REDACTOR, redact
 from qpu_k8s.core.model import parse_backend, parse_backend_config
@@ -22,6 +21,7 @@ from qpu_k8s.operator.secrets import SecretReader, decode
 from qpu_k8s.operator.slices import devices_for, pool_name, scope_of
 from qpu_k8s.operator.status import BackendStatus, Condition
 from qpu_k8s.resourceslices.policy import UnhealthyMode
+from testsupport.operator import cr
 
 PASQAL = {
     "resourceId": "FRESNEL",

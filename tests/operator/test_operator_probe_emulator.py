@@ -11,25 +11,18 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import yaml
-from operator_testkit import FakeKube, cr, ready_condition, until
 
 from qpu_k8s.core import logs
-from qpu_k8s.emulator.server import Emulator, running_emulator
+from qpu_k8s.emulator.server import Emulator
 from qpu_k8s.operator.controller import Controller, OperatorConfig
+from testsupport.operator import FakeKube, cr, ready_condition
+from testsupport.waiting import until
 
 NS = "qpu-system"
 WRONG_KEY = "wrong-apikey-4a1b2c3d"
-
-
-@pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
-    with running_emulator(noise=False) as e:
-        yield e
 
 
 def ibm(emu: Emulator, backend: str, ref: str = "emu-creds", **extra: Any) -> dict[str, Any]:

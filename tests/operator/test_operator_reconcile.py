@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from operator_testkit import valid_reason
 
 from qpu_k8s.core.model import parse_backend
 from qpu_k8s.core.qrmi_client import Health
@@ -19,6 +18,7 @@ from qpu_k8s.operator.reconcile import (
     is_ready,
 )
 from qpu_k8s.operator.status import BackendStatus, ConditionStatus, ConditionType
+from testsupport.operator import valid_reason
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 BACKEND = parse_backend(

@@ -6,7 +6,6 @@ library's module, so test and helper file names here are unique on their own.)
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import re
@@ -21,13 +20,13 @@ import jsonschema
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.core.deadline import DeadlineExceeded, call_with_deadline
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.qrmi_client import Health, LateAcquire, LateRelease, TaskState
 from qpu_k8s.core.vendors import profile
 from qpu_k8s.operator.kube import ApiStatusError
+from testsupport import resource_api
 
 
 # -- CRD schema and CEL ----------------------------------------------------------------------
@@ -329,15 +328,6 @@ class FakeSlices:
         self.log.append(("slice-remove", name))
 
 
-async def until(pred: Callable[[], bool], within: float = 5.0, what: str = "condition") -> None:
-    """Wait (polling the loop, never sleeping blind) until ``pred()`` holds."""
-    end = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def ready_condition(status: Mapping[str, Any] | None, ctype: str = "Ready") -> dict[str, Any]:
     for c in (status or {}).get("conditions") or []:
         if c.get("type") == ctype:
@@ -353,22 +343,14 @@ def valid_reason(reason: str) -> bool:
 
 
 def install_crd(api: client.ApiClient, body: dict[str, Any], timeout: float = 30) -> None:
+    """Create or replace a CRD and wait until the apiserver reports it Established."""
+    resource_api.apply_crd(api, body)
     ext = client.ApiextensionsV1Api(api)
     name = body["metadata"]["name"]
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as err:
-        if err.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(name)
-        body = {
-            **body,
-            "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version},
-        }
-        ext.replace_custom_resource_definition(name, body)
     end = time.monotonic() + timeout
     while True:
-        conds = ext.read_custom_resource_definition(name).status.conditions or []
+        status = ext.read_custom_resource_definition(name).status
+        conds = (status.conditions if status is not None else None) or []
         if any(c.type == "Established" and c.status == "True" for c in conds):
             return
         if time.monotonic() > end:

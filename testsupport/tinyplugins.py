@@ -20,9 +20,7 @@ from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2 as health
 from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2 as reg
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-
-RESOURCE = "quantum.example.com/qpu"
-DRIVER = "qpu.quantum.example.com"
+from testsupport.names import DRIVER, RESOURCE
 
 
 class _Versioned:
@@ -47,9 +45,13 @@ class _Versioned:
 
         context.add_callback(on_end)
         seen = -1
+
+        def changed_or_ended() -> bool:
+            return self.version != seen or ended.is_set()
+
         while True:
             with self.cond:
-                self.cond.wait_for(lambda last=seen: self.version != last or ended.is_set())
+                self.cond.wait_for(changed_or_ended)
                 if ended.is_set():
                     return
                 seen = self.version
