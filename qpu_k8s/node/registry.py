@@ -27,6 +27,7 @@ from qpu_k8s.core.errors import CredentialsError
 from qpu_k8s.core.metrics import PREFIX
 from qpu_k8s.core.model import AccessMode, InvalidBackendError, QuantumBackend, load_backend_config
 from qpu_k8s.core.qrmi_client import ClientFactory, Health, QuantumResourceClient
+from qpu_k8s.core.vendors import profile
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,8 @@ class BackendRegistry:
                     "backend configured" if old is None else "backend updated",
                     extra={"backend": name, "error": error or ""},
                 )
+                if (note := profile(backend.spec.type).deprecated) and old is None:
+                    log.warning(note, extra={"backend": name})
                 if error is None:
                     self._schedule(name, 0.0, self._gen)
             if changed:

@@ -216,8 +216,10 @@ def compute_status(obs: Observation, previous: BackendStatus) -> BackendStatus:
         degraded = Want(
             DEGRADED, T, "PublishFailed", "; ".join(obs.publish_problems) + " (retrying)"
         )
-    wants.append(degraded)
     t = profile(backend.spec.type) if backend is not None else None
+    if t is not None and t.deprecated and degraded.status != T:
+        degraded = Want(DEGRADED, T, "DeprecatedType", t.deprecated)
+    wants.append(degraded)
     qubits = attrs.get("qubits")
     tech = attrs.get("technology")
     return BackendStatus(

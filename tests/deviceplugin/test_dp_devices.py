@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,34 @@ def test_registry_filters_node_bound_backends_by_node_labels(tmp_path: Path) -> 
     assert ids({"lab": "zurich"}) == ["cloud-lane-0", "onprem-lane-0", "onprem-lane-1"]
     assert ids({"lab": "zurich"}, shared=False) == ["onprem-lane-0", "onprem-lane-1"]
     assert ids({}) == ["cloud-lane-0"]
+
+
+def test_registry_warns_once_about_a_deprecated_type(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import yaml
+
+    cfg = tmp_path / "backends.yaml"
+    config = {
+        "QRMI_IBM_QRS_ENDPOINT": "http://127.0.0.1:9/api/v1",
+        "QRMI_IBM_QRS_IAM_ENDPOINT": "http://127.0.0.1:9",
+        "QRMI_IBM_QRS_SERVICE_CRN": "crn:x",
+    }
+    docs = [{"name": "old", "spec": {"resourceId": "r", "type": "qiskit-runtime-service",
+                                     "config": config,
+                                     "credentialsSecretRef": {"name": "ibm"}}}]  # fmt: skip
+    cfg.write_text(yaml.safe_dump({"backends": docs}))
+    reg = BackendRegistry(
+        cfg, None, node_labels={}, include_shared=True,
+        client_factory=lambda b, c: _Client(b),  # type: ignore[arg-type,return-value]
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="qpu_k8s.node.registry"):
+        reg.reload()
+        docs[0]["spec"]["lanes"] = 2  # an update is not a second warning
+        cfg.write_text(yaml.safe_dump({"backends": docs}))
+        os.utime(cfg, ns=(1, 1))  # a new stamp, whatever the clock's resolution
+        reg.reload()
+    warnings = [r for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "use spec.type ibm-quantum-compute-service" in warnings[0].getMessage().lower()
+    assert [d.id for d in devices_of(reg.snapshot().values())] == ["old-lane-0", "old-lane-1"]

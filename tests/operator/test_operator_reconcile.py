@@ -191,3 +191,40 @@ def test_a_new_generation_drops_old_quality_figures() -> None:
     s = compute_status(new, first)
     assert "twoQubitErrorPpm" not in s.attributes
     assert cond(s, ConditionType.READY)[0] == ConditionStatus.UNKNOWN.value
+
+
+def test_the_deprecated_runtime_service_type_is_ready_but_degraded_with_the_fix() -> None:
+    """qiskit-runtime-service still works, but the status and its Warning Event say what to
+    change (its transition ended 2026-11-21)."""
+    qrs = parse_backend(
+        {
+            "name": "ibm-old",
+            "spec": {
+                "resourceId": "ibm_torino",
+                "type": "qiskit-runtime-service",
+                "config": {
+                    "QRMI_IBM_QRS_ENDPOINT": "http://127.0.0.1:9/api/v1",
+                    "QRMI_IBM_QRS_IAM_ENDPOINT": "http://127.0.0.1:9",
+                    "QRMI_IBM_QRS_SERVICE_CRN": "crn:x",
+                },
+                "credentialsSecretRef": {"name": "ibm-creds"},
+            },
+        }
+    )
+    first = Observation(generation=1, now=T0, backend=qrs, probe=online())
+    s = compute_status(first, BackendStatus())
+    assert is_ready(s)
+    status, reason, message = cond(s, ConditionType.DEGRADED)
+    assert (status, reason) == ("True", "DeprecatedType")
+    assert "spec.type ibm-quantum-compute-service" in message
+    assert "QRMI_IBM_QCS_IAM_APIKEY" in message
+    events = transitions(BackendStatus().conditions, s.conditions)
+    assert any(e.type == "Warning" and e.reason == "DeprecatedType" for e in events)
+    # A real problem takes the condition; the deprecation is shown again once it is gone.
+    failing = ProbeResult(Health(True, "online", "", 3), None, "target() timed out", 0.25)
+    later = compute_status(Observation(generation=1, now=T0, backend=qrs, probe=failing), s)
+    assert cond(later, ConditionType.DEGRADED)[1] == "TargetUnavailable"
+    # The supported type is not degraded.
+    assert cond(compute_status(obs(online()), BackendStatus()), ConditionType.DEGRADED)[1] == (
+        "AsExpected"
+    )

@@ -171,7 +171,17 @@ _QS_AWS = ("QRMI_IBM_QS_AWS_ACCESS_KEY_ID", "QRMI_IBM_QS_AWS_SECRET_ACCESS_KEY")
 
 PROFILES = (
     _runtime("QCS", ResourceType.IBM_QUANTUM_COMPUTE_SERVICE, "IBMQuantumComputeService"),
-    _runtime("QRS", ResourceType.QISKIT_RUNTIME_SERVICE, "IBMQiskitRuntimeService"),
+    _runtime(
+        "QRS",
+        ResourceType.QISKIT_RUNTIME_SERVICE,
+        "IBMQiskitRuntimeService",
+        deprecated=(
+            "spec.type qiskit-runtime-service is deprecated: IBM's transition from the Qiskit "
+            "Runtime Service ended on 2026-11-21. Use spec.type ibm-quantum-compute-service, "
+            "with the same values under QRMI_IBM_QCS_* config keys and the Secret key "
+            "QRMI_IBM_QCS_IAM_APIKEY"
+        ),
+    ),
     VendorProfile(
         type=ResourceType.IBM_QUANTUM_SYSTEM,
         vendor="ibm",

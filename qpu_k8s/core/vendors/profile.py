@@ -74,6 +74,9 @@ class VendorProfile:
     parse_target: TargetParser = _no_figures
     # Whether a resource id names a simulator rather than hardware.
     simulator: Callable[[str], bool] = _never
+    # Non-empty for a type still served but on its way out: what to use instead. Shown as
+    # the operator's Degraded condition (and its Warning Event) and in the agents' logs.
+    deprecated: str = ""
 
     @property
     def known_config(self) -> frozenset[str]:
