@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from qpu_k8s.core.checkpoint import read_boot_id
 from qpu_k8s.core.journal import read_snapshot
+from qpu_k8s.core.qrmi_client import QuantumResourceClient, qrmi_client_factory
 from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.dra.registration import SERVICES
 from qpu_k8s.dra.slicesync import NodeSlices
@@ -615,3 +616,50 @@ def test_a_restart_under_a_hung_probe_keeps_publishing_what_was_known(
     finally:
         emu.clear_faults()
         second.stop()
+
+
+class _GatedTarget:
+    """The real client, except that ``target()`` waits for ``gate`` (a vendor whose
+    calibration endpoint is slow while its status answers)."""
+
+    def __init__(self, real: QuantumResourceClient, gate: threading.Event) -> None:
+        self._real = real
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def target(self) -> Any:
+        assert self._gate.wait(30), "the test never opened the gate"
+        return self._real.target()
+
+
+def test_a_device_is_published_only_once_target_has_answered(
+    node_env: DraNode, claims: StaticClaims
+) -> None:
+    """Issue 12.10: a backend that is healthy but whose target() has not answered has no
+    qubits or calibration yet, so a selector such as ``qubits >= 5`` could not evaluate its
+    devices: it is not published until target() answers (the default withdraw policy)."""
+    gate = threading.Event()
+    cfg = node_env.agent_config()
+    real = qrmi_client_factory(cfg.call_timeouts())
+
+    def factory(backend: Any, creds: Any) -> QuantumResourceClient:
+        return _GatedTarget(real(backend, creds), gate)  # type: ignore[return-value]
+
+    agent = DraDriver(cfg, claims=claims, publish_slices=False, client_factory=factory)
+    agent.start()
+    try:
+        assert agent.registry is not None
+        registry = agent.registry
+        wait_for(lambda: registry.snapshot()["ibm-manila"].health.healthy, 20, "manila probed")
+        assert "ibm-manila-lane-0" not in _published(agent)  # healthy, not calibrated yet
+        gate.set()
+        attributes, taints = wait_for(
+            lambda: _published(agent).get("ibm-manila-lane-0"), 20, "published after target()"
+        )
+        assert attributes["qubits"] == 5
+        assert not taints
+    finally:
+        gate.set()
+        agent.stop()
