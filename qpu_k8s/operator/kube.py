@@ -152,9 +152,7 @@ class Kube:
     async def dra_available(self) -> bool:
         """True when the apiserver serves resource.k8s.io/v1 resourceclaims."""
         try:
-            resp = await self.call(
-                self.custom.get_api_resources, RESOURCE_GROUP, RESOURCE_VERSION
-            )
+            resp = await self.call(self.custom.get_api_resources, RESOURCE_GROUP, RESOURCE_VERSION)
         except ApiStatusError as err:
             if err.status == 404:
                 return False

@@ -27,11 +27,15 @@ CDI_KIND = f"{DRIVER}/device"
 
 class Registration(reg_grpc.RegistrationServicer):
     def GetInfo(self, request, context):
-        return reg.PluginInfo(type="DRAPlugin", name=DRIVER, endpoint=DRA_SOCK,
-                              supported_versions=["v1.DRAPlugin"])
+        return reg.PluginInfo(
+            type="DRAPlugin", name=DRIVER, endpoint=DRA_SOCK, supported_versions=["v1.DRAPlugin"]
+        )
 
     def NotifyRegistrationStatus(self, request, context):
-        print(f"registration: registered={request.plugin_registered} error={request.error!r}", flush=True)
+        print(
+            f"registration: registered={request.plugin_registered} error={request.error!r}",
+            flush=True,
+        )
         return reg.RegistrationStatusResponse()
 
 
@@ -40,9 +44,14 @@ class Plugin(dra_grpc.DRAPluginServicer):
         out = dra.NodePrepareResourcesResponse()
         for claim in request.claims:
             print(f"prepare {claim.namespace}/{claim.name} ({claim.uid})", flush=True)
-            out.claims[claim.uid].devices.append(dra.Device(
-                request_names=["dev"], pool_name="smoke", device_name="dev0",
-                cdi_device_ids=[f"{CDI_KIND}=dev0"]))
+            out.claims[claim.uid].devices.append(
+                dra.Device(
+                    request_names=["dev"],
+                    pool_name="smoke",
+                    device_name="dev0",
+                    cdi_device_ids=[f"{CDI_KIND}=dev0"],
+                )
+            )
         return out
 
     def NodeUnprepareResources(self, request, context):
