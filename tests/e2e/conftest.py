@@ -30,10 +30,30 @@ ALL_LANES = {
 }
 
 
+def scan_cluster(lc: LocalCluster, release: rel.Release) -> list[str]:
+    """Where outside Secrets a credential value appears: the logs of every pod of the release
+    (operator, node agents, emulator), QuantumBackends (status, annotations), Events of every
+    namespace, ConfigMaps of the release namespace, ResourceSlices, ResourceClaims, Nodes."""
+    secrets = release.credential_values()
+    texts = {
+        "quantumbackends": lc.kubectl("get", "quantumbackends", "-o", "json").stdout,
+        "events": lc.kubectl("get", "events", "-A", "-o", "json").stdout,
+        "configmaps": lc.kubectl("-n", release.namespace, "get", "configmaps", "-o", "json").stdout,
+        "resourceslices": lc.kubectl("get", "resourceslices", "-o", "json").stdout,
+        "resourceclaims": lc.kubectl("get", "resourceclaims", "-A", "-o", "json").stdout,
+        "nodes": lc.kubectl("get", "nodes", "-o", "json").stdout,
+    }
+    for component in ("operator", "device-plugin", "dra", "emulator"):
+        texts[f"{component} logs"] = release.logs(component)
+    return [
+        f"{where} hold {v[:4]}..." for where, text in texts.items() for v in secrets if v in text
+    ]
+
+
 @pytest.fixture(scope="session")
-def release(local_cluster: LocalCluster) -> rel.Release:
+def release(local_cluster: LocalCluster) -> Iterator[rel.Release]:
     """``helm install`` of the chart (local images, emulator on), plus the session's
-    backends; returns once the device plugin advertises every lane and the DRA driver has
+    backends; ready once the device plugin advertises every lane and the DRA driver has
     published the node-bound ones (the node agents read the operator's ConfigMap through a
     volume, which the kubelet refreshes about once a minute)."""
     installed = rel.install(local_cluster)
@@ -62,7 +82,11 @@ def release(local_cluster: LocalCluster) -> rel.Release:
         "ResourceSlices of every lane (node pool and shared pools)",
         every=2.0,
     )
-    return installed
+    yield installed
+    # After every e2e test of the session: no credential value anywhere but in Secrets
+    # (and the containers' environments, which the namespace scans cover).
+    leaks = scan_cluster(local_cluster, installed)
+    assert not leaks, f"credential values outside Secrets: {leaks}"
 
 
 def _slug(text: str) -> str:
