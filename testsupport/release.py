@@ -51,7 +51,7 @@ class AdminClient(EmulatorClient):
         """The emulator's log of served requests (method, route path, status)."""
         query = "?" + urllib.parse.urlencode({"path": path_contains}) if path_contains else ""
         url = f"{self.url}/_emulator/requests{query}"
-        with urllib.request.urlopen(url, timeout=self.timeout) as resp:
+        with urllib.request.urlopen(url, timeout=self.timeout) as resp:  # noqa: S310 - http URL
             out: list[dict[str, Any]] = json.loads(resp.read())["requests"]
         return out
 
@@ -167,11 +167,7 @@ class Release:
 
     def devices(self, **where: str) -> dict[str, dict[str, Any]]:
         """Published device name -> device (attributes, taints), of our driver."""
-        return {
-            d["name"]: d
-            for s in self.slices(**where)
-            for d in s["spec"].get("devices") or []
-        }
+        return {d["name"]: d for s in self.slices(**where) for d in s["spec"].get("devices") or []}
 
 
 def force_delete_backends(lc: LocalCluster, names: Sequence[str]) -> None:

@@ -1,4 +1,5 @@
-"""Fixtures for the DRA tests: the resource.k8s.io CRDs on the real 1.20 apiserver."""
+"""Fixtures for the DRA tests: the fake kubelet, the emulator, and the real cluster's
+apiserver (resource.k8s.io/v1 as Kubernetes 1.37 serves it)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,14 @@ from dra_builders import NODE_LABEL_KEY, NodeEnv
 from kubernetes import client, config
 
 from qpu_k8s.fakekubelet import FakeDRAKubelet
-from testsupport import resource_api
 
 
 @pytest.fixture(scope="session")
 def k8s_api(k8s_kubeconfig: Path) -> client.ApiClient:
-    """An admin client with the resource.k8s.io/v1 CRDs installed."""
+    """An admin client of the real cluster."""
     api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(k8s_kubeconfig)
     )
-    resource_api.install(api)
     return api
 
 

@@ -184,3 +184,72 @@ def test_shared_claim_serves_two_pods_and_is_released_once_after_both(
     )
     assert emulator.release_calls(token) == 1
     assert [s["id"] for s in emulator.sessions(rid) if s["id"] not in before] == [token]
+
+
+def test_claims_from_a_template_never_share_a_lane(
+    local_cluster: LocalCluster, release: rel.Release, ns: str
+) -> None:
+    from .conftest import ALL_LANES
+
+    (template,) = [d for d in example("any-qpu.yaml") if d["kind"] == "ResourceClaimTemplate"]
+    names = [f"any-{i}" for i in range(len(ALL_LANES) + 1)]
+    local_cluster.apply(
+        [template]
+        + [rel.pod(n, claims={"qpu": {"resourceClaimTemplateName": "any-qpu"}}) for n in names],
+        "-n",
+        ns,
+    )
+
+    def running() -> list[str] | None:
+        pods = local_cluster.kubectl_json("-n", ns, "get", "pods")["items"]
+        up = [p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"]
+        return up if len(up) == len(ALL_LANES) else None
+
+    up = wait_until(running, 240, f"{len(ALL_LANES)} pods running, one per lane", every=1.0)
+    claims = local_cluster.kubectl_json("-n", ns, "get", "resourceclaims")["items"]
+    devices = [
+        r["device"]
+        for c in claims
+        for r in (c.get("status", {}).get("allocation") or {}).get("devices", {}).get("results", [])
+    ]
+    assert sorted(devices) == sorted(ALL_LANES)  # every lane once, none twice
+    (left,) = set(names) - set(up)
+    assert rel.pod_phase(local_cluster, ns, left)["phase"] == "Pending"
+
+
+def test_claim_parameters_session_mode_and_a_secret_in_the_claims_namespace(
+    local_cluster: LocalCluster, release: rel.Release, ns: str, emulator: rel.AdminClient
+) -> None:
+    """The README's per-user credentials: the claim names a Secret of its own namespace;
+    the chart lets the driver read it (``dra.claimCredentials``), put back after."""
+    apikey = next(v for v in release.credential_values() if "apikey" in v)
+    local_cluster.kubectl(
+        "-n", ns, "create", "secret", "generic", "alice-ibm",
+        f"--from-literal=QRMI_IBM_QCS_IAM_APIKEY={apikey}",
+    )  # fmt: skip
+    (doc,) = example("claim-parameters.yaml")
+    name = doc["metadata"]["name"]
+
+    def allow(namespaces: list[str]) -> None:
+        local_cluster.helm(
+            "upgrade", release.name, str(rel.CHART), "-n", release.namespace, "--reuse-values",
+            "--set-json", f"dra.claimCredentials.namespaces={json.dumps(namespaces)}",
+            "--wait", "--timeout", "120s",
+        )  # fmt: skip
+
+    allow([ns])
+    try:
+        local_cluster.apply(
+            [doc, rel.pod("alice", claims={"qpu": {"resourceClaimName": name}})], "-n", ns
+        )
+        rel.wait_pod(local_cluster, ns, "alice")
+    finally:
+        allow([])
+    env = rel.printed_env(local_cluster, ns, "alice")
+    rid = env["QRMI_JOB_QPU_RESOURCES"]
+    session = emulator.session(env[f"{rid}_QRMI_JOB_ACQUISITION_TOKEN"])
+    assert session is not None
+    assert (session["mode"], session["max_ttl"]) == ("batch", 3600)
+    assert env[f"{rid}_QRMI_IBM_QCS_IAM_APIKEY"] == (
+        "sha256:" + hashlib.sha256(apikey.encode()).hexdigest()
+    )
