@@ -353,7 +353,7 @@ def pod(
         "containers": [container],
     }
     if limits:
-        container["resources"] = {"limits": dict(limits)}
+        container["resources"] = {"limits": {k: str(v) for k, v in limits.items()}}
     if claims:
         spec["resourceClaims"] = [{"name": k, **v} for k, v in claims.items()]
         container.setdefault("resources", {})["claims"] = [{"name": k} for k in claims]
