@@ -42,6 +42,7 @@ GROUP, VERSION, PLURAL = "quantum.example.com", "v1alpha1", "quantumbackends"
 EMULATOR_SECRET = "qpu-emulator-credentials"  # noqa: S105 - a Secret name
 EMULATOR_BACKENDS = ("emulator-manila", "emulator-fresnel")
 FINALIZER = "quantum.example.com/cleanup"
+CRD_NAME = "quantumbackends.quantum.example.com"
 
 
 class AdminClient(EmulatorClient):
@@ -198,6 +199,9 @@ def uninstall(lc: LocalCluster, name: str = RELEASE, namespace: str = NAMESPACE)
         lc.helm("uninstall", name, "-n", namespace, "--wait", "--timeout", "180s", check=False)
     leftovers = lc.kubectl("get", "quantumbackends", "-o", "name", check=False).stdout.split()
     force_delete_backends(lc, [n.split("/", 1)[1] for n in leftovers])
+    # Helm installs crds/ only when absent and never upgrades it: without this, a reused
+    # cluster would keep the CRD of an older checkout.
+    lc.kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--timeout=120s", check=False)
     lc.kubectl(
         "delete", "namespace", namespace, "--ignore-not-found", "--timeout=180s", check=False
     )
