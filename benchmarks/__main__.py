@@ -52,6 +52,13 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--quick"],
         "the paper's 127-qubit script and GHZ jobs: time, memory, API latency, cancel, SIGTERM",
     ),
+    "cluster": (
+        "benchmarks.cluster_bench",
+        [],
+        ["--rounds", "2"],
+        "create -> Running of a pod with a QPU (device plugin, DRA claim) vs none, on the real "
+        "Kubernetes 1.37, and the part spent in our agents",
+    ),
     "operator": (
         "benchmarks.operator_bench",
         [],

@@ -14,8 +14,8 @@ Measured in one run, on this machine:
    CDI spec, gRPC. Also the repeat (idempotent) prepare and the unprepare.
 3. The same prepare with the real ``qrmi`` client against the local emulator (IAM token +
    ``POST /sessions``), as a ratio to that acquire called directly.
-4. ``--apiserver``: claims read from the real apiserver (the running ``shared/k8s-local``
-   cluster, resource.k8s.io/v1 from CRDs) instead of memory; adds one GET per prepare.
+4. ``--apiserver``: claims read from the real apiserver (the running ``hack/local-cluster``
+   cluster, resource.k8s.io/v1 as 1.37 serves it) instead of memory; one GET per prepare.
 """
 
 from __future__ import annotations
@@ -193,14 +193,13 @@ def _apiserver_claims(
 ) -> tuple[KubeClaims, Callable[[int], ClaimRef], Path, Callable[[], None]]:
     from kubernetes import client, config
 
-    from testsupport import k8s_cluster, resource_api
+    from testsupport import cluster
 
-    kubeconfig = Path(os.environ.get("KUBECONFIG") or "/var/lib/qpu-k8s/run/kubeconfig")
-    if not kubeconfig.exists():
-        reason = k8s_cluster.unavailable_reason() or "not running"
-        raise SystemExit(f"--apiserver: no running k8s-local cluster ({reason}); run up.sh")
+    kubeconfig = Path(os.environ.get("KUBECONFIG") or cluster.kubeconfig_path())
+    if not cluster.is_running():
+        reason = cluster.unavailable_reason() or "not running"
+        raise SystemExit(f"--apiserver: no running local cluster ({reason}); run up.sh")
     api = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-    resource_api.install(api)
     ns = f"dra-bench-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
@@ -241,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vendor-n", type=int, default=40, help="claims with real acquires")
     parser.add_argument("--floor-n", type=int, default=2000, help="bare gRPC calls")
     parser.add_argument(
-        "--apiserver", action="store_true", help="also read claims from the running k8s-local"
+        "--apiserver", action="store_true", help="also read claims from the running local cluster"
     )
     args = parser.parse_args(argv)
     rows: list[tuple[str, LatencySummary, LatencySummary | None]] = []

@@ -10,7 +10,7 @@ probe makes), and the time is taken from the moment that probe had the vendor's 
 1. device plugin: the fake kubelet receives the new ListAndWatch device list;
 2. DRA driver: the fake kubelet receives the new ``v1.DRAResourceHealth`` stream message;
 3. DRA driver: the node's ResourceSlice on the apiserver changes (a watch event; unhealthy
-   devices are withdrawn), when a k8s-local cluster runs (``--apiserver auto``).
+   devices are withdrawn), when the local cluster runs (``--apiserver auto``).
 
 Also shown, "flip to seen": the same including the probe's own vendor call. How soon a probe
 runs after a real change is the backend's ``probeIntervalSeconds`` (5 s to 1 day, default
@@ -215,16 +215,15 @@ class _SliceWatch:
 
 
 def _apiserver() -> tuple[Any, Path] | str:
-    """(admin client, kubeconfig) of a running k8s-local cluster, or why there is none."""
+    """(admin client, kubeconfig) of a running local cluster, or why there is none."""
     from kubernetes import config
 
-    from testsupport import k8s_cluster, resource_api
+    from testsupport import cluster
 
-    if not k8s_cluster.is_running():
-        return k8s_cluster.unavailable_reason() or "no k8s-local cluster is running"
-    kubeconfig = k8s_cluster.run_dir() / "kubeconfig"
+    if not cluster.is_running():
+        return cluster.unavailable_reason() or "no local cluster is running"
+    kubeconfig = cluster.kubeconfig_path()
     api = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-    resource_api.install(api)
     return api, kubeconfig
 
 
@@ -312,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "--apiserver",
         choices=("auto", "yes", "no"),
         default="auto",
-        help="measure the ResourceSlice path on a running k8s-local cluster",
+        help="measure the ResourceSlice path on the running local cluster",
     )
     args = parser.parse_args(argv)
     cluster: tuple[Any, Path] | None = None

@@ -1,8 +1,8 @@
-"""Operator benchmark: 1000 QuantumBackends against the real 1.20 apiserver.
+"""Operator benchmark: 1000 QuantumBackends against the real 1.37 apiserver.
 
     python -m benchmarks.operator_bench [--count 1000] [--window 60] [--interval 60] [--dra]
 
-Measured in one run, on this machine (the running ``shared/k8s-local`` cluster is reused
+Measured in one run, on this machine (the running ``hack/local-cluster`` cluster is reused
 and left up; one is started and stopped when none runs):
 
 1. floor: the bare API work reconciling cannot avoid, done by one client with 16 threads:
@@ -45,7 +45,7 @@ from kubernetes.client.exceptions import ApiException
 from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
 from qpu_k8s.emulator.server import Emulator, running_emulator
 from qpu_k8s.operator import crd
-from testsupport import k8s_cluster, resource_api
+from testsupport import cluster
 
 GROUP, VERSION = API_GROUP, API_VERSION
 LABEL = "qpu-bench"
@@ -69,24 +69,23 @@ def _wait(pred: Callable[[], bool], within: float, what: str, every: float = 0.5
 
 @contextlib.contextmanager
 def _cluster() -> Iterator[Path | None]:
-    reason = k8s_cluster.unavailable_reason()
+    reason = cluster.unavailable_reason()
     if reason:
         print(f"operator benchmark skipped: {reason}")
         yield None
         return
-    run_dir = Path(os.environ.get("QPU_K8S_RUN_DIR", "/var/lib/qpu-k8s/run"))
-    was_up = (run_dir / "pids" / "kube-apiserver.pid").exists()
-    kubeconfig = k8s_cluster.up()
+    was_up = cluster.is_running()
+    kubeconfig = cluster.kubeconfig_path() if was_up else cluster.up()
     try:
         yield kubeconfig
     finally:
         if not was_up:
-            k8s_cluster.down()
+            cluster.down()
 
 
 def _install_crd(api: client.ApiClient) -> None:
     ext = client.ApiextensionsV1Api(api)
-    body: Any = crd.crd(cel=False)
+    body: Any = crd.crd()
     try:
         ext.create_custom_resource_definition(body)
     except ApiException as err:
@@ -230,8 +229,6 @@ def run(args: argparse.Namespace) -> int:
         api: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
         api.configuration.connection_pool_maxsize = 32
         _install_crd(api)
-        if args.dra:
-            resource_api.install(api)
         core = client.CoreV1Api(api)
         run_id = uuid.uuid4().hex[:8]
         ns = f"qpu-bench-{run_id}"
@@ -406,7 +403,7 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     ]
     width = max(len(a) for a, _, _ in rows)
     print(
-        f"\noperator benchmark: {n} QuantumBackends, real 1.20 apiserver, emulator backends, "
+        f"\noperator benchmark: {n} QuantumBackends, real 1.37 apiserver, emulator backends, "
         f"dra={'on' if args.dra else 'off'}, status-refresh={args.status_refresh:g} s, "
         f"{os.cpu_count()} CPUs"
     )

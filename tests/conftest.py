@@ -3,33 +3,53 @@ parts, node layouts and agent starters in ``testsupport.fixtures`` (declared onc
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from testsupport import k8s_cluster
+from testsupport import cluster, tools
+
+# A real-cluster test's first use of the session fixtures may build images, start the
+# cluster and install the chart (minutes on 2 shared cores); pytest-timeout counts fixture
+# set-up, so these tests get a longer limit unless they set their own.
+CLUSTER_TEST_TIMEOUT = 1800
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("cluster") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(CLUSTER_TEST_TIMEOUT))
+
 
 pytest_plugins = ["testsupport.fixtures"]
 
 
 @pytest.fixture(scope="session")
-def k8s_kubeconfig() -> Iterator[Path]:
-    """A real Kubernetes 1.20 control plane + kubelet (shared/k8s-local), started once.
+def local_cluster() -> Iterator[cluster.LocalCluster]:
+    """The real Kubernetes 1.37 of hack/local-cluster, up once per session.
 
-    There is one such cluster per machine, so every API-tier test of the session shares
-    it. A cluster that is already up (another session's) is reused and left running; one
-    this session started is stopped at the end, unless ``QPU_K8S_REUSE_CLUSTER=1`` (a
-    faster edit-test loop). Skips with the reason when it is not built here; CI builds it.
+    One cluster per machine, so every real-cluster test of the session shares it (each in
+    namespaces of its own). The project images are rebuilt from this checkout first when
+    their content changed (images.sh is keyed on it) and loaded. A cluster this session
+    started is stopped at the end unless ``QPU_K8S_REUSE_CLUSTER=1``; one that was already
+    running is reused and left running. Skips with the reason when it cannot run here
+    (not root, not built); fails instead under ``QPU_K8S_REQUIRE_CLUSTER=1`` (CI).
     """
-    reason = k8s_cluster.unavailable_reason()
+    reason = cluster.unavailable_reason()
     if reason:
+        if cluster.required():
+            pytest.fail(f"QPU_K8S_REQUIRE_CLUSTER=1 but {reason}")
         pytest.skip(reason)
-    started_here = not k8s_cluster.is_running()
-    path = k8s_cluster.up()
     try:
-        yield path
-    finally:
-        if started_here and os.environ.get("QPU_K8S_REUSE_CLUSTER") != "1":
-            k8s_cluster.down()
+        helm = tools.helm()
+    except tools.ToolError as err:
+        pytest.fail(f"{err} (python -m testsupport.tools install fetches helm)")
+    with cluster.session(helm_bin=helm) as lc:
+        yield lc
+
+
+@pytest.fixture(scope="session")
+def k8s_kubeconfig(local_cluster: cluster.LocalCluster) -> Path:
+    """The admin kubeconfig of the real cluster."""
+    return local_cluster.kubeconfig

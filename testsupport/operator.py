@@ -10,7 +10,6 @@ import base64
 import copy
 import re
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -19,14 +18,12 @@ import celpy
 import jsonschema
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
-from kubernetes import client
 
 from qpu_k8s.core.deadline import DeadlineExceeded, call_with_deadline
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.qrmi_client import Health, LateAcquire, LateRelease, TaskState
 from qpu_k8s.core.vendors import profile
 from qpu_k8s.operator.kube import ApiStatusError
-from testsupport import resource_api
 
 
 # -- CRD schema and CEL ----------------------------------------------------------------------
@@ -340,22 +337,6 @@ _REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 
 def valid_reason(reason: str) -> bool:
     return bool(_REASON.fullmatch(reason))
-
-
-def install_crd(api: client.ApiClient, body: dict[str, Any], timeout: float = 30) -> None:
-    """Create or replace a CRD and wait until the apiserver reports it Established."""
-    resource_api.apply_crd(api, body)
-    ext = client.ApiextensionsV1Api(api)
-    name = body["metadata"]["name"]
-    end = time.monotonic() + timeout
-    while True:
-        status = ext.read_custom_resource_definition(name).status
-        conds = (status.conditions if status is not None else None) or []
-        if any(c.type == "Established" and c.status == "True" for c in conds):
-            return
-        if time.monotonic() > end:
-            raise TimeoutError(f"CRD {name} not established")
-        time.sleep(0.05)  # polling the apiserver's condition, bounded by the deadline
 
 
 def free_port() -> int:

@@ -185,7 +185,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # The files the Dockerfile copies into its builder stage, in a scratch copy (the build must
 # not leave build/ or *.egg-info in the work tree).
 SRC="$WORK/src"; mkdir -p "$SRC"
-(cd "$REPO" && cp -a pyproject.toml README.md qpu_k8s deviceplugin dra operator proto "$SRC/")
+(cd "$REPO" && cp -a pyproject.toml README.md qpu_k8s "$SRC/")
 find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
 mkdir -p "$WORK/wheel"
 SOURCE_DATE_EPOCH=315532800 "$BV/bin/python" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$WORK/wheel" "$SRC" \

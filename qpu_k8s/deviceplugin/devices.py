@@ -94,7 +94,10 @@ class DeviceBoard:
         Two lanes of one backend in one container still mean one acquisition, so a
         container asking for n QPUs is best served by n different backends. Among
         backends, prefer the one with the largest free fraction of its lanes (``available``
-        holds the free devices), then the name; within a backend the lowest lane.
+        holds the free devices), then the most free lanes, then the name; within a backend
+        the lowest lane. The free-lane tie-break makes a bigger pool absorb the first pod
+        of an idle node instead of whichever backend sorts first by name (with the chart's
+        emulator that was the one-lane Pasqal backend, which a Qiskit pod cannot use).
         """
         chosen = list(dict.fromkeys(must_include))
         if len(chosen) >= size:
@@ -125,7 +128,7 @@ class DeviceBoard:
         while len(chosen) < size and any(free.values()):
             backend = min(
                 (b for b, f in free.items() if f),
-                key=lambda b: (used.get(b, 0), -len(free[b]) / max(total[b], 1), b),
+                key=lambda b: (used.get(b, 0), -len(free[b]) / max(total[b], 1), -len(free[b]), b),
             )
             chosen.append(free[backend].pop(0)[1])
             used[backend] = used.get(backend, 0) + 1

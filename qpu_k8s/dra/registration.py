@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 
+from qpu_k8s.dra import metrics
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2 as reg_pb2
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 
@@ -90,6 +91,7 @@ class RegistrationService(reg_grpc.RegistrationServicer):
             self.registered = request.plugin_registered
             self.error = request.error
             self._cond.notify_all()
+        metrics.REGISTERED.set(1 if request.plugin_registered else 0)
         if request.plugin_registered:
             log.info("registered with the kubelet", extra={"driver": self.driver})
         else:

@@ -59,7 +59,8 @@ def claim_spec(backend: str, driver: str = DRIVER_NAME) -> dict[str, Any]:
                     "name": REQUEST_NAME,
                     "exactly": {
                         "deviceClassName": driver,
-                        "allocationMode": "ExactlyOne",
+                        "allocationMode": "ExactCount",
+                        "count": 1,
                         "selectors": [
                             {
                                 "cel": {

@@ -93,6 +93,17 @@ def test_preferred_picks_least_loaded_backend_first(board: DeviceBoard) -> None:
     assert board.preferred(["a-lane-3", "b-lane-0", "b-lane-1"], [], 1) == ["b-lane-0"]
 
 
+def test_preferred_among_idle_backends_takes_the_one_with_most_lanes() -> None:
+    """The chart's emulator: emulator-fresnel (1 lane) sorts before emulator-manila (2 lanes);
+    both idle, the bigger pool takes the pod (on a real kubelet the bell-qiskit example got the
+    Pasqal lane every time)."""
+    reg = _Registry([state("emulator-fresnel", 1), state("emulator-manila", 2)])
+    b = DeviceBoard(reg)  # type: ignore[arg-type]
+    b.refresh()
+    available = ["emulator-fresnel-lane-0", "emulator-manila-lane-0", "emulator-manila-lane-1"]
+    assert b.preferred(available, [], 1) == ["emulator-manila-lane-0"]
+
+
 def test_preferred_keeps_must_include_and_fills_from_other_backends(board: DeviceBoard) -> None:
     chosen = board.preferred(["a-lane-0", "a-lane-1", "b-lane-0"], ["a-lane-1"], 2)
     assert chosen == ["a-lane-1", "b-lane-0"]

@@ -1,14 +1,18 @@
-"""The device plugin beside a real kubelet and apiserver (shared/k8s-local, Kubernetes 1.20).
+"""The device plugin as a host process beside the real 1.37 kubelet (hack/local-cluster).
 
-The agent runs on the host as ``qpu-k8s device-plugin`` with the kubelet's real paths; the
-vendor is the emulator on 127.0.0.1 (the pod only prints its environment, it does not reach
-the emulator). Checks: node capacity, a pod requesting one QPU runs with the env contract,
-the credential is in the container env and nowhere in the API objects, and deleting the pod
-releases the session at the emulator.
+The agent runs on the host as ``qpu-k8s device-plugin`` with the kubelet's real paths, under
+a resource name of its own (``quantum.example.com/qpu-test``: the chart's device plugin may
+serve ``quantum.example.com/qpu`` on the same kubelet), so the test controls it: its
+emulator (on 127.0.0.1; the pod only prints its environment), its faults, its shutdown.
+Checks: node capacity, a pod requesting one QPU runs with the env contract, the credential
+is in the container env and nowhere in the API objects, deleting the pod releases the
+session at the emulator, a failed acquire fails the pod's admission with our message.
+tests/e2e has the chart's device plugin with the in-cluster emulator and the paper's script.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -23,10 +27,12 @@ from qpu_k8s.deviceplugin.state import AcqState
 from qpu_k8s.emulator import Emulator
 from testsupport.deviceplugin import Layout, PluginProcess
 from testsupport.emulator import ibm_backend, session_of
-from testsupport.names import RESOURCE
+from testsupport.release import BUSYBOX_IMAGE, ENV_SCRIPT, STAY
 from testsupport.waiting import wait_for
 
-pytestmark = pytest.mark.k8s
+pytestmark = pytest.mark.cluster
+RESOURCE = "quantum.example.com/qpu-test"
+SOCKET = "qpu-k8s-quantum.example.com_qpu-test.sock"
 
 KUBELET_DP_DIR = Path("/var/lib/kubelet/device-plugins")
 KUBELET_POD_RESOURCES = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
@@ -53,20 +59,19 @@ def capacity(core: client.CoreV1Api) -> str | None:
 
 
 def bell_pod(name: str) -> dict[str, Any]:
-    script = (
-        "env | grep -E 'QRMI|SLURM_JOB' | sort; trap 'exit 0' TERM; while true; do sleep 1; done"
-    )
+    """Prints its QRMI environment (credentials as sha256 digests) and stays."""
+    script = ENV_SCRIPT + STAY
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
         "spec": {
             "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 5,
+            "terminationGracePeriodSeconds": 2,
             "containers": [
                 {
                     "name": "job",
-                    "image": "qpu.local/busybox:1.35",
+                    "image": BUSYBOX_IMAGE,
                     "imagePullPolicy": "Never",
                     "command": ["sh", "-c", script],
                     "resources": {"limits": {RESOURCE: "1"}},
@@ -100,6 +105,7 @@ def test_real_kubelet_pod_gets_a_qpu_and_deleting_it_releases_the_session(  # no
     )
     plugin = plugin_process(
         "--device-plugin-dir", str(KUBELET_DP_DIR),
+        "--resource-name", RESOURCE,
         "--pod-resources-socket", str(KUBELET_POD_RESOURCES),
         "--node-name", NODE,
         "--kubeconfig", str(k8s_kubeconfig),
@@ -121,7 +127,7 @@ def test_real_kubelet_pod_gets_a_qpu_and_deleting_it_releases_the_session(  # no
             if pod.status.phase != "Running":
                 return False
             pod_log["text"] = core.read_namespaced_pod_log("bell", namespace)
-            return "QRMI_JOB_QPU_RESOURCES=" in pod_log["text"]
+            return "ENV-DONE" in pod_log["text"]
 
         wait_for(env_printed, 90, "the pod to run and print its QRMI environment")
         env = dict(line.split("=", 1) for line in pod_log["text"].splitlines() if "=" in line)
@@ -130,7 +136,8 @@ def test_real_kubelet_pod_gets_a_qpu_and_deleting_it_releases_the_session(  # no
         assert env["QRMI_JOB_QPU_TYPES"] == "ibm-quantum-compute-service"
         assert env["SLURM_JOB_QPU_RESOURCES"] == rid
         assert env[f"{rid}_QRMI_IBM_QCS_ENDPOINT"] == f"{emu.url}/api/v1"
-        assert env[f"{rid}_QRMI_IBM_QCS_IAM_APIKEY"] == api_key  # the documented path
+        digest = hashlib.sha256(api_key.encode()).hexdigest()
+        assert env[f"{rid}_QRMI_IBM_QCS_IAM_APIKEY"] == f"sha256:{digest}"  # the documented path
         token = env[f"{rid}_QRMI_JOB_ACQUISITION_TOKEN"]
         session = session_of(emu, token)
         assert session.is_open
@@ -149,6 +156,7 @@ def test_real_kubelet_pod_gets_a_qpu_and_deleting_it_releases_the_session(  # no
         events = json.dumps(core.list_namespaced_event(namespace).to_dict(), default=str)
         assert api_key not in pod_json
         assert api_key not in events
+        assert api_key not in pod_log["text"]
         assert token not in pod_json  # the env reaches the container, not the pod object
 
         core.delete_namespaced_pod("bell", namespace)
@@ -188,4 +196,4 @@ def test_real_kubelet_pod_gets_a_qpu_and_deleting_it_releases_the_session(  # no
     finally:
         if plugin.proc is not None and plugin.proc.poll() is None:
             plugin.terminate()  # a clean stop removes our socket from the kubelet's directory
-        (KUBELET_DP_DIR / "qpu-k8s-quantum.example.com_qpu.sock").unlink(missing_ok=True)
+        (KUBELET_DP_DIR / SOCKET).unlink(missing_ok=True)

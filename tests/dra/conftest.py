@@ -1,5 +1,5 @@
-"""Fixtures of the DRA tests: the resource.k8s.io CRDs on the real 1.20 apiserver, and a test
-node with this folder's backends (the node, emulator and kubelet are in testsupport.fixtures)."""
+"""Fixtures for the DRA tests: the fake kubelet, the emulator, and the real cluster's
+apiserver (resource.k8s.io/v1 as Kubernetes 1.37 serves it)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ import pytest
 from kubernetes import client, config
 
 from qpu_k8s.fakekubelet import FakeDRAKubelet
-from testsupport import resource_api
 from testsupport.dra import DraNode, node_backends
 from testsupport.names import NODE_LABEL
 
 
 @pytest.fixture(scope="session")
 def k8s_api(k8s_kubeconfig: Path) -> client.ApiClient:
-    """An admin client with the resource.k8s.io/v1 CRDs installed."""
+    """An admin client of the real cluster."""
     api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(k8s_kubeconfig)
     )
-    resource_api.install(api)
     return api
 
 

@@ -92,6 +92,8 @@ def test_registration_sockets_and_both_api_versions(
         assert reg.socket_path == node_env.root / "registry" / f"{DRIVER}-abc123-reg.sock"
         assert agent.registration is not None
         assert agent.registration.wait_registered(5)
+        # The documented gauge: 1 while the kubelet has accepted the registration.
+        assert REGISTRY.get_sample_value("qpu_k8s_dra_registered") == 1.0
         assert stat.S_IMODE(agent.paths.endpoint.stat().st_mode) == 0o600
         ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
         for version in ("v1", "v1beta1"):
@@ -104,6 +106,7 @@ def test_registration_sockets_and_both_api_versions(
     kubelet.wait_for_deregistration(DRIVER)
     assert not agent.paths.endpoint.exists()
     assert not agent.paths.registration.exists()
+    assert REGISTRY.get_sample_value("qpu_k8s_dra_registered") == 0.0
 
 
 def test_rolling_update_two_instances_side_by_side(

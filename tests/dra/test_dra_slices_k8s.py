@@ -1,4 +1,7 @@
-"""SlicePublisher against the real apiserver (resource.k8s.io/v1 served from CRDs)."""
+"""SlicePublisher against the real 1.37 apiserver: its validation of ResourceSlices, field
+and label selectors, watches. Each test has a pool of its own on node 127.0.0.1, deleted at
+the end, under a driver name of its own: no DeviceClass selects these devices, so the
+scheduler never hands them to another test's claim."""
 
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ from qpu_k8s.resourceslices.build import GROUP, PLURAL, Device, DeviceTaint, Poo
 from qpu_k8s.resourceslices.publish import SlicePublisher
 from testsupport.dra import validate
 
-pytestmark = pytest.mark.k8s
-DRIVER = "qpu.quantum.example.com"
+pytestmark = pytest.mark.cluster
+DRIVER = "publisher-test.quantum.example.com"
 
 
 def _devices(n: int, qubits: int = 5) -> list[Device]:
@@ -34,7 +37,10 @@ def test_publish_is_a_reconcile_with_generation_bumps(
         assert (first.changed, first.generation, first.created) == (True, 1, 2)
         assert _pools(pub) == [{"name": pool_name, "generation": 1, "resourceSliceCount": 2}] * 2
         for s in pub.list():
-            validate({k: v for k, v in s.items() if k != "metadata"} | {"metadata": {}})
+            validate(
+                {"apiVersion": f"{GROUP}/v1", "kind": "ResourceSlice", "metadata": {}}
+                | {k: v for k, v in s.items() if k not in ("metadata", "apiVersion", "kind")}
+            )
         # Same content: nothing written, generation unchanged.
         assert pub.publish(_devices(200)).changed is False
         # Changed attribute: every slice rewritten at generation 2.

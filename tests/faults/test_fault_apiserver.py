@@ -1,13 +1,13 @@
 """Fault 5 (node agents): the apiserver is unreachable for a while.
 
-``qpu-k8s dra-plugin`` runs as a real process against the real 1.20 apiserver of
-shared/k8s-local, through a TCP proxy the test cuts (``netproxy``): first refused
-(``down``), then a partition where calls are accepted and never answered (``blackhole``,
-connections open at the time stay frozen). While it is gone the driver keeps serving what
-it knows: claims it prepared are answered from its checkpoint, unprepare releases, health
-reaches running pods through the kubelet's health stream; what needs the apiserver (a new
-claim, slices) fails within its timeout and is retried. When it is back, the slices catch
-up with what changed meanwhile.
+``qpu-k8s dra-plugin`` runs as a real process against the real 1.37 apiserver of
+hack/local-cluster (on a Node object of its own, with the fake kubelet), through a TCP
+proxy the test cuts (``netproxy``): first refused (``down``), then a partition where calls
+are accepted and never answered (``blackhole``, connections open at the time stay frozen).
+While it is gone the driver keeps serving what it knows: claims it prepared are answered
+from its checkpoint, unprepare releases, health reaches running pods through the kubelet's
+health stream; what needs the apiserver (a new claim, slices) fails within its timeout and
+is retried. When it is back, the slices catch up with what changed meanwhile.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from qpu_k8s.fakekubelet import (
 )
 from qpu_k8s.fakekubelet.dra import DeviceHealthState
 from qpu_k8s.resourceslices.build import GROUP, PLURAL
-from testsupport import REPO, resource_api
+from testsupport import REPO
 from testsupport.deviceplugin import Layout
 from testsupport.dra import DraNode
 from testsupport.emulator import SECRETS, open_tokens, release_requests, session_of
@@ -45,7 +45,7 @@ from testsupport.names import DRIVER, NODE_LABEL, RESOURCE
 from testsupport.netproxy import TcpProxy
 from testsupport.waiting import wait_for
 
-pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 TOKEN = "fake_manila_QRMI_JOB_ACQUISITION_TOKEN"
 
 
@@ -54,7 +54,6 @@ def admin(k8s_kubeconfig: Path) -> client.ApiClient:
     api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(k8s_kubeconfig)
     )
-    resource_api.install(api)
     return api
 
 

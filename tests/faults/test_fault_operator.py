@@ -1,8 +1,10 @@
 """Fault 5 (operator): the apiserver is unreachable for a while under ``qpu-k8s operator``.
 
-The operator runs as a real process against the real 1.20 apiserver through the cuttable
-TCP proxy (``netproxy``): refused for a while, then partitioned (calls accepted and never
-answered, open connections frozen). Meanwhile a backend goes offline at the vendor, a
+The operator runs as a real process against the real 1.37 apiserver of hack/local-cluster
+through the cuttable TCP proxy (``netproxy``): refused for a while, then partitioned (calls
+accepted and never answered, open connections frozen); the chart's operator, if the
+session installed it, is scaled to zero meanwhile (two operators would both act on the
+test's backends). Meanwhile a backend goes offline at the vendor, a
 QuantumBackend is created and another deleted. When the apiserver is back the operator
 catches up with all of it, and no object exists twice: one node ConfigMap, at most one
 ResourceSlice per shared pool, no slice or config entry of the deleted backend.
@@ -30,13 +32,15 @@ from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.resourceslices.build import GROUP as RESOURCE_GROUP
 from qpu_k8s.resourceslices.build import PLURAL
-from testsupport import REPO, resource_api
+from testsupport import REPO
+from testsupport.cluster import LocalCluster
 from testsupport.emulator import IBM_KEY, SECRETS
 from testsupport.faults import elapsed, ibm, record_result
 from testsupport.netproxy import TcpProxy
+from testsupport.release import NAMESPACE, RELEASE
 from testsupport.waiting import wait_for
 
-pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 GROUP, VERSION, KIND_PLURAL = "quantum.example.com", "v1alpha1", "quantumbackends"
 BACKENDS = 6
 
@@ -47,14 +51,14 @@ class _NoStatus:
 
 @pytest.fixture(scope="module")
 def admin(k8s_kubeconfig: Path) -> client.ApiClient:
-    """Admin client with the QuantumBackend CRD (1.20 rendering) and resource.k8s.io CRDs."""
+    """Admin client; the QuantumBackend CRD installed (the chart's, when it is there)."""
     from qpu_k8s.operator import crd
 
     api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(k8s_kubeconfig)
     )
     ext = client.ApiextensionsV1Api(api)
-    body = crd.crd(cel=False)
+    body = crd.crd()
     name = body["metadata"]["name"]
     try:
         ext.create_custom_resource_definition(body)  # type: ignore[arg-type]
@@ -70,8 +74,14 @@ def admin(k8s_kubeconfig: Path) -> client.ApiClient:
         30,
         "the QuantumBackend CRD established",
     )
-    resource_api.install(api)
     return api
+
+
+@pytest.fixture
+def no_chart_operator(local_cluster: LocalCluster) -> Iterator[None]:
+    """The chart's operator stopped while this test's own runs (back afterwards)."""
+    with local_cluster.scaled_down(NAMESPACE, f"{RELEASE}-operator"):
+        yield
 
 
 @pytest.fixture
@@ -167,6 +177,7 @@ class Cluster:
         return out
 
 
+@pytest.mark.usefixtures("no_chart_operator")
 def test_apiserver_unreachable_operator_catches_up_without_duplicates(
     emu: Emulator, admin: client.ApiClient, op_ns: str, proxy: tuple[TcpProxy, Path], root: Path
 ) -> None:

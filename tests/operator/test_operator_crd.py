@@ -30,7 +30,7 @@ from testsupport.operator import cel_errors, cr, schema_errors
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests" / "examples" / "backends").glob("*.yaml"))
-SCHEMA = crd.openapi_schema(cel=True)
+SCHEMA = crd.openapi_schema()
 
 IBM = {
     "resourceId": "ibm_torino",
@@ -52,12 +52,11 @@ def _model_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
-def test_committed_crd_files_are_current() -> None:
-    for name, cel in crd.OUTPUTS.items():
-        path = REPO / "manifests" / "crd" / name
-        assert path.read_text(encoding="utf-8") == crd.render(cel), (
-            f"{path} is stale: run `python -m qpu_k8s.operator.crd`"
-        )
+def test_committed_crd_file_is_current() -> None:
+    path = REPO / "manifests" / "crd" / crd.OUTPUT
+    assert path.read_text(encoding="utf-8") == crd.render(), (
+        f"{path} is stale: run `python -m qpu_k8s.operator.crd`"
+    )
     assert crd.main(["--check", "--output-dir", str(REPO / "manifests" / "crd")]) == 0
 
 
@@ -71,15 +70,7 @@ def test_check_mode_fails_on_a_stale_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version", ["1.34", "1.37"])
 def test_crd_is_valid_for_kubernetes(version: str) -> None:
-    kubernetes_validate.validate(crd.crd(cel=True), version, strict=True)
-    kubernetes_validate.validate(crd.crd(cel=False), version, strict=True)
-
-
-def test_120_rendering_is_the_same_schema_without_cel() -> None:
-    full, old = crd.crd(cel=True), crd.crd(cel=False)
-    assert "x-kubernetes-validations" not in yaml.safe_dump(old)
-    assert "x-kubernetes-validations" in yaml.safe_dump(full)
-    assert crd.strip_cel(full) == old
+    kubernetes_validate.validate(crd.crd(), version, strict=True)
 
 
 def _nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:

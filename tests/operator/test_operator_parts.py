@@ -157,6 +157,12 @@ def test_claim_body_is_a_valid_resource_claim() -> None:
     sel = body["spec"]["devices"]["requests"][0]["exactly"]["selectors"][0]["cel"]["expression"]
     assert sel == 'device.attributes["qpu.quantum.example.com"].backend == "ibm-torino"'
     assert body["metadata"]["name"] == "qpu-ibm-torino"
+    # The schema above has no enums: the real apiserver (1.34+) knows only these modes and
+    # refused "ExactlyOne" with a 422, so no shared claim was ever created (found on 1.37).
+    # Spelled out as the apiserver defaults them, so the stored spec equals ours and the
+    # operator does not take its own claim for outdated.
+    exactly = body["spec"]["devices"]["requests"][0]["exactly"]
+    assert (exactly["allocationMode"], exactly["count"]) == ("ExactCount", 1)
 
 
 def test_plan_creates_deletes_and_holds() -> None:
