@@ -59,7 +59,6 @@ from testsupport.instant_client import InstantClient
 
 DRIVER = DRIVER_NAME
 NODE = "bench-node"
-API_KEY = "bench-apikey-0001"
 PREPARE = "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources"
 PROBE = "ibm-manila"  # the backend whose lanes the measured claims take
 PROBE_LANES = 4
@@ -91,8 +90,10 @@ def _layout(root: Path, emu: Emulator, fill_backends: int = 0) -> None:
     docs = [_backend(emu, PROBE, PROBE_LANES)]
     docs += [_backend(emu, f"fill-{i:02d}", FILL_LANES) for i in range(fill_backends)]
     (root / "backends.yaml").write_text(yaml.safe_dump({"backends": docs}))
-    (root / "creds" / "ibm-creds").mkdir(parents=True)
-    (root / "creds" / "ibm-creds" / "QRMI_IBM_QCS_IAM_APIKEY").write_text(API_KEY)
+    creds = root / "creds" / "ibm-creds"
+    creds.mkdir(parents=True)
+    for key, value in emu.ibm_credentials().items():
+        (creds / key).write_text(value)
     (root / "boot_id").write_text(str(uuid.uuid4()))
 
 
@@ -163,8 +164,11 @@ def _node(
     claims: ClaimSource | None = None,
     make: Callable[[str], ClaimRef] | None = None,
     kubeconfig: Path | None = None,
+    keep_layout: bool = False,
 ) -> Iterator[_Node]:
-    _layout(root, emu, fill_backends)
+    """The driver on ``root``; ``keep_layout``: a restart on the state of an earlier one."""
+    if not keep_layout:
+        _layout(root, emu, fill_backends)
     static = StaticClaims()
     counter = [0]
 
@@ -356,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     heading("DRA driver: NodePrepareResources")
     # The driver in this process logs as deployed (info, JSON lines), to nowhere.
     logs.setup("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
-    with running_emulator(api_keys=frozenset({API_KEY}), noise=False) as emu:
+    with running_emulator(noise=False) as emu:
         levels = bench_growth(emu, sorted(args.levels), args.rounds, args.per_round)
         vendor = bench_vendor(emu, args.vendor_n)
         api_level = None
