@@ -5,7 +5,7 @@
 Real sessions (the real ``qrmi`` client against the local emulator), closed times read at
 the emulator; the agents in this process.
 
-Device plugin (its node's pods from a fake apiserver, ``testsupport.podapi``, over HTTP):
+Device plugin (its node's pods from a fake apiserver, ``testsupport.nodeapi``, over HTTP):
 
 1. a pod whose container ends for good (restartPolicy Never, exit 0): from the moment the
    apiserver shows it (and the kubelet's PodResources stops listing it) to the session
@@ -52,7 +52,7 @@ from qpu_k8s.fakekubelet import (
 )
 from qpu_k8s.fakekubelet.common import unix_target
 from qpu_k8s.proto.deviceplugin.v1beta1 import api_pb2_grpc
-from testsupport.podapi import PodApi, pod
+from testsupport.nodeapi import NodeApi, pod
 
 RESOURCE = deviceplugin_bench.RESOURCE
 NODE = "bench-node"
@@ -94,7 +94,7 @@ class _Plugin:
     root: Path
     kubelet: FakeDevicePluginKubelet
     pods: FakePodResourcesServer
-    api: PodApi | None
+    api: NodeApi | None
     restart_hold: float
     agent: DevicePlugin | None = None
 
@@ -164,7 +164,7 @@ def _plugin(emu: Emulator, *, api: bool, restart_hold: float) -> Iterator[_Plugi
         root = Path(tmp)
         deviceplugin_bench._layout(root, emu)
         with contextlib.ExitStack() as stack:
-            fake_api = stack.enter_context(PodApi(NODE)) if api else None
+            fake_api = stack.enter_context(NodeApi(NODE)) if api else None
             kubelet = stack.enter_context(FakeDevicePluginKubelet(root / "dp"))
             pods = stack.enter_context(FakePodResourcesServer(root / "pr.sock"))
             plugin = _Plugin(root, kubelet, pods, fake_api, restart_hold)

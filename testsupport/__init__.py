@@ -20,7 +20,7 @@ here serves only tests, benchmarks and the developer commands. One home per conc
 - ``operator``: CRD schema and CEL evaluation, an in-memory API, fake vendor clients;
 - ``tinyplugins``: tiny device and DRA plugins that exercise the fake kubelet;
 - ``resource_api``, ``k8s_cluster``: resource.k8s.io on the 1.20 test cluster, the cluster;
-- ``podapi``: a fake apiserver for one node's pods and its Node, over real HTTP;
+- ``nodeapi``: a fake apiserver for one node's agents (pods, Node, slices), over real HTTP;
 - ``grpc_floor``, ``instant_client``: what the benchmarks measure against;
 - ``tools``, ``packaging``, ``example_workloads``: pinned helm/kubectl, the chart and the
   files derived from it.

@@ -12,8 +12,8 @@ from kubernetes.client.exceptions import ApiException
 from qpu_k8s.core.kubeclient import CoreApi, api_client
 from qpu_k8s.node.labels import read_node
 from qpu_k8s.node.pods import NodePods, pod_view
-from testsupport import podapi
-from testsupport.podapi import PodApi
+from testsupport import nodeapi
+from testsupport.nodeapi import NodeApi
 from testsupport.waiting import wait_for
 
 RES = "quantum.example.com/qpu"
@@ -70,18 +70,18 @@ def test_a_pod_without_the_resource_is_not_waited_for() -> None:
 
 
 def test_the_watch_shows_a_container_that_ended_and_a_deleted_pod(tmp_path: Path) -> None:
-    """NodePods against a real HTTP list and watch (testsupport.podapi)."""
+    """NodePods against a real HTTP list and watch (testsupport.nodeapi)."""
     changed = threading.Event()
-    with PodApi("n1") as api:
+    with NodeApi("n1") as api:
         client = api_client(api.kubeconfig(tmp_path / "kubeconfig"))
-        api.put_pod(podapi.pod("ns", "a", RES))
-        api.put_pod(podapi.pod("ns", "b", RES))
+        api.put_pod(nodeapi.pod("ns", "a", RES))
+        api.put_pod(nodeapi.pod("ns", "b", RES))
         pods = NodePods(client, "n1", RES, on_change=changed.set)
         pods.start()
         try:
             wait_for(lambda: pods.running_with_resource() == {("ns", "a"), ("ns", "b")}, 10)
             assert not pods.finished("ns", "a", "main")
-            api.put_pod(podapi.pod("ns", "a", RES, phase="Succeeded", exit_code=0))
+            api.put_pod(nodeapi.pod("ns", "a", RES, phase="Succeeded", exit_code=0))
             wait_for(lambda: pods.finished("ns", "a", "main"), 10, "the end of a's container")
             api.delete_pod("ns", "b")
             wait_for(lambda: pods.finished("ns", "b", "main"), 10, "b deleted")
@@ -93,7 +93,7 @@ def test_the_watch_shows_a_container_that_ended_and_a_deleted_pod(tmp_path: Path
 
 
 def test_core_reads_raise_the_clients_api_exception(tmp_path: Path) -> None:
-    with PodApi("n1", {"zone": "a"}) as api:
+    with NodeApi("n1", {"zone": "a"}) as api:
         client = api_client(api.kubeconfig(tmp_path / "kubeconfig"))
         try:
             assert read_node(client, "n1")[0] == {"zone": "a"}
