@@ -40,11 +40,13 @@ import grpc
 import yaml
 
 from benchmarks.measure import Compared, compare, timed
+from benchmarks.profiling import Hot, hot_note, hot_table, profile_calls
 from benchmarks.report import Target, heading, ms, table, targets
 from qpu_k8s.core import logs
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.qrmi_client import QuantumResourceClient, qrmi
 from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
+from qpu_k8s.deviceplugin.server import DevicePluginServicer
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer, PodAllocation
 from qpu_k8s.fakekubelet.common import unix_target
@@ -173,8 +175,11 @@ def _node(emu: Emulator, root: Path, fill_backends: int) -> Iterator[_Node]:
             agent.stop()
 
 
-def bench_growth(emu: Emulator, levels: list[int], rounds: int, per_round: int) -> list[Level]:
-    """Allocate vs the durability floor at each number of live acquisitions."""
+def bench_growth(
+    emu: Emulator, levels: list[int], rounds: int, per_round: int
+) -> tuple[list[Level], list[Hot]]:
+    """Allocate vs the durability floor at each number of live acquisitions, and the
+    profile of the Allocate handler at the last one."""
     fill = -(-max(levels) // FILL_LANES)
     with tempfile.TemporaryDirectory(prefix="dpb-", dir="/tmp") as tmp:
         root = Path(tmp)
@@ -222,7 +227,20 @@ def bench_growth(emu: Emulator, levels: list[int], rounds: int, per_round: int) 
                     node.hold(live, lanes)
                     got = compare(floor, target, rounds=rounds, per_round=per_round)
                     out.append(Level(len(node.agent.ledger.live()), got))
-    return out
+            servicer = DevicePluginServicer(node.agent.board, node.agent.allocator)
+            requests = [_request(f"{PROBE}-lane-0")]
+            answers: list[api_pb2.AllocateResponse] = []
+
+            def handle() -> None:
+                answers.append(servicer.Allocate(requests[-1], None))  # type: ignore[arg-type]
+
+            def next_request() -> None:  # unprofiled: the release, and the next request
+                node.release(_token(answers.pop()))
+                step[0] += 1
+                requests.append(_request(f"{PROBE}-lane-{step[0] % PROBE_LANES}"))
+
+            hot = profile_calls(handle, next_request, 200)
+    return out, hot
 
 
 def bench_vendor(emu: Emulator, n: int) -> tuple[Compared, tuple[int, int], tuple[int, int]]:
@@ -318,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     # The agent in this process logs as deployed (info, JSON lines), to nowhere.
     logs.setup("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
     with running_emulator(noise=False) as emu:
-        levels = bench_growth(emu, sorted(args.levels), args.rounds, args.per_round)
+        levels, hot = bench_growth(emu, sorted(args.levels), args.rounds, args.per_round)
         vendor, rss_start, rss_after = bench_vendor(emu, args.vendor_n)
 
     n = args.rounds * args.per_round
@@ -337,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{rss_after[0] / 1024:.1f} MiB after {args.vendor_n + 3} Allocates "
         f"(peak {rss_after[1] / 1024:.1f} MiB)."
     )
+    print(
+        f"\nWhere the Allocate handler spends its own time ({levels[-1].live} live; "
+        "benchmarks/profiling.py):\n"
+    )
+    print(hot_table(hot))
     first, last = levels[0], levels[-1]
     worst = max(lv.compared.ratio for lv in levels)
     growth = last.compared.ratio / first.compared.ratio
@@ -347,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{worst:.2f}x (worst row)",
                 f"<= {RATIO_LIMIT}x",
                 worst <= RATIO_LIMIT,
+                "" if worst <= RATIO_LIMIT else hot_note(hot),
             ),
             Target(
                 f"device plugin: Allocate flat from {first.live} to {last.live} live",

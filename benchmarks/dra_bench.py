@@ -40,6 +40,7 @@ import grpc
 import yaml
 
 from benchmarks.measure import Compared, compare, timed
+from benchmarks.profiling import Hot, hot_note, hot_table, profile_calls
 from benchmarks.report import Target, heading, ms, table, targets
 from qpu_k8s.core import logs
 from qpu_k8s.core.kubeclient import as_object
@@ -48,6 +49,7 @@ from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import QuantumResourceClient, qrmi
 from qpu_k8s.dra.agent import DraDriver, DraDriverConfig
 from qpu_k8s.dra.claims import ClaimSource, KubeClaims
+from qpu_k8s.dra.plugin import DRAHandler, DRAPluginV1
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import ClaimRef
 from qpu_k8s.fakekubelet.common import unix_target
@@ -218,8 +220,9 @@ def bench_growth(
     per_round: int,
     factory: ClientFactory | None = InstantClient,
     **source: Any,
-) -> list[Level]:
-    """NodePrepareResources vs the durability floor at each number of prepared claims."""
+) -> tuple[list[Level], list[Hot]]:
+    """NodePrepareResources vs the durability floor at each number of prepared claims, and
+    the profile of the prepare handler at the last one."""
     fill = -(-max(levels) // FILL_LANES)
     with tempfile.TemporaryDirectory(prefix="dra-bench-", dir="/tmp") as tmp:
         root = Path(tmp)
@@ -271,7 +274,21 @@ def bench_growth(
                     got = compare(floor, target, rounds=rounds, per_round=per_round)
                     assert node.agent.store is not None
                     out.append(Level(node.agent.store.prepared, got, list(unprepared)))
-    return out
+            assert node.agent.preparer is not None
+            servicer = DRAPluginV1(DRAHandler(node.agent.preparer))
+            claims = [node.make(f"{PROBE}-lane-0")]
+
+            def handle() -> None:
+                request = _prepare_request(claims[-1])
+                servicer.NodePrepareResources(request, None)  # type: ignore[arg-type]
+
+            def next_claim() -> None:  # unprofiled: unprepare, and the next claim's object
+                node.unprepare(_unprepare_request(claims.pop()), timeout=30)
+                step[0] += 1
+                claims.append(node.make(f"{PROBE}-lane-{step[0] % PROBE_LANES}"))
+
+            hot = profile_calls(handle, next_claim, 200)
+    return out, hot
 
 
 def bench_vendor(emu: Emulator, n: int) -> Compared:
@@ -361,13 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     # The driver in this process logs as deployed (info, JSON lines), to nowhere.
     logs.setup("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
     with running_emulator(noise=False) as emu:
-        levels = bench_growth(emu, sorted(args.levels), args.rounds, args.per_round)
+        levels, hot = bench_growth(emu, sorted(args.levels), args.rounds, args.per_round)
         vendor = bench_vendor(emu, args.vendor_n)
         api_level = None
         if args.apiserver:
             source, cleanup = _apiserver_source()
             try:
-                api_level = bench_growth(emu, [1], args.rounds, args.per_round, **source)[0]
+                api_level = bench_growth(emu, [1], args.rounds, args.per_round, **source)[0][0]
             finally:
                 cleanup()
 
@@ -395,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
             f"\nClaims read from the apiserver: prepare p50 {ms(api_level.compared.target_p50)}, "
             f"{api_level.compared.ratio:.2f}x the floor (one GET more than the floor)."
         )
+    print(
+        f"\nWhere the NodePrepareResources handler spends its own time ({levels[-1].prepared} "
+        "prepared; benchmarks/profiling.py):\n"
+    )
+    print(hot_table(hot))
     first, last = levels[0], levels[-1]
     worst = max(lv.compared.ratio for lv in levels)
     growth = last.compared.ratio / first.compared.ratio
@@ -405,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{worst:.2f}x (worst row)",
                 f"<= {RATIO_LIMIT}x",
                 worst <= RATIO_LIMIT,
+                "" if worst <= RATIO_LIMIT else hot_note(hot),
             ),
             Target(
                 f"DRA: NodePrepareResources flat from {first.prepared} to {last.prepared} claims",

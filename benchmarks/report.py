@@ -25,16 +25,19 @@ class Target:
     """One target of issue 16 as measured in this run."""
 
     name: str
+    # Empty: not measured in this run (``note`` says why).
     measured: str
     limit: str
-    # None: not measured in this run (``note`` says why).
+    # None: no limit to meet (the number is reported), or not measured.
     met: bool | None
     # For a miss: what the profile shows; otherwise anything the reader needs.
     note: str = ""
 
     @property
     def verdict(self) -> str:
-        return {True: "met", False: "**missed**", None: "not measured"}[self.met]
+        if self.met is None:
+            return "reported" if self.measured else "not measured"
+        return "met" if self.met else "**missed**"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
