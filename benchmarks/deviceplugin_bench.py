@@ -1,178 +1,321 @@
-"""Device-plugin benchmark: Allocate latency against a bare gRPC floor, acquire cost, RSS.
+"""Device-plugin benchmark: Allocate against the durability floor, from 1 to 1000 live
+acquisitions on the node; the vendor's share; the agent's RSS.
 
-    python -m benchmarks.deviceplugin_bench [--n 400] [--vendor-n 40]
+    python -m benchmarks.deviceplugin_bench [--levels 1 10 100 1000] [--rounds 20]
+        [--per-round 10] [--vendor-n 40]
 
-Measured in one run, on this machine:
+Measured in one run, floor and target alternated in rounds (:mod:`benchmarks.measure`):
 
-1. floor: a bare unary gRPC call over a unix socket (``testsupport.grpc_floor``:
-   trivial servicer, same process, same client stack).
-2. Allocate, vendor acquire excluded: the real agent (in-process, real gRPC server on a unix
-   socket, real checkpoint writes with fsync, real reconciler releasing in the background)
-   with an *instant* QRMI client whose acquire returns at once. What remains is our own
-   work: lookup, ledger intent + commit (two atomic checkpoint writes), env rendering,
-   gRPC. Reported as p50/p99 and as ratios to the floor.
-3. vendor acquire, reported separately: the real ``qrmi`` client against the local emulator
-   (IAM token + ``POST /sessions``), called directly; and Allocate through the real
-   ``qpu-k8s device-plugin`` process doing that acquire, as a ratio to the direct call.
-4. RSS of that ``qpu-k8s device-plugin`` process (``VmRSS``/``VmHWM`` from /proc), after
-   start-up and after the Allocates.
+1. the durability floor (``testsupport.grpc_floor.DurableFloor``): the same
+   ``v1beta1.DevicePlugin/Allocate`` method on the agents' own gRPC server class, answering
+   a real Allocate response after one synced append of a record the size of the one
+   Allocate syncs (its token record). Nothing that remembers what it handed out before
+   answering can be cheaper.
+2. Allocate, vendor excluded: the real agent in this process (its gRPC server on a unix
+   socket, its journal on disk, its reconciler and release runner running) with an
+   *instant* QRMI client, called with the same stub. The node holds 1, 10, 100, 1000 live
+   acquisitions, bound to pods the fake PodResources lists; each measured Allocate's own
+   acquisition is released right after it (untimed), so the count stays put.
+3. the vendor: Allocate through the real ``qpu-k8s device-plugin`` process with the real
+   ``qrmi`` client against the local emulator, against the direct qrmi acquire.
+4. that process's RSS (``VmRSS``/``VmHWM``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
-from pydantic import BaseModel
 
-from qpu_k8s.core.journal import Journal
-from qpu_k8s.core.model import QuantumBackend, parse_backend
-from qpu_k8s.core.qrmi_client import CallTimeouts, QrmiClient, QuantumResourceClient
+from benchmarks.measure import Compared, compare, timed
+from benchmarks.profiling import Hot, hot_note, hot_table, profile_calls
+from benchmarks.report import Target, heading, ms, table, targets
+from qpu_k8s.core import logs
+from qpu_k8s.core.model import QuantumBackend
+from qpu_k8s.core.qrmi_client import QuantumResourceClient, qrmi
 from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
+from qpu_k8s.deviceplugin.server import DevicePluginServicer
 from qpu_k8s.emulator import Emulator, running_emulator
-from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
-from testsupport.grpc_floor import LatencySummary, measure_unary_floor, summarize
+from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer, PodAllocation
+from qpu_k8s.fakekubelet.common import unix_target
+from qpu_k8s.proto.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
+from testsupport.grpc_floor import DurableFloor
 from testsupport.instant_client import InstantClient
 
 RESOURCE = "quantum.example.com/qpu"
-LANES = 8
+ALLOCATE = "/v1beta1.DevicePlugin/Allocate"
+PROBE = "fake-manila"  # the backend whose lanes the measured Allocates take
+PROBE_LANES = 8
+FILL_LANES = 64  # lanes per backend that holds the node's live acquisitions
+RATIO_LIMIT = 1.5
+# Synced appends of the untimed release after each measured Allocate (releasing, released);
+# the floor makes as many after each of its calls.
+RELEASE_SYNCS = 2
+FLAT_LIMIT = 1.10
 
 
 def _instant(backend: QuantumBackend, creds: Mapping[str, str]) -> QuantumResourceClient:
     return InstantClient(backend, creds)
 
 
-def _backend_doc(emu: Emulator) -> dict[str, Any]:
+def _backend(emu: Emulator, name: str, lanes: int) -> dict[str, Any]:
     return {
-        "name": "fake-manila",
+        "name": name,
         "spec": {
-            "resourceId": "fake_manila",
+            "resourceId": "fake_manila" if name == PROBE else name.replace("-", "_"),
             "type": "ibm-quantum-compute-service",
             "config": emu.ibm_config("fake_manila"),
             "credentialsSecretRef": {"name": "ibm-creds"},
-            "lanes": LANES,
+            "lanes": lanes,
         },
     }
 
 
-def _layout(root: Path, emu: Emulator) -> None:
+def _layout(root: Path, emu: Emulator, fill_backends: int = 0) -> None:
     (root / "dp").mkdir(parents=True)
-    (root / "backends.yaml").write_text(yaml.safe_dump({"backends": [_backend_doc(emu)]}))
+    docs = [_backend(emu, PROBE, PROBE_LANES)]
+    docs += [_backend(emu, f"fill-{i:02d}", FILL_LANES) for i in range(fill_backends)]
+    (root / "backends.yaml").write_text(yaml.safe_dump({"backends": docs}))
     creds = root / "creds" / "ibm-creds"
     creds.mkdir(parents=True)
     for key, value in emu.ibm_credentials().items():
         (creds / key).write_text(value)
 
 
-def _allocate_loop(
-    kubelet: FakeDevicePluginKubelet, n: int, warmup: int, released: Callable[[str], bool]
-) -> list[float]:
-    """Allocate one lane per call, round robin; only the Allocate call is timed.
+def _request(*devices: str) -> api_pb2.AllocateRequest:
+    return api_pb2.AllocateRequest(
+        container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=list(devices))]
+    )
 
-    No pod is ever listed, so the plugin's reconciler releases each acquisition (grace 0)
-    right after its Allocate; the loop waits for that, untimed, so every Allocate meets the
-    steady-state ledger of a node (its live acquisitions plus capped tombstones) rather
-    than a pile-up the benchmark itself made.
-    """
-    samples = []
-    for i in range(warmup + n):
-        device = f"fake-manila-lane-{i % LANES}"
+
+def _token(resp: api_pb2.AllocateResponse) -> str:
+    envs = resp.container_responses[0].envs
+    return next(v for k, v in envs.items() if k.endswith("_QRMI_JOB_ACQUISITION_TOKEN"))
+
+
+@dataclass
+class Level:
+    live: int
+    compared: Compared
+
+
+class _Node:
+    """The in-process agent on a fake kubelet, and its live acquisitions."""
+
+    def __init__(self, agent: DevicePlugin, pods: FakePodResourcesServer) -> None:
+        self.agent = agent
+        self.pods = pods
+        self.held: list[PodAllocation] = []
+        channel = grpc.insecure_channel(unix_target(agent.registrar.socket_path))
+        self.channel = channel
+        self.allocate = api_pb2_grpc.DevicePluginStub(channel).Allocate
+
+    def hold(self, count: int, lanes: list[str]) -> None:
+        """Bring the node to ``count`` live acquisitions, each held by a listed pod."""
+        while len(self.held) < count:
+            device = lanes[len(self.held)]
+            self.allocate(_request(device), timeout=10)
+            pod = PodAllocation.with_devices(f"p{len(self.held)}", "b", RESOURCE, [device])
+            self.held.append(pod)
+        self.pods.set_pods(self.held)
+        self.agent.reconciler.pass_once()  # binds them
+
+    def release(self, token: str) -> None:
+        """Give a measured Allocate's acquisition back at once (untimed)."""
+        ledger = self.agent.ledger
+        acq = next(a for a in ledger.live() if a.token == token)
+        ledger.mark_releasing([acq.id], "benchmark", time.time())
+        self.agent.allocator.releases.pay(ledger.debt(acq.id))
+
+
+@contextlib.contextmanager
+def _node(emu: Emulator, root: Path, fill_backends: int) -> Iterator[_Node]:
+    _layout(root, emu, fill_backends)
+    with (
+        FakeDevicePluginKubelet(root / "dp") as kubelet,
+        FakePodResourcesServer(root / "pr.sock") as pods,
+    ):
+        agent = DevicePlugin(
+            DevicePluginConfig(
+                device_plugin_dir=root / "dp",
+                pod_resources_socket=root / "pr.sock",
+                state_dir=root / "state",
+                config=root / "backends.yaml",
+                credentials_dir=root / "creds",
+                reconcile_interval=3600.0,  # the benchmark drives reconciles itself
+                release_grace=0.0,
+                restart_hold=0.0,
+            ),
+            client_factory=_instant,
+        )
+        agent.start()
+        try:
+            total = PROBE_LANES + fill_backends * FILL_LANES
+            kubelet.wait_for_devices(
+                RESOURCE, lambda ds: len(ds) == total and all(d.healthy for d in ds), 60
+            )
+            node = _Node(agent, pods)
+            try:
+                yield node
+            finally:
+                node.channel.close()
+        finally:
+            agent.stop()
+
+
+def bench_growth(
+    emu: Emulator, levels: list[int], rounds: int, per_round: int
+) -> tuple[list[Level], list[Hot]]:
+    """Allocate vs the durability floor at each number of live acquisitions, and the
+    profile of the Allocate handler at the last one."""
+    fill = -(-max(levels) // FILL_LANES)
+    with tempfile.TemporaryDirectory(prefix="dpb-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        with _node(emu, root, fill) as node:
+            lanes = [f"fill-{b:02d}-lane-{i}" for b in range(fill) for i in range(FILL_LANES)]
+            journal = root / "state" / "acquisitions.journal"
+            # One Allocate to learn the real response and the synced record's size (the
+            # journal's last line is its token record).
+            sample = node.allocate(_request(f"{PROBE}-lane-0"), timeout=10)
+            record = journal.read_bytes().splitlines(keepends=True)[-1]
+            node.release(_token(sample))
+            out = []
+            floor_sock = root / "floor.sock"
+            with (
+                DurableFloor(
+                    floor_sock,
+                    ALLOCATE,
+                    api_pb2.AllocateRequest,
+                    response=sample,
+                    record=record,
+                    journal=root / "floor.j",
+                ) as durable,
+                grpc.insecure_channel(unix_target(floor_sock)) as channel,
+            ):
+                floor_call = api_pb2_grpc.DevicePluginStub(channel).Allocate
+                step = [0]
+
+                def floor() -> float:
+                    step[0] += 1
+                    device = f"{PROBE}-lane-{step[0] % PROBE_LANES}"
+                    took = timed(lambda: floor_call(_request(device), timeout=10))
+                    durable.append_synced(RELEASE_SYNCS)
+                    return took
+
+                def target() -> float:
+                    step[0] += 1
+                    request = _request(f"{PROBE}-lane-{step[0] % PROBE_LANES}")
+                    start = time.perf_counter()
+                    resp = node.allocate(request, timeout=10)
+                    took = time.perf_counter() - start
+                    node.release(_token(resp))
+                    return took
+
+                for live in levels:
+                    node.hold(live, lanes)
+                    got = compare(floor, target, rounds=rounds, per_round=per_round)
+                    out.append(Level(len(node.agent.ledger.live()), got))
+            servicer = DevicePluginServicer(node.agent.board, node.agent.allocator)
+            requests = [_request(f"{PROBE}-lane-0")]
+            answers: list[api_pb2.AllocateResponse] = []
+
+            def handle() -> None:
+                answers.append(servicer.Allocate(requests[-1], None))  # type: ignore[arg-type]
+
+            def next_request() -> None:  # unprofiled: the release, and the next request
+                node.release(_token(answers.pop()))
+                step[0] += 1
+                requests.append(_request(f"{PROBE}-lane-{step[0] % PROBE_LANES}"))
+
+            hot = profile_calls(handle, next_request, 200)
+    return out, hot
+
+
+def bench_vendor(emu: Emulator, n: int) -> tuple[Compared, tuple[int, int], tuple[int, int]]:
+    """The real process with the real qrmi client: Allocate vs the direct qrmi acquire."""
+    direct = qrmi.QuantumResource.from_config(
+        "fake_manila", qrmi.ResourceType.IBMQuantumComputeService, emu.qrmi_config("fake_manila")
+    )
+
+    def acquire_direct() -> float:
         start = time.perf_counter()
-        resp = kubelet.allocate(RESOURCE, [[device]])
+        token = direct.acquire()
         took = time.perf_counter() - start
-        if i >= warmup:
-            samples.append(took)
-        token = resp.container_responses[0].envs["fake_manila_QRMI_JOB_ACQUISITION_TOKEN"]
-        deadline = time.monotonic() + 30
-        while not released(token):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"acquisition {token} was not released within 30 s")
-            time.sleep(0.001)
-    return samples
+        direct.release(token)
+        return took
 
-
-def durable_append_samples(where: Path, record: BaseModel, n: int) -> list[float]:
-    """The cost of one synced journal append of ``record`` (the durability floor's write)."""
-    journal: Journal[Any] = Journal(where / "floor.journal", type(record))
-    journal.open()
-    out = []
-    try:
-        for i in range(n):
-            start = time.perf_counter()
-            with journal.transaction() as txn:
-                txn.put(str(i % 8), record)
-            out.append(time.perf_counter() - start)
-    finally:
-        journal.close()
-    return out
-
-
-def bench_overhead(emu: Emulator, n: int) -> tuple[LatencySummary, LatencySummary]:
-    """Allocate with an instant vendor, and one durable journal append of its record."""
-    root = Path(tempfile.mkdtemp(prefix="dpb-", dir="/tmp"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="dpb-", dir="/tmp") as tmp:
+        root = Path(tmp)
         _layout(root, emu)
         with (
             FakeDevicePluginKubelet(root / "dp") as kubelet,
             FakePodResourcesServer(root / "pr.sock"),
+            _process(root) as proc,
         ):
-            agent = DevicePlugin(
-                DevicePluginConfig(
-                    device_plugin_dir=root / "dp",
-                    pod_resources_socket=root / "pr.sock",
-                    state_dir=root / "state",
-                    config=root / "backends.yaml",
-                    credentials_dir=root / "creds",
-                    reconcile_interval=1.0,
-                    release_grace=0.0,
-                    restart_hold=0.0,
-                ),
-                client_factory=_instant,
+            kubelet.wait_for_devices(
+                RESOURCE, lambda ds: len(ds) == PROBE_LANES and all(d.healthy for d in ds), 60
             )
-            agent.start()
-            try:
-                kubelet.wait_for_devices(
-                    RESOURCE, lambda ds: len(ds) == LANES and all(d.healthy for d in ds), 30
-                )
+            started = _rss(proc.pid)
+            channel = grpc.insecure_channel(unix_target(root / "dp" / _endpoint(kubelet)))
+            call = api_pb2_grpc.DevicePluginStub(channel).Allocate
+            step = [0]
 
-                def released(token: str) -> bool:
-                    return all(a.token != token for a in agent.ledger.live())
+            def allocate() -> float:
+                step[0] += 1
+                request = _request(f"{PROBE}-lane-{step[0] % PROBE_LANES}")
+                return timed(lambda: call(request, timeout=30))
 
-                samples = _allocate_loop(kubelet, n, 50, released)
-                record = agent.ledger.snapshot()[-1]
-            finally:
-                agent.stop()
-            writes = durable_append_samples(root / "floor", record, 100)
-        return summarize(samples), summarize(writes)
+            # No release in between: the agent reconciles every hour here, so no background
+            # release competes with the measured calls; the sessions end with the emulator.
+            got = compare(acquire_direct, allocate, rounds=max(1, n // 5), per_round=5, warmup=3)
+            channel.close()
+            after = _rss(proc.pid)
+    return got, started, after
+
+
+def _endpoint(kubelet: FakeDevicePluginKubelet) -> str:
+    return next(r.endpoint for r in kubelet.registrations if r.resource_name == RESOURCE)
+
+
+@contextlib.contextmanager
+def _process(root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    argv = [
+        sys.executable, "-m", "qpu_k8s.cli", "device-plugin",
+        "--device-plugin-dir", str(root / "dp"),
+        "--pod-resources-socket", str(root / "pr.sock"),
+        "--state-dir", str(root / "state"),
+        "--config", str(root / "backends.yaml"),
+        "--credentials-dir", str(root / "creds"),
+        "--metrics-address", "",
+        "--reconcile-interval", "3600",
+        "--kubelet-restart-hold", "0",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
     finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def bench_direct_acquire(emu: Emulator, n: int) -> LatencySummary:
-    backend = parse_backend(_backend_doc(emu))
-    client = QrmiClient(backend, emu.ibm_credentials(), timeouts=CallTimeouts.uniform(30))
-    client.release(client.acquire())  # warm: IAM token cached, connections open
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        token = client.acquire()
-        samples.append(time.perf_counter() - start)
-        client.release(token)
-    return summarize(samples)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _rss(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) in KiB from /proc (psutil is not installed)."""
+    """(VmRSS, VmHWM) in KiB from /proc."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
@@ -181,86 +324,62 @@ def _rss(pid: int) -> tuple[int, int]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
-def bench_process(emu: Emulator, n: int) -> tuple[LatencySummary, tuple[int, int], tuple[int, int]]:
-    """The real ``qpu-k8s device-plugin`` process, real qrmi against the emulator."""
-    root = Path(tempfile.mkdtemp(prefix="dpb-", dir="/tmp"))
-    proc = None
-    try:
-        _layout(root, emu)
-        with (
-            FakeDevicePluginKubelet(root / "dp") as kubelet,
-            FakePodResourcesServer(root / "pr.sock"),
-        ):
-            argv = [
-                sys.executable, "-m", "qpu_k8s.cli", "device-plugin",
-                "--device-plugin-dir", str(root / "dp"),
-                "--pod-resources-socket", str(root / "pr.sock"),
-                "--state-dir", str(root / "state"),
-                "--config", str(root / "backends.yaml"),
-                "--credentials-dir", str(root / "creds"),
-                "--metrics-address", "",
-                "--reconcile-interval", "1",
-                "--release-grace", "0",
-                "--kubelet-restart-hold", "0",
-                "--log-level", "warning",
-            ]  # fmt: skip
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            kubelet.wait_for_devices(
-                RESOURCE, lambda ds: len(ds) == LANES and all(d.healthy for d in ds), 60
-            )
-            started = _rss(proc.pid)
-
-            def released(token: str) -> bool:
-                session = emu.state.session(token)
-                return session is not None and not session.is_open
-
-            samples = _allocate_loop(kubelet, n, 5, released)
-            after = _rss(proc.pid)
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-        return summarize(samples), started, after
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _ms(x: float) -> str:
-    return f"{x * 1e3:8.3f} ms"
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run every measurement and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=400, help="Allocate calls (instant vendor)")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 10, 100, 1000])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--vendor-n", type=int, default=40, help="calls with the real vendor")
     args = parser.parse_args(argv)
 
-    floor = summarize(measure_unary_floor(2000))
+    heading("Device plugin: Allocate")
+    # The agent in this process logs as deployed (info, JSON lines), to nowhere.
+    logs.setup("info", "json", stream=open(os.devnull, "w"))  # noqa: SIM115
     with running_emulator(noise=False) as emu:
-        overhead, writes = bench_overhead(emu, args.n)
-        direct = bench_direct_acquire(emu, args.vendor_n)
-        full, rss_start, rss_after = bench_process(emu, args.vendor_n)
+        levels, hot = bench_growth(emu, sorted(args.levels), args.rounds, args.per_round)
+        vendor, rss_start, rss_after = bench_vendor(emu, args.vendor_n)
 
+    n = args.rounds * args.per_round
+    print(f"Allocate (instant vendor) vs the durability floor, {n} calls of each per row:\n")
     rows = [
-        ("bare gRPC unary call (floor)", floor, None),
-        ("Allocate, vendor acquire excluded", overhead, floor),
-        ("  one durable append of that record", writes, None),
-        ("qrmi acquire, direct (emulator)", direct, None),
-        ("Allocate in qpu-k8s process, real acquire", full, direct),
-    ]
-    print(f"device plugin benchmark (cpus: {os.cpu_count()}, python {sys.version.split()[0]})")
-    print(f"{'measurement':<44}{'n':>6}{'p50':>12}{'p99':>12}   ratio p50 / p99")
-    for name, s, base in rows:
-        ratio = f"   {s.p50 / base.p50:6.1f}x / {s.p99 / base.p99:6.1f}x" if base else ""
-        print(f"{name:<44}{s.n:>6}{_ms(s.p50):>12}{_ms(s.p99):>12}{ratio}")
-    print("ratios: Allocate (vendor excluded) vs the gRPC floor; Allocate through the qpu-k8s")
-    print("process (real acquire) vs the direct qrmi acquire, both against the local emulator.")
-    print("Allocate appends twice: the intent (unsynced) before the vendor call, the token synced.")
+        (lv.live, ms(lv.compared.floor_p50), ms(lv.compared.target_p50),
+         f"{lv.compared.ratio:.2f}x", ms(lv.compared.excess))
+        for lv in levels
+    ]  # fmt: skip
+    print(table(["live acquisitions", "floor p50", "Allocate p50", "ratio", "above floor"], rows))
     print(
-        f"agent RSS (qpu-k8s device-plugin): {rss_start[0] / 1024:.1f} MiB after start, "
-        f"{rss_after[0] / 1024:.1f} MiB after {args.vendor_n + 5} Allocates "
-        f"(peak {rss_after[1] / 1024:.1f} MiB)"
+        f"\nWith the real vendor (the `qpu-k8s device-plugin` process, real qrmi, emulator): "
+        f"direct qrmi acquire p50 {ms(vendor.floor_p50)}, Allocate p50 "
+        f"{ms(vendor.target_p50)} ({vendor.ratio:.2f}x, {ms(vendor.excess)} above).\n"
+        f"\nRSS of that process: {rss_start[0] / 1024:.1f} MiB after start, "
+        f"{rss_after[0] / 1024:.1f} MiB after {args.vendor_n + 3} Allocates "
+        f"(peak {rss_after[1] / 1024:.1f} MiB)."
+    )
+    print(
+        f"\nWhere the Allocate handler spends its own time ({levels[-1].live} live; "
+        "benchmarks/profiling.py):\n"
+    )
+    print(hot_table(hot))
+    first, last = levels[0], levels[-1]
+    worst = max(lv.compared.ratio for lv in levels)
+    growth = last.compared.ratio / first.compared.ratio
+    targets(
+        [
+            Target(
+                "device plugin: Allocate (vendor excluded) vs durability floor",
+                f"{worst:.2f}x (worst row)",
+                f"<= {RATIO_LIMIT}x",
+                worst <= RATIO_LIMIT,
+                "" if worst <= RATIO_LIMIT else hot_note(hot),
+            ),
+            Target(
+                f"device plugin: Allocate flat from {first.live} to {last.live} live",
+                f"{(growth - 1) * 100:+.1f}% (ratio {first.compared.ratio:.2f}x -> "
+                f"{last.compared.ratio:.2f}x)",
+                f"within {(FLAT_LIMIT - 1) * 100:.0f}%",
+                growth <= FLAT_LIMIT,
+            ),
+        ]
     )
     return 0
 

@@ -42,6 +42,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from benchmarks.report import Target, targets
 from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
 from qpu_k8s.emulator.server import Emulator, running_emulator
 from qpu_k8s.operator import crd
@@ -67,11 +68,26 @@ def _wait(pred: Callable[[], bool], within: float, what: str, every: float = 0.5
         time.sleep(every)  # polling the apiserver against a deadline
 
 
+RATIO_LIMIT = 2.0
+RSS_LIMIT_MIB = 150.0
+
+
+def _not_measured(why: str) -> list[Target]:
+    return [
+        Target("operator: 1000 QuantumBackends Ready vs the API floor", "", f"<= {RATIO_LIMIT:g}x",
+               None, why),
+        Target("operator: RSS with 1000 QuantumBackends", "", f"<= {RSS_LIMIT_MIB:g} MiB", None,
+               why),
+        Target("operator: steady CPU", "", "reported", None, why),
+    ]  # fmt: skip
+
+
 @contextlib.contextmanager
 def _cluster() -> Iterator[Path | None]:
     reason = cluster.unavailable_reason()
     if reason:
         print(f"operator benchmark skipped: {reason}")
+        targets(_not_measured(f"skipped: {reason}"))
         yield None
         return
     was_up = cluster.is_running()
@@ -409,6 +425,30 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     )
     for a, b, c in rows:
         print(f"  {a:<{width}}  {b:>22}  {c}")
+    ratio = r["reconciled"] / floor
+    peak = r["hwm"] / 1024
+    targets(
+        [
+            Target(
+                f"operator: {n} QuantumBackends Ready vs the API floor",
+                f"{ratio:.2f}x ({r['reconciled']:.1f} s; {r['ready']}/{n} Ready)",
+                f"<= {RATIO_LIMIT:g}x",
+                ratio <= RATIO_LIMIT and r["ready"] == n,
+            ),
+            Target(
+                f"operator: RSS with {n} QuantumBackends",
+                f"{r['rss_steady'] / 1024:.0f} MiB (peak {peak:.0f} MiB)",
+                f"<= {RSS_LIMIT_MIB:g} MiB",
+                peak <= RSS_LIMIT_MIB,
+            ),
+            Target(
+                "operator: steady CPU",
+                f"{r['steady_cpu']:.1f} % ({r['steady_probes']:.1f} probes/s)",
+                "reported",
+                None,
+            ),
+        ]
+    )
 
 
 def _terminate(signum: int, frame: Any) -> None:

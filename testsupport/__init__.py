@@ -19,7 +19,9 @@ here serves only tests, benchmarks and the developer commands. One home per conc
   the fault tests cut;
 - ``operator``: CRD schema and CEL evaluation, an in-memory API, fake vendor clients;
 - ``tinyplugins``: tiny device and DRA plugins that exercise the fake kubelet;
-- ``cluster``, ``release``: the local 1.37 cluster (hack/local-cluster) as a session fixture, the chart installed on it;
+- ``cluster``, ``release``: the local 1.37 cluster (hack/local-cluster) as a session
+  fixture, the chart installed on it;
+- ``nodeapi``: a fake apiserver for one node's agents (pods, Node, slices), over real HTTP;
 - ``grpc_floor``, ``instant_client``: what the benchmarks measure against;
 - ``tools``, ``packaging``, ``example_workloads``: pinned helm/kubectl, the chart and the
   files derived from it.

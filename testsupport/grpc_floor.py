@@ -1,25 +1,34 @@
-"""The latency floor of a bare gRPC unary call over a unix socket on this machine.
+"""The floors the kubelet-facing calls are measured against, on this machine.
 
-Benchmarks compare the kubelet-facing calls (Allocate, NodePrepareResources, ...) with this:
-a servicer that does nothing (``GetDevicePluginOptions`` returning a constant) measured with
-the same client stack, so what remains above it is our own work.
+* :func:`measure_unary_floor`: a bare gRPC unary call over a unix socket (a servicer that
+  does nothing, ``GetDevicePluginOptions`` returning a constant).
+* :class:`DurableFloor`: the *durability floor* of a call that must remember what it did
+  before it answers (Allocate, NodePrepareResources): the same method, on the agents' own
+  server class, answering a fixed response of the real size after one synced append of a
+  record of the real size. No agent can answer such a call faster and stay crash safe, so
+  what an agent's call costs above it is its own work.
 
-Run ``python -m testsupport.grpc_floor [N]`` to print the numbers.
+Run ``python -m testsupport.grpc_floor [N]`` to print the bare numbers.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from qpu_k8s.fakekubelet.common import UnixGrpcServer, unix_target
+from qpu_k8s.node.grpcserver import UnixServer
 from qpu_k8s.proto.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 
@@ -98,6 +107,69 @@ def measure_unary_floor(
             return samples
         finally:
             server.stop(grace=None)
+
+
+class DurableFloor:
+    """Serves ``/<service>/<method>``: parse the request, append ``record`` to ``journal``
+    and ``fdatasync`` it, answer ``response``. Use it as a context manager; call it with the
+    agent's own stub on :attr:`socket_path`."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        method: str,
+        request_type: type[Message],
+        *,
+        response: Message,
+        record: bytes,
+        journal: Path,
+    ) -> None:
+        service, _, name = method.strip("/").rpartition("/")
+        self.socket_path = socket_path
+        self._record = record
+        self._response = response
+        self._journal = journal
+        self._fd: int | None = None
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._answer,
+            request_deserializer=request_type.FromString,
+            response_serializer=type(response).SerializeToString,
+        )
+        generic = grpc.method_handlers_generic_handler(service, {name: handler})
+        self._server = UnixServer(
+            socket_path, lambda s: s.add_generic_rpc_handlers((generic,)), name="floor"
+        )
+
+    def _answer(self, request: Any, context: grpc.ServicerContext) -> Message:
+        assert self._fd is not None
+        os.write(self._fd, self._record)
+        os.fdatasync(self._fd)
+        return self._response
+
+    def append_synced(self, count: int) -> None:
+        """``count`` more synced appends, outside any call: the floor's side of the untimed
+        writes an agent makes between measured calls (a release, an unprepare), so both
+        sides meet the disk in the same state."""
+        assert self._fd is not None
+        for _ in range(count):
+            os.write(self._fd, self._record)
+            os.fdatasync(self._fd)
+
+    def __enter__(self) -> DurableFloor:
+        self._fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._server.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.stop(grace=0)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def main(argv: list[str]) -> int:

@@ -25,18 +25,19 @@ class Redactor:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: frozenset[str] = frozenset()
+        # Longest first (a value inside a longer one must not split it), sorted once here
+        # rather than on every log line.
+        self._ordered: tuple[str, ...] = ()
 
     def register(self, values: Iterable[str]) -> None:
         new = {v for v in values if len(v) >= _MIN_REDACT_LEN}
         if new - self._values:
             with self._lock:
                 self._values = self._values | new
+                self._ordered = tuple(sorted(self._values, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
-        values = self._values
-        if not values:
-            return text
-        for v in sorted(values, key=len, reverse=True):
+        for v in self._ordered:
             if v in text:
                 text = text.replace(v, "[REDACTED]")
         return text

@@ -10,11 +10,16 @@ kubelet retries a failed NodePrepareResources).
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import urllib3
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 from urllib3 import Retry
 
 RETRIES = Retry(total=2, connect=2, read=0, status=0, redirect=0, other=0)
@@ -54,3 +59,62 @@ def as_object(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"expected a JSON object from the apiserver, got {type(value).__name__}")
     return value
+
+
+class CoreApi:
+    """Reads and watches of core (``/api/v1``) objects as JSON, by path.
+
+    The node agents need three: their Node, their node's pods, a claim's Secret. The
+    generated ``CoreV1Api`` would do, but its module defines every core type and costs
+    about 20 MiB of each agent's memory; these go through the same client's connection
+    pool, credentials (refreshed tokens included) and retry rule instead. A status outside
+    2xx raises the client's ``ApiException`` with it, as the generated API does.
+    """
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    def get(
+        self, path: str, *, query: Mapping[str, str] | None = None, timeout: float
+    ) -> dict[str, Any]:
+        resp = self._request(path, query, urllib3.Timeout(total=timeout), stream=False)
+        return as_object(json.loads(resp.data))
+
+    def watch(
+        self, path: str, *, query: Mapping[str, str], connect_timeout: float, seconds: int
+    ) -> Generator[dict[str, Any], None, None]:
+        """The events (``{"type": ..., "object": ...}``) of a watch the apiserver ends after
+        ``seconds``; closing the iterator closes the connection."""
+        timeout = urllib3.Timeout(connect=connect_timeout, read=seconds + connect_timeout)
+        query = {**query, "watch": "true", "timeoutSeconds": str(seconds)}
+        resp = self._request(path, query, timeout, stream=True)
+        try:
+            pending = b""
+            for chunk in resp.stream(decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield as_object(json.loads(line))
+        finally:
+            resp.release_conn()
+
+    def _request(
+        self, path: str, query: Mapping[str, str] | None, timeout: urllib3.Timeout, stream: bool
+    ) -> urllib3.BaseHTTPResponse:
+        cfg = self.api.configuration
+        headers = {**self.api.default_headers, "Accept": "application/json"}
+        for auth in cfg.auth_settings().values():
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[auth["key"]] = auth["value"]
+        url = cfg.host + path + (f"?{urlencode(query)}" if query else "")
+        resp = self.api.rest_client.pool_manager.request(
+            "GET", url, headers=headers, timeout=timeout, preload_content=not stream
+        )
+        if not 200 <= resp.status < 300:
+            body = resp.data if not stream else resp.read()
+            resp.release_conn()
+            err = ApiException(status=resp.status, reason=resp.reason)
+            err.body = body.decode("utf-8", "replace")
+            raise err
+        return resp

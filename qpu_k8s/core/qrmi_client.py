@@ -372,7 +372,8 @@ class QrmiClient:
             "acquire", acquire, timeout=self.timeouts.acquire, checkin=False, on_late=late
         )
         self._hold(token, holder[0])
-        log.info("acquired", extra={"backend": name})
+        # Debug only: the agents log each acquisition at once, with what it is for.
+        log.debug("acquired", extra={"backend": name})
         return token
 
     def _release_late(self, obj: Any, token: str) -> None:

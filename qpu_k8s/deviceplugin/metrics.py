@@ -8,8 +8,6 @@ token or credential.
 
 from __future__ import annotations
 
-import contextlib
-
 from prometheus_client import Counter, Gauge, Histogram
 
 from qpu_k8s.core.metrics import LATENCY_BUCKETS, PREFIX
@@ -58,9 +56,7 @@ RECONCILES = Counter(
 
 
 def set_live(backend: str, n: int) -> None:
-    """Set the live-acquisition gauge of a backend; drop its series at zero."""
-    if n > 0:
-        ACQUISITIONS_LIVE.labels(backend).set(n)
-    else:
-        with contextlib.suppress(KeyError):
-            ACQUISITIONS_LIVE.remove(backend)
+    """Set the live-acquisition gauge of a backend. A series stays (at 0) once its backend
+    has had an acquisition: one per backend at most, and dropping it at every zero would
+    rebuild it on the next Allocate of a one-lane backend."""
+    ACQUISITIONS_LIVE.labels(backend).set(n)

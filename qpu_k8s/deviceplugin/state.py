@@ -162,6 +162,9 @@ class Ledger:
     process crash never loses the intent, and a power loss in that millisecond loses at
     most the report that an acquire was in flight (its session leaked either way).
 
+    Only one process writes it (the agent holds its state directory's lock first), so the
+    journal is opened ``exclusive``: no file lock nor look for others' appends per write.
+
     Times are wall-clock seconds passed in by the caller (tests drive them directly).
     """
 
@@ -180,7 +183,7 @@ class Ledger:
         self.max_tombstones = max_tombstones
         self.backoff = backoff or Backoff()
         self._journal: Journal[Acquisition] = Journal(
-            path, Acquisition, version=JOURNAL_VERSION, watch=self._count
+            path, Acquisition, version=JOURNAL_VERSION, watch=self._count, exclusive=True
         )
         self._lock = threading.RLock()
         self._unheld_since: dict[str, float] = {}
@@ -234,6 +237,14 @@ class Ledger:
     def _count(self, key: str, old: Acquisition | None, new: Acquisition | None) -> None:
         """Keep the live count per backend (and its gauge) as records change: O(1)."""
         del key
+        if (
+            old is not None
+            and new is not None
+            and old.backend == new.backend
+            and old.state in HOLDING
+            and new.state in HOLDING
+        ):
+            return  # a step between live states (the token came, it was bound): no change
         for acq, step in ((old, -1), (new, 1)):
             if acq is not None and acq.state in HOLDING:
                 n = self._live.get(acq.backend, 0) + step

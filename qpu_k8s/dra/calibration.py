@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from qpu_k8s.core import memory
 from qpu_k8s.core.errors import QpuError
 from qpu_k8s.core.model import AccessMode, QuantumBackend
 from qpu_k8s.core.values import AttributeValue
@@ -125,7 +126,7 @@ class Calibration:
     # -- fetching -------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> bool:
         """Fetch target() where due, remember what changed; True when attributes changed."""
-        changed = False
+        changed = fetched = False
         now = time.monotonic()
         states = self.registry.snapshot()
         for name, state in states.items():
@@ -149,6 +150,7 @@ class Calibration:
             except QpuError as err:
                 log.warning("target() failed", extra={"backend": name, "error": str(err)})
                 continue
+            fetched = True
             try:
                 attrs = device_attributes(
                     state.backend, 0, probed=target_attributes(state.backend, target)
@@ -166,6 +168,8 @@ class Calibration:
                 log.info("device attributes changed", extra={"backend": name})
                 self._remember(state, attributes=attrs)
         self._forget_gone(states)
+        if fetched:
+            memory.trim()  # a parsed calibration is megabytes the heap would keep
         if changed:
             self.on_change()
         return changed

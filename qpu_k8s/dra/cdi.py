@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -67,15 +67,26 @@ class CdiWriter:
         again), so a sync would buy nothing and cost a disk flush where it is not tmpfs.
         """
         target = self.path(claim_uid)
-        self.cdi_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=self.cdi_dir)
+        data = json.dumps(self.spec(claim_uid, env), sort_keys=True).encode()
+        # Named for the writing thread, so no two writers share one (a leftover of a
+        # crashed process is truncated); the runtime reads only the final name.
+        tmp = self.cdi_dir / f".{target.name}.{os.getpid()}-{threading.get_ident()}"
         try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(self.spec(claim_uid, env), sort_keys=True))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except FileNotFoundError:  # the first spec since boot (tmpfs) or a wiped directory
+            self.cdi_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            try:
+                os.fchmod(fd, 0o600)
+                left = memoryview(data)
+                while left:
+                    left = left[os.write(fd, left) :]
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return self.device_id(claim_uid)
 

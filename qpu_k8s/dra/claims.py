@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from qpu_k8s.core.kubeclient import as_object
+from qpu_k8s.core.kubeclient import CoreApi, as_object
 from qpu_k8s.resourceslices.build import GROUP
 
 
@@ -35,7 +36,7 @@ class KubeClaims:
     # a prepare that cannot reach the apiserver must fail well within the kubelet's deadline.
     def __init__(self, api: client.ApiClient, api_version: str = "v1", timeout: float = 5.0):
         self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+        self.core = CoreApi(api)
         self.api_version = api_version
         self.timeout = timeout
 
@@ -58,8 +59,9 @@ class KubeClaims:
 
     def get_secret(self, namespace: str, name: str) -> dict[str, str]:
         try:
-            secret = self.core.read_namespaced_secret(
-                name, namespace, _request_timeout=self.timeout
+            secret = self.core.get(
+                f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}",
+                timeout=self.timeout,
             )
         except ApiException as err:
             if err.status == 404:
@@ -69,5 +71,5 @@ class KubeClaims:
                     f"Secret {namespace}/{name} cannot be read by the driver (RBAC: get secrets)"
                 ) from None
             raise
-        data = secret.data or {}
-        return {k: base64.b64decode(v).decode("utf-8") for k, v in data.items()}
+        data = secret.get("data") or {}
+        return {str(k): base64.b64decode(v).decode("utf-8") for k, v in data.items()}

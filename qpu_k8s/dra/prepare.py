@@ -144,7 +144,7 @@ class Preparer:
                 # every claim of the old boot is released anyway.
                 with self.store.edit(durable=False) as txn:
                     self._write_cdi(rec)
-                    txn.put(f"claim/{uid}", Record(rec.model_copy(deep=True)))
+                    txn.put(f"claim/{uid}", Record(rec.clone()))
             except Exception:
                 self._abandon(rec, "the prepare failed", lost=False)
                 raise

@@ -98,6 +98,12 @@ class ClaimRecord(_Model):
     # The instance working on it while PREPARING/UNPREPARING.
     owner: str = ""
 
+    def clone(self) -> ClaimRecord:
+        """A deep copy: the preparer changes its record in place, the journal's must not
+        change with it. Made by pydantic's core (``model_copy(deep=True)`` goes through
+        ``copy.deepcopy``, several times slower, on every prepare)."""
+        return ClaimRecord.model_validate(self.model_dump())
+
 
 class OwedRelease(_Model):
     """A session given back whose release the vendor has not confirmed yet."""
@@ -265,7 +271,7 @@ class StateStore:
 
     def put(self, record: ClaimRecord, *, durable: bool = True) -> None:
         with self.edit(durable=durable) as txn:
-            txn.put(_claim_key(record.uid), Record(record.model_copy(deep=True)))
+            txn.put(_claim_key(record.uid), Record(record.clone()))
 
     def drop(self, uid: str) -> None:
         with self.edit() as txn:
@@ -274,7 +280,7 @@ class StateStore:
     def claims(self) -> list[ClaimRecord]:
         """Claims as of this instance's last transaction."""
         return [
-            r.root.model_copy(deep=True)
+            r.root.clone()
             for r in self.journal.snapshot().values()
             if isinstance(r.root, ClaimRecord)
         ]
@@ -375,8 +381,4 @@ def known_key(backend: str) -> str:
 
 def claim_of(txn: Txn[Record], uid: str) -> ClaimRecord | None:
     rec = txn.get(_claim_key(uid))
-    return (
-        rec.root.model_copy(deep=True)
-        if rec is not None and isinstance(rec.root, ClaimRecord)
-        else None
-    )
+    return rec.root.clone() if rec is not None and isinstance(rec.root, ClaimRecord) else None

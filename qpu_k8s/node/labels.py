@@ -17,8 +17,11 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client
+
+from qpu_k8s.core.kubeclient import CoreApi
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,12 @@ def parse_labels(text: str) -> dict[str, str]:
 
 def read_node(api: client.ApiClient, name: str) -> tuple[dict[str, str], dict[str, Any]]:
     """The Node's labels and an ownerReference to it (for objects that die with the node)."""
-    node = client.CoreV1Api(api).read_node(name, _request_timeout=NODE_READ_TIMEOUT)
-    meta = node.metadata
-    if meta is None:
+    node = CoreApi(api).get(f"/api/v1/nodes/{quote(name, safe='')}", timeout=NODE_READ_TIMEOUT)
+    meta = node.get("metadata")
+    if not isinstance(meta, dict):
         raise ValueError(f"Node {name} came back without metadata")
-    labels = {str(k): str(v) for k, v in (meta.labels or {}).items()}
-    owner = {"apiVersion": "v1", "kind": "Node", "name": meta.name, "uid": meta.uid}
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    owner = {"apiVersion": "v1", "kind": "Node", "name": meta.get("name"), "uid": meta.get("uid")}
     return labels, owner
 
 

@@ -20,7 +20,7 @@ releases back any longer.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import threading
 import time
@@ -28,7 +28,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client
+
+from qpu_k8s.core.kubeclient import CoreApi
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class NodePods:
         resource: str,
         on_change: Callable[[], None],
     ) -> None:
-        self.core = client.CoreV1Api(api)
+        self.core = CoreApi(api)
         self.node_name = node_name
         self.resource = resource
         self.on_change = on_change
@@ -108,7 +110,6 @@ class NodePods:
         self._synced = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._watch: watch.Watch | None = None
 
     # -- what the device plugin asks ------------------------------------------------------
     def finished(self, namespace: str, pod: str, container: str) -> bool:
@@ -134,10 +135,9 @@ class NodePods:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop following (a watch in progress ends with its next event or timeout; the
+        thread is a daemon)."""
         self._stop.set()
-        w = self._watch
-        if w is not None:
-            w.stop()  # type: ignore[no-untyped-call]
 
     def _loop(self) -> None:
         backoff = 0.5
@@ -154,12 +154,11 @@ class NodePods:
                 backoff = min(backoff * 2, 30.0)
 
     def _relist(self) -> str:
-        resp: Any = self.core.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={self.node_name}",
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
+        body = self.core.get(
+            "/api/v1/pods",
+            query={"fieldSelector": f"spec.nodeName={self.node_name}"},
+            timeout=REQUEST_TIMEOUT,
         )
-        body = json.loads(resp.data)
         now = time.time()
         listed = {}
         for pod in body.get("items") or []:
@@ -179,21 +178,21 @@ class NodePods:
         return str((body.get("metadata") or {}).get("resourceVersion") or "")
 
     def _follow(self, version: str) -> None:
-        w = watch.Watch()  # type: ignore[no-untyped-call]
-        self._watch = w
-        try:
-            for ev in w.stream(  # type: ignore[no-untyped-call]
-                self.core.list_pod_for_all_namespaces,
-                field_selector=f"spec.nodeName={self.node_name}",
-                resource_version=version,
-                timeout_seconds=WATCH_SECONDS,
-                _request_timeout=WATCH_SECONDS + REQUEST_TIMEOUT,
-            ):
+        events = self.core.watch(
+            "/api/v1/pods",
+            query={"fieldSelector": f"spec.nodeName={self.node_name}", "resourceVersion": version},
+            connect_timeout=REQUEST_TIMEOUT,
+            seconds=WATCH_SECONDS,
+        )
+        with contextlib.closing(events):
+            for ev in events:
                 if self._stop.is_set():
                     return
-                obj = ev.get("raw_object") or {}
-                if ev.get("type") == "ERROR":
+                obj = ev.get("object") or {}
+                if ev.get("type") == "ERROR":  # e.g. 410 Gone: the version is too old
                     raise RuntimeError(f"watch error: {_get(obj, 'message')}")
+                if ev.get("type") == "BOOKMARK":
+                    continue
                 view = pod_view(obj, self.resource)
                 key = (view.namespace, view.name)
                 with self._lock:
@@ -203,9 +202,6 @@ class NodePods:
                         continue
                     self._pods[key] = view
                 self.on_change()
-        finally:
-            w.stop()  # type: ignore[no-untyped-call]
-            self._watch = None
 
 
 def _deleted(view: PodView, now: float) -> PodView:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from prometheus_client import Gauge
 
+from qpu_k8s.core import memory
 from qpu_k8s.core.credentials import CredentialSource, resolve_credentials
 from qpu_k8s.core.errors import CredentialsError
 from qpu_k8s.core.metrics import PREFIX
@@ -39,6 +40,8 @@ CONFIG_ERRORS = Gauge(
 )
 
 NOT_PROBED = Health(False, "unknown", "not probed yet")
+# Seconds between two heap trims after probes (see qpu_k8s.core.memory).
+TRIM_EVERY = 30.0
 
 
 def node_may_use(
@@ -250,6 +253,9 @@ class BackendRegistry:
         if state is None or state.client is None or state.generation != generation:
             return NOT_PROBED
         health = state.client.health()
+        # A round of probes creates and drops vendor objects (when the backends outnumber
+        # those kept): give what they freed back now and then.
+        memory.trim(at_most_every=TRIM_EVERY)
         changed = False
         with self._lock:
             cur = self._states.get(name)

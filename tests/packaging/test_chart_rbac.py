@@ -161,26 +161,29 @@ USES: dict[tuple[str, str, str, str], Use] = {
     ),
     ("dra", "", "nodes", "get"): Use(
         "node labels and the owner reference of the node's slices",
-        (("dra/agent.py", r"read_node\("), ("node/labels.py", r"\.read_node\(")),
+        (("dra/agent.py", r"read_node\("), ("node/labels.py", r"get\(f\"/api/v1/nodes/")),
     ),
     ("dra", "", "secrets", "get"): Use(
         "per-claim credentials (QPUClaimParameters.credentialsSecretRef), opt-in",
-        (("dra/claims.py", r"read_namespaced_secret"),),
+        (("dra/claims.py", r"/api/v1/namespaces/.*/secrets/"),),
     ),
     ("device-plugin", "", "pods", "list"): Use(
         "the node's pods, to release at once what an ended container held",
         (
             ("deviceplugin/agent.py", r"NodePods\("),
-            ("node/pods.py", r"list_pod_for_all_namespaces"),
+            ("node/pods.py", r"core\.get\(\s*\"/api/v1/pods\""),
         ),
     ),
     ("device-plugin", "", "pods", "watch"): Use(
         "the node's pods, followed for changes",
-        (("deviceplugin/agent.py", r"NodePods\("), ("node/pods.py", r"watch\.Watch\(")),
+        (
+            ("deviceplugin/agent.py", r"NodePods\("),
+            ("node/pods.py", r"core\.watch\(\s*\"/api/v1/pods\""),
+        ),
     ),
     ("device-plugin", "", "nodes", "get"): Use(
         "node labels for node-bound backends",
-        (("deviceplugin/agent.py", r"read_node\("), ("node/labels.py", r"\.read_node\(")),
+        (("deviceplugin/agent.py", r"read_node\("), ("node/labels.py", r"get\(f\"/api/v1/nodes/")),
     ),
 }
 

@@ -83,6 +83,15 @@ seccompProfile:
   value: "1"
 - name: HOME
   value: /tmp
+{{- /* Each qrmi resource object runs its own Tokio runtime with one worker thread per CPU
+by default; its vendor calls are one blocking request at a time, so one thread each is
+plenty (on a 64-core node every kept qrmi object would otherwise bring 64 threads). */}}
+- name: TOKIO_WORKER_THREADS
+  value: "1"
+{{- /* glibc gives threads their own malloc arenas (up to 8 per CPU); two keep the agents'
+short-lived worker threads from spreading the heap (measured: benchmarks/memory_bench.py). */}}
+- name: MALLOC_ARENA_MAX
+  value: "2"
 {{- end }}
 
 {{/* The Secret with the emulator's public fake credentials (emulator backends only). */}}
