@@ -20,6 +20,7 @@ so CI can never pass by skipping the tier.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -317,6 +318,34 @@ def session(helm_bin: Path | None = None) -> Iterator[LocalCluster]:
     reason = unavailable_reason()
     if reason:
         raise ClusterUnavailableError(reason)
+    with _exclusive_use():
+        yield from _session(helm_bin)
+
+
+@contextlib.contextmanager
+def _exclusive_use() -> Iterator[None]:
+    """One user of the machine's one cluster at a time.
+
+    Two test sessions (two checkouts, CI beside a developer) would otherwise install the
+    same release into each other's cluster or stop it under the other; the second one
+    waits here, saying so, until the first has finished.
+    """
+    path = cache_dir() / "local-cluster" / "session.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another session to finish with the local cluster ({path})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _session(helm_bin: Path | None) -> Iterator[LocalCluster]:
     changed = build_images()
     running = is_running()
     if running:
