@@ -90,13 +90,9 @@ def _cluster() -> Iterator[Path | None]:
         targets(_not_measured(f"skipped: {reason}"))
         yield None
         return
-    was_up = cluster.is_running()
-    kubeconfig = cluster.kubeconfig_path() if was_up else cluster.up()
-    try:
-        yield kubeconfig
-    finally:
-        if not was_up:
-            cluster.down()
+    # The session's lock keeps test runs off the cluster while 1000 backends are timed.
+    with cluster.session() as lc:
+        yield lc.kubeconfig
 
 
 def _install_crd(api: client.ApiClient) -> None:
