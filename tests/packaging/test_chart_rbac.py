@@ -139,6 +139,18 @@ USES: dict[tuple[str, str, str, str], Use] = {
         "NodePrepareResources reads the claim's allocation",
         (("dra/claims.py", r"get_namespaced_custom_object"),),
     ),
+    ("dra", "resource.k8s.io", "resourceclaims/status", "patch"): Use(
+        "the claim status writer applies status.devices after a prepare",
+        (("dra/claims.py", r"patch_namespaced_custom_object_status"),),
+    ),
+    ("dra", "resource.k8s.io", "resourceclaims/driver", "associated-node:patch"): Use(
+        "status.devices of claims allocated to the driver's node (1.36+ authorization)",
+        (("dra/claims.py", r"patch_namespaced_custom_object_status"),),
+    ),
+    ("dra", "resource.k8s.io", "resourceclaims/driver", "arbitrary-node:patch"): Use(
+        "status.devices of claims on shared pools, which name no single node",
+        (("dra/claims.py", r"patch_namespaced_custom_object_status"),),
+    ),
     ("dra", "resource.k8s.io", "resourceslices", "list"): Use(
         "SlicePublisher reconciles the node's pool",
         (("dra/agent.py", r"SlicePublisher\("), (SLICES, r"list_cluster_custom_object")),
