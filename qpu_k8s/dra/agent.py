@@ -34,6 +34,7 @@ from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_fa
 from qpu_k8s.node.grpcserver import UnixServer
 from qpu_k8s.node.labels import NodeLabels, read_node
 from qpu_k8s.node.registry import BackendRegistry
+from qpu_k8s.node.releases import Backoff
 from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
@@ -90,6 +91,8 @@ class DraDriverConfig:
     # Write status.devices of prepared claims (needs the chart's resourceclaims/status and
     # resourceclaims/driver rules).
     claim_status: bool = True
+    # First retry delay of a failed status write (doubling, at most a minute).
+    claim_status_retry_seconds: float = 1.0
 
     def call_timeouts(self) -> CallTimeouts:
         """Probes fail fast; acquire and release get the longer prepare deadline."""
@@ -124,7 +127,9 @@ class DraDriver:
             # One field manager per node: the entries of a claim are written where it is
             # prepared, and each node owns its own.
             self.claim_status = ClaimStatusPublisher(
-                status_writer, f"{cfg.driver_name}/{cfg.node_name}"
+                status_writer,
+                f"{cfg.driver_name}/{cfg.node_name}",
+                backoff=Backoff(base=cfg.claim_status_retry_seconds, cap=60.0),
             )
         self.ident = cfg.instance or instance_id()
         self.paths: SocketPaths = socket_paths(
