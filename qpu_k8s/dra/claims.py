@@ -97,6 +97,10 @@ class KubeClaims:
             )
         except ApiException as err:
             kind = _PERMANENT.get(err.status or 0)
+            if kind == "invalid" and _forbidden_field(err):
+                # The per-driver authorization of status.devices (1.36+) answers in the
+                # validation: 422 with a FieldValueForbidden cause, not 403.
+                kind = "forbidden"
             reason = _reason(err)
             if kind is not None:
                 raise StatusWriteError(reason, permanent=True, kind=kind) from None
@@ -127,3 +131,11 @@ def _reason(err: ApiException) -> str:
     except (ValueError, AttributeError):
         message = None
     return f"HTTP {err.status}: {message or err.reason}"
+
+
+def _forbidden_field(err: ApiException) -> bool:
+    try:
+        details = json.loads(err.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return any(c.get("reason") == "FieldValueForbidden" for c in details.get("causes") or [])
