@@ -22,8 +22,9 @@ from qpu_k8s.resourceslices.build import GROUP
 
 from .claimstatus import StatusWriteError
 
-# Status answers a retry cannot change: the claim is gone (404), its UID is not the one we
-# prepared (409 from the UID precondition), RBAC refuses (403), the entries are invalid (422).
+# Status answers a retry cannot change: the claim is gone (404), a conflict (409), RBAC
+# refuses (403), the entries are invalid (422; also what 1.37 answers when the claim was
+# recreated: "metadata.uid: field is immutable").
 _PERMANENT = {404: "gone", 409: "conflict", 403: "forbidden", 422: "invalid"}
 
 
@@ -96,15 +97,7 @@ class KubeClaims:
                 _request_timeout=self.timeout,
             )
         except ApiException as err:
-            kind = _PERMANENT.get(err.status or 0)
-            if kind == "invalid" and _forbidden_field(err):
-                # The per-driver authorization of status.devices (1.36+) answers in the
-                # validation: 422 with a FieldValueForbidden cause, not 403.
-                kind = "forbidden"
-            reason = _reason(err)
-            if kind is not None:
-                raise StatusWriteError(reason, permanent=True, kind=kind) from None
-            raise StatusWriteError(reason, permanent=False, kind="unavailable") from None
+            raise status_write_error(err) from None
 
     def get_secret(self, namespace: str, name: str) -> dict[str, str]:
         try:
@@ -122,6 +115,18 @@ class KubeClaims:
             raise
         data = secret.get("data") or {}
         return {str(k): base64.b64decode(v).decode("utf-8") for k, v in data.items()}
+
+
+def status_write_error(err: ApiException) -> StatusWriteError:
+    """What a failed status write means: permanent (with why) or worth retrying."""
+    kind = _PERMANENT.get(err.status or 0)
+    if kind == "invalid" and _forbidden_field(err):
+        # The per-driver authorization of status.devices (1.36+) answers in the validation:
+        # 422 with a FieldValueForbidden cause, not 403.
+        kind = "forbidden"
+    if kind is not None:
+        return StatusWriteError(_reason(err), permanent=True, kind=kind)
+    return StatusWriteError(_reason(err), permanent=False, kind="unavailable")
 
 
 def _reason(err: ApiException) -> str:

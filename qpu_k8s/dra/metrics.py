@@ -42,7 +42,7 @@ REGISTERED = Gauge(P + "registered", "1 while the kubelet has accepted our regis
 CLAIM_STATUS_WRITES = Counter(
     P + "claim_status_writes_total",
     "Writes of prepared claims' status.devices, by result: ok, or why not (transient ones "
-    "are retried: error, unavailable, conflict; permanent ones are not: gone, forbidden, "
+    "are retried: error, unavailable; permanent ones are not: gone, conflict, forbidden, "
     "invalid).",
     ["result"],
 )

@@ -6,17 +6,20 @@ fail writes (tests/e2e proves the writes on the real apiserver with the chart's 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
 from qpu_k8s.core.model import parse_backend
 from qpu_k8s.core.vendors import token_fingerprint
 from qpu_k8s.dra.agent import DraDriver
+from qpu_k8s.dra.claims import status_write_error
 from qpu_k8s.dra.claimstatus import StatusWriteError, device_status
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from testsupport.dra import (
@@ -254,3 +257,41 @@ def test_a_refused_write_is_not_retried_until_the_next_prepare_and_unprepare_can
     assert kubelet.node_unprepare_resources([third]) == {third.uid: ""}
     assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
     assert not list(node_env.emu.state.open_sessions("fake_torino"))
+
+
+def _api_error(status: int, body: dict[str, Any] | None) -> ApiException:
+    err = ApiException(status=status, reason="x")
+    err.body = json.dumps(body) if body is not None else None
+    return err
+
+
+def test_status_write_failures_are_told_apart() -> None:
+    """The answers the real 1.37 apiserver gave (tests/e2e, the apiserver tier)."""
+    denied = _api_error(
+        422,
+        {
+            "kind": "Status",
+            "reason": "Invalid",
+            "message": 'ResourceClaim.resource.k8s.io "manila" is invalid: status.devices: '
+            'Forbidden: changing status.devices requires resource="resourceclaims/driver"',
+            "details": {"causes": [{"reason": "FieldValueForbidden", "field": "status.devices"}]},
+        },
+    )
+    got = status_write_error(denied)
+    assert (got.kind, got.permanent) == ("forbidden", True)
+    assert "resourceclaims/driver" in str(got)
+    recreated = _api_error(
+        422,
+        {
+            "message": 'metadata.uid: Invalid value: "x": field is immutable',
+            "details": {"causes": [{"reason": "FieldValueInvalid", "field": "metadata.uid"}]},
+        },
+    )
+    assert (status_write_error(recreated).kind, status_write_error(recreated).permanent) == (
+        "invalid",
+        True,
+    )
+    assert status_write_error(_api_error(404, None)).kind == "gone"
+    for transient in (500, 503, 429):
+        got = status_write_error(_api_error(transient, {"message": "later"}))
+        assert (got.kind, got.permanent) == ("unavailable", False)

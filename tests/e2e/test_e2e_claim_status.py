@@ -45,7 +45,7 @@ def claim_on(name: str, resource_id: str) -> dict[str, Any]:
 
 
 def claim(lc: LocalCluster, ns: str, name: str) -> dict[str, Any]:
-    return lc.kubectl_json("-n", ns, "get", "resourceclaim", name)
+    return lc.kubectl_json("-n", ns, "get", "resourceclaim", name, "--show-managed-fields")
 
 
 def device_status(lc: LocalCluster, ns: str, name: str) -> list[dict[str, Any]] | None:
