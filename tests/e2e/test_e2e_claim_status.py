@@ -75,11 +75,16 @@ def test_claim_status_says_what_each_device_holds(
     lc.apply(docs, "-n", ns)
     for name, (backend, rid, pool) in cases.items():
         rel.wait_pod(lc, ns, f"{name}-job")
-        env = rel.printed_env(lc, ns, f"{name}-job")
-        token = env[f"{rid}_QRMI_JOB_ACQUISITION_TOKEN"]
+        running = time.time() - started
         (entry,) = wait_until(
             lambda n=name: device_status(lc, ns, n), 30, f"status.devices of claim {name}"
         )
+        print(
+            f"claim {name}: pod Running {running:.1f}s, status.devices seen "
+            f"{time.time() - started:.1f}s after the claim and pod were created"
+        )
+        env = rel.printed_env(lc, ns, f"{name}-job")
+        token = env[f"{rid}_QRMI_JOB_ACQUISITION_TOKEN"]
         (result,) = claim(lc, ns, name)["status"]["allocation"]["devices"]["results"]
         assert (entry["driver"], entry["pool"], entry["device"]) == (
             rel.DRIVER,
