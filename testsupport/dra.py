@@ -18,6 +18,7 @@ from qpu_k8s.core.model import QuantumBackend, parse_backend
 from qpu_k8s.dra.agent import DraDriverConfig
 from qpu_k8s.dra.cdi import CdiWriter
 from qpu_k8s.dra.claims import ClaimNotFoundError
+from qpu_k8s.dra.claimstatus import StatusWriteError, StatusWriter
 from qpu_k8s.dra.state import CHECKPOINT_NAME, Record
 from qpu_k8s.emulator import Emulator
 from testsupport.deviceplugin import write_yaml_atomically
@@ -195,6 +196,54 @@ class StaticClaims:
         if secret is None:
             raise ClaimNotFoundError(f"Secret {namespace}/{name} not found")
         return dict(secret)
+
+
+class StatusRecorder:
+    """A :class:`~qpu_k8s.dra.claimstatus.StatusWriter` for tests: writes go to ``inner``
+    (the real apiserver's) or, without one, are kept here; ``fail_next`` queues failures
+    (StatusWriteError) for the next writes, and ``gate`` holds every write until it is set,
+    so a test sees a slow or failing apiserver from the driver's side."""
+
+    def __init__(self, inner: StatusWriter | None = None) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.gate.set()
+        self.cond = threading.Condition()
+        self.written: dict[str, list[dict[str, Any]]] = {}
+        self.attempts: dict[str, int] = {}
+        self.fail_next: list[StatusWriteError] = []
+
+    def apply_device_status(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        devices: list[dict[str, Any]],
+        field_manager: str,
+    ) -> None:
+        self.gate.wait()
+        with self.cond:
+            self.attempts[uid] = self.attempts.get(uid, 0) + 1
+            self.cond.notify_all()
+            failure = self.fail_next.pop(0) if self.fail_next else None
+        if failure is not None:
+            raise failure
+        if self.inner is not None:
+            self.inner.apply_device_status(namespace, name, uid, devices, field_manager)
+        with self.cond:
+            self.written[uid] = devices
+            self.cond.notify_all()
+
+    def wait_attempts(self, uid: str, count: int, timeout: float = 10.0) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.attempts.get(uid, 0) >= count, timeout):
+                raise AssertionError(f"{count} status writes of {uid} within {timeout}s")
+
+    def wait_written(self, uid: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+        with self.cond:
+            if not self.cond.wait_for(lambda: uid in self.written, timeout):
+                raise AssertionError(f"status of {uid} written within {timeout}s")
+            return self.written[uid]
 
 
 class FileClaims:

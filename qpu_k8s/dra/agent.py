@@ -10,7 +10,8 @@ slices itself when a driver stays unregistered).
 
 What runs: the registry (config reload, probes: :mod:`qpu_k8s.node.registry`), the
 calibration cache (:mod:`.calibration`), the slices (:mod:`.slicesync`), the release
-runner of owed releases (:mod:`qpu_k8s.node.releases`), the node labels refresh.
+runner of owed releases (:mod:`qpu_k8s.node.releases`), the node labels refresh, the
+claim status writer (:mod:`.claimstatus`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_fa
 from qpu_k8s.node.grpcserver import UnixServer
 from qpu_k8s.node.labels import NodeLabels, read_node
 from qpu_k8s.node.registry import BackendRegistry
+from qpu_k8s.node.releases import Backoff
 from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
@@ -46,6 +48,7 @@ from . import metrics
 from .calibration import Calibration
 from .cdi import CdiWriter
 from .claims import ClaimSource, KubeClaims
+from .claimstatus import ClaimStatusPublisher, StatusWriter
 from .health import HealthServiceV1, HealthServiceV1Alpha1, health_board, project
 from .plugin import DRAHandler, DRAPluginV1, DRAPluginV1Beta1
 from .prepare import Preparer
@@ -85,6 +88,11 @@ class DraDriverConfig:
     node_labels: Mapping[str, str] | None = None  # None: read from the Node object
     node_labels_refresh: float = 60.0
     metrics_address: str = ""
+    # Write status.devices of prepared claims (needs the chart's resourceclaims/status and
+    # resourceclaims/driver rules).
+    claim_status: bool = True
+    # First retry delay of a failed status write (doubling, at most a minute).
+    claim_status_retry_seconds: float = 1.0
 
     def call_timeouts(self) -> CallTimeouts:
         """Probes fail fast; acquire and release get the longer prepare deadline."""
@@ -104,6 +112,7 @@ class DraDriver:
         claims: ClaimSource | None = None,
         client_factory: ClientFactory | None = None,
         publish_slices: bool = True,
+        status_writer: StatusWriter | None = None,
     ) -> None:
         self.cfg = cfg
         self._own_api = api is None and (claims is None or publish_slices)
@@ -111,6 +120,17 @@ class DraDriver:
         self.claims = claims or KubeClaims(self._require_api())
         self.client_factory = client_factory or qrmi_client_factory(cfg.call_timeouts())
         self.publish_slices = publish_slices and self.api is not None
+        if status_writer is None and isinstance(self.claims, KubeClaims):
+            status_writer = self.claims
+        self.claim_status: ClaimStatusPublisher | None = None
+        if cfg.claim_status and status_writer is not None:
+            # One field manager per node: the entries of a claim are written where it is
+            # prepared, and each node owns its own.
+            self.claim_status = ClaimStatusPublisher(
+                status_writer,
+                f"{cfg.driver_name}/{cfg.node_name}",
+                backoff=Backoff(base=cfg.claim_status_retry_seconds, cap=60.0),
+            )
         self.ident = cfg.instance or instance_id()
         self.paths: SocketPaths = socket_paths(
             cfg.driver_name, cfg.plugins_dir, cfg.registry_dir, self.ident
@@ -168,6 +188,8 @@ class DraDriver:
             claims=self.claims,
             cdi=self.cdi,
             store=self.store,
+            status=self.claim_status,
+            node=cfg.node_name,
         )
         self.calibration = Calibration(
             registry,
@@ -181,6 +203,8 @@ class DraDriver:
         self.node_labels.watch(self._labels_changed)
         self.recovered = self.preparer.recover()
         self.preparer.releases.start()
+        if self.claim_status is not None:
+            self.claim_status.start()
         metrics.PREPARED_CLAIMS.set(self.preparer.prepared_count())
         self.health.set(project(registry.snapshot(), self.pool))
         if self.publish_slices:
@@ -269,6 +293,8 @@ class DraDriver:
             self.registry.stop()
         if self.preparer is not None:
             self.preparer.releases.stop()
+        if self.claim_status is not None:
+            self.claim_status.stop()
         if self.store is not None:
             self.store.close()
         if self._own_api and self.api is not None:

@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(
         parser, "--acquire-timeout", "30", "deadline of one acquire/release, seconds", kind=float
     )
+    add_flag(
+        parser,
+        "--claim-status",
+        "true",
+        "write status.devices of prepared claims (true/false; RBAC: resourceclaims/driver)",
+    )
     add_common(parser)
 
 
@@ -64,6 +70,9 @@ def _config(args: argparse.Namespace) -> object:
     if args.api_version not in ("auto", "v1", "v1beta1"):
         raise SystemExit(f"--api-version: {args.api_version!r}; use auto, v1 or v1beta1")
     creds = path_or_none(args.credentials_dir)
+    claim_status = str(args.claim_status).strip().lower()
+    if claim_status not in ("true", "false"):
+        raise SystemExit(f"--claim-status: {args.claim_status!r}; use true or false")
     return DraDriverConfig(
         node_name=args.node_name,
         config_path=Path(args.config),
@@ -82,6 +91,7 @@ def _config(args: argparse.Namespace) -> object:
         probe_timeout=args.probe_timeout,
         acquire_timeout=args.acquire_timeout,
         metrics_address=args.metrics_address or "",
+        claim_status=claim_status == "true",
     )
 
 

@@ -39,3 +39,10 @@ SLICE_PUBLISHES = Counter(
 LOSSES = LossReporter.create(P, "DRA driver")
 RELEASES = ReleaseMetrics.create(P, "DRA driver")
 REGISTERED = Gauge(P + "registered", "1 while the kubelet has accepted our registration.")
+CLAIM_STATUS_WRITES = Counter(
+    P + "claim_status_writes_total",
+    "Writes of prepared claims' status.devices, by result: ok, or why not (transient ones "
+    "are retried: error, unavailable; permanent ones are not: gone, conflict, forbidden, "
+    "invalid).",
+    ["result"],
+)

@@ -27,6 +27,10 @@ Idempotent and crash-safe through the state store (:mod:`.state`):
   claim, so a second driver instance (rolling update) never revives a spec the first one
   is removing, nor removes one it just wrote.
 
+After a prepare, the claim's ``status.devices`` says what each device holds
+(:mod:`.claimstatus`), written in the background: a failed status write never fails the
+prepare.
+
 Per-claim parameters (:mod:`.params`) may set the IBM session mode and max TTL, and name a
 Secret in the claim's namespace whose credentials replace the backend's (the paper's
 per-user credentials); such a device gets its own QRMI client, cached per claim.
@@ -54,6 +58,7 @@ from qpu_k8s.resourceslices.build import shared_pool_name
 from . import metrics
 from .cdi import CdiWriter
 from .claims import ClaimNotFoundError, ClaimSource
+from .claimstatus import ClaimStatusPublisher, device_status
 from .params import Effective, InvalidParametersError, effective_parameters
 from .state import (
     ClaimPhase,
@@ -100,8 +105,12 @@ class Preparer:
         cdi: CdiWriter,
         store: StateStore,
         client_factory: ClientFactory | None = None,
+        status: ClaimStatusPublisher | None = None,
+        node: str = "",
     ) -> None:
         self.driver = driver
+        self.status = status
+        self.node = node or pool
         self.pool = pool
         self.registry = registry
         self.claims = claims
@@ -113,6 +122,9 @@ class Preparer:
         self._locks: dict[str, threading.Lock] = {}
         self._clients: dict[tuple[str, str], tuple[QuantumResourceClient, QuantumBackend]] = {}
         self._creds: dict[tuple[str, str], dict[str, str]] = {}
+        # Pending jobs of the backend as last probed before each acquire, (uid, device) ->
+        # count, until the claim's status is built (not journaled: lost on restart).
+        self._queue_seen: dict[tuple[str, str], int | None] = {}
 
     # -- public API -----------------------------------------------------------------------
     def prepare(self, namespace: str, name: str, uid: str) -> list[PreparedDevice]:
@@ -156,6 +168,7 @@ class Preparer:
                     "devices": ",".join(d.device for d in rec.devices),
                 },
             )
+            self._publish_status(rec)
             return self._result(rec)
 
     def unprepare(self, namespace: str, name: str, uid: str) -> None:
@@ -169,6 +182,8 @@ class Preparer:
                 rec.phase, rec.owner = ClaimPhase.UNPREPARING, self.store.instance
                 txn.put(f"claim/{uid}", Record(rec))
                 self.cdi.remove(uid)
+            if self.status is not None:
+                self.status.forget(uid)
             self._release_all(rec)
             self.store.drop(uid)
             self._forget(uid)
@@ -221,6 +236,8 @@ class Preparer:
         self._refuse_if_busy(rec)
         if rec.phase is ClaimPhase.PREPARED:
             self._ensure_cdi(uid)  # tmpfs lost it, or someone deleted it
+            if self.status is not None and self.status.needs(uid):
+                self._publish_status(rec)  # a restart, or an earlier write given up
             return self._result(rec)
         self._abandon(rec, "the driver stopped")
         return None
@@ -426,12 +443,55 @@ class Preparer:
             for key in [k for k in self._clients if k[0] == uid]:
                 self._clients.pop(key, None)
                 self._creds.pop(key, None)
+            for key in [k for k in self._queue_seen if k[0] == uid]:
+                del self._queue_seen[key]
+
+    # -- claim status -------------------------------------------------------------------------
+    def _publish_status(self, rec: ClaimRecord) -> None:
+        """Hand the claim's ``status.devices`` entries to the background writer. Building
+        them needs no vendor or apiserver call; one that cannot be built (the backend went
+        from the config meanwhile) is left out, and nothing here may fail the prepare."""
+        if self.status is None:
+            return
+        entries = []
+        for dev in rec.devices:
+            if dev.token is None:
+                continue
+            try:
+                _, grant = self._client(rec, dev)
+            except PrepareError as err:
+                log.warning(
+                    "no status for a device",
+                    extra={"uid": rec.uid, "device": dev.device, "error": str(err)},
+                )
+                continue
+            with self._guard:
+                pending = self._queue_seen.pop((rec.uid, dev.device), None)
+            entries.append(
+                device_status(
+                    driver=self.driver,
+                    pool=dev.pool,
+                    device=dev.device,
+                    backend=grant.backend,
+                    token=dev.token,
+                    acquired_at=dev.acquired_at or time.time(),
+                    node=self.node,
+                    pending_jobs=pending,
+                )
+            )
+        if entries:
+            self.status.publish(rec.namespace, rec.name, rec.uid, entries)
 
     # -- acquire / release ------------------------------------------------------------------
     def _acquire_all(self, rec: ClaimRecord) -> None:
         """Acquire device by device, each token recorded (synced) as the vendor returns it."""
         for dev in rec.devices:
             client, grant = self._client(rec, dev)
+            state = self.registry.get(dev.backend)
+            with self._guard:
+                self._queue_seen[(rec.uid, dev.device)] = (
+                    state.health.pending_jobs if state is not None else None
+                )
             try:
                 dev.token = client.acquire()
             except errors.QpuError as err:

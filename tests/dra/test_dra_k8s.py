@@ -358,3 +358,84 @@ def test_cli_runs_until_sigterm_and_cleans_up(
     logs = proc.stderr.read().decode()
     assert '"msg": "DRA driver stopped"' in logs
     assert not any(secret in logs for secret in SECRET_VALUES)
+
+
+def test_claim_status_lands_on_the_real_claim_never_on_a_recreated_one(
+    k8s_api: client.ApiClient,
+    node_env: NodeEnv,
+    agent_factory: Any,
+    namespace: str,
+    kubelet: FakeDRAKubelet,
+) -> None:
+    """The status the driver applies passes the real apiserver's validation, is owned by the
+    node's field manager on the status subresource, and the claim's UID in the applied
+    object keeps a late write off a claim recreated under the same name."""
+    from qpu_k8s.dra.claims import KubeClaims
+    from qpu_k8s.dra.claimstatus import StatusWriteError
+
+    custom = client.CustomObjectsApi(k8s_api)
+    agent = agent_factory()
+    kubelet.wait_for_registration(DRIVER)
+    _wait_devices(k8s_api, node_env.node, ALL_NODE_BOUND)
+    doc = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": "held"},
+        "spec": {
+            "devices": {"requests": [{"name": "qpu", "exactly": {"deviceClassName": DRIVER}}]}
+        },
+    }
+    claim = _create_claim(k8s_api, namespace, doc)
+    _allocate(k8s_api, claim, node_env.node, "ibm-torino-lane-0")
+    ref = ClaimRef(namespace, claim["metadata"]["uid"], "held")
+    assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
+    token = agent.cdi.read_env(ref.uid)["fake_torino_QRMI_JOB_ACQUISITION_TOKEN"]
+
+    def status() -> list[dict[str, Any]] | None:
+        got = as_object(
+            custom.get_namespaced_custom_object(GROUP, "v1", namespace, "resourceclaims", "held")
+        )
+        return (got.get("status") or {}).get("devices") or None
+
+    (entry,) = poll_until(status, 20, "status.devices on the claim", 0.05)
+    assert (entry["pool"], entry["device"]) == (node_env.node, "ibm-torino-lane-0")
+    assert entry["data"]["sessionId"] == token
+    assert entry["conditions"][0]["type"] == "Ready"
+    got = as_object(
+        custom.get_namespaced_custom_object(GROUP, "v1", namespace, "resourceclaims", "held")
+    )
+    managers = {(m["manager"], m.get("subresource")) for m in got["metadata"]["managedFields"]}
+    assert (f"{DRIVER}/{node_env.node}", "status") in managers
+    assert not [s for s in SECRET_VALUES if s in repr(got)]
+    assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+
+    # Recreated under the same name: a late write for the old UID is refused, permanently.
+    custom.delete_namespaced_custom_object(GROUP, "v1", namespace, "resourceclaims", "held")
+    poll_until(
+        lambda: (
+            not [
+                c
+                for c in as_object(
+                    custom.list_namespaced_custom_object(GROUP, "v1", namespace, "resourceclaims")
+                )["items"]
+                if c["metadata"]["uid"] == ref.uid
+            ]
+        ),
+        30,
+        "the old claim gone",
+        0.05,
+    )
+    again = _create_claim(k8s_api, namespace, doc)
+    _allocate(k8s_api, again, node_env.node, "ibm-torino-lane-0")
+    writer = KubeClaims(k8s_api)
+    with pytest.raises(StatusWriteError) as refused:
+        writer.apply_device_status(namespace, "held", ref.uid, [entry], "test-late-writer")
+    assert refused.value.permanent, refused.value
+    # 1.37 answers a UID that differs from the stored object's as an invalid update of an
+    # immutable field (422), not as a failed precondition (409).
+    assert refused.value.kind == "invalid", refused.value
+    assert "metadata.uid" in str(refused.value)
+    fresh = as_object(
+        custom.get_namespaced_custom_object(GROUP, "v1", namespace, "resourceclaims", "held")
+    )
+    assert "devices" not in (fresh.get("status") or {})

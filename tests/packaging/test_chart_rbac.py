@@ -139,6 +139,18 @@ USES: dict[tuple[str, str, str, str], Use] = {
         "NodePrepareResources reads the claim's allocation",
         (("dra/claims.py", r"get_namespaced_custom_object"),),
     ),
+    ("dra", "resource.k8s.io", "resourceclaims/status", "patch"): Use(
+        "the claim status writer applies status.devices after a prepare",
+        (("dra/claims.py", r"patch_namespaced_custom_object_status"),),
+    ),
+    ("dra", "resource.k8s.io", "resourceclaims/driver", "associated-node:patch"): Use(
+        "status.devices of claims allocated to the driver's node (1.36+ authorization)",
+        (("dra/claims.py", r"patch_namespaced_custom_object_status"),),
+    ),
+    ("dra", "resource.k8s.io", "resourceclaims/driver", "arbitrary-node:patch"): Use(
+        "status.devices of claims on shared pools, which name no single node",
+        (("dra/claims.py", r"patch_namespaced_custom_object_status"),),
+    ),
     ("dra", "resource.k8s.io", "resourceslices", "list"): Use(
         "SlicePublisher reconciles the node's pool",
         (("dra/agent.py", r"SlicePublisher\("), (SLICES, r"list_cluster_custom_object")),
@@ -322,3 +334,32 @@ def test_secret_access_is_opt_in(renders: dict[str, list[dict[str, Any]]]) -> No
             if "secrets" in rule["resources"]:
                 assert obj["kind"] == "Role", obj["metadata"]["name"]
                 assert packaging.component(obj) == "operator"
+
+
+def _dra_status_rules(values: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The DRA ClusterRole's rules on claim status, and the driver's QPU_K8S_CLAIM_STATUS."""
+    objs = packaging.objects(packaging.render(values, include_crds=False))
+    (role,) = [o for o in objs if o["kind"] == "ClusterRole" and packaging.component(o) == "dra"]
+    rules = [
+        r for r in role["rules"] if any(x.startswith("resourceclaims/") for x in r["resources"])
+    ]
+    (ds,) = [o for o in objs if o["kind"] == "DaemonSet" and packaging.component(o) == "dra"]
+    (container,) = ds["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return rules, env["QPU_K8S_CLAIM_STATUS"]
+
+
+def test_claim_status_rules_follow_the_values(helm_bin: Any) -> None:
+    """Patch on the status subresource, the node-aware verbs scoped to our driver name;
+    arbitrary-node only with sharedPools; nothing (and the driver told so) when disabled."""
+    rules, env = _dra_status_rules({})
+    assert env == "true"
+    status, driver = rules
+    assert (status["resources"], status["verbs"]) == (["resourceclaims/status"], ["patch"])
+    assert driver["resources"] == ["resourceclaims/driver"]
+    assert driver["resourceNames"] == ["qpu.quantum.example.com"]
+    assert driver["verbs"] == ["associated-node:patch", "arbitrary-node:patch"]
+    rules, _ = _dra_status_rules({"dra": {"claimStatus": {"sharedPools": False}}})
+    assert rules[1]["verbs"] == ["associated-node:patch"]
+    rules, env = _dra_status_rules({"dra": {"claimStatus": {"enabled": False}}})
+    assert (rules, env) == ([], "false")

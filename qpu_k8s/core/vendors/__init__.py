@@ -13,6 +13,7 @@ from qpu_k8s.core.vendors.profile import (
     ResourceType,
     VendorProfile,
     looks_secret,
+    token_fingerprint,
 )
 
 PROFILES: dict[ResourceType, VendorProfile] = {
@@ -33,4 +34,5 @@ __all__ = [
     "VendorProfile",
     "looks_secret",
     "profile",
+    "token_fingerprint",
 ]

@@ -162,6 +162,11 @@ def _runtime(prefix: str, rtype: ResourceType, qrmi_type: str, **extra: Any) -> 
         session_mode_key=p + "SESSION_MODE",
         session_ttl_key=p + "SESSION_MAX_TTL",
         default_session_ttl=DEFAULT_SESSION_MAX_TTL,
+        default_session_mode="dedicated",
+        # The token is the Qiskit Runtime session id: every call on it (submit a job in it,
+        # close it) needs an IAM bearer token from the API key and the instance's CRN, so
+        # the id alone grants nothing (IBM shows it in the console and in job metadata).
+        token_is_public_id=True,
         parse_target=target_attributes,
         **extra,
     )

@@ -104,6 +104,9 @@ PROFILES = (
         optional_config=frozenset({"QRMI_URL", "QRMI_JOB_UID", "QRMI_JOB_ID"}),
         secret_keys=frozenset(),
         session_based=True,
+        # The warden takes no credentials: its session token alone submits work and ends the
+        # session, so it is a bearer secret and only its fingerprint is ever shown.
+        token_is_public_id=False,
         parse_target=target_attributes,
         simulator=_emulated,
     ),

@@ -10,6 +10,7 @@ vendor is a new profile in the table (``qpu_k8s.core.vendors``), not new code pa
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +67,14 @@ class VendorProfile:
     session_ttl_key: str | None = None
     # The vendor's max TTL of a session when the config sets none.
     default_session_ttl: int | None = None
+    # The session mode qrmi uses when the config sets none.
+    default_session_mode: str | None = None
+    # Whether the acquisition token may be shown as it is (claim status): True only where
+    # it names a session that nothing can act on without the vendor credentials, which
+    # never leave the node agents and the pod. False (the default, so a new vendor is safe
+    # until someone checks): the token alone opens, uses or closes the session (it is a
+    # bearer secret), so only a fingerprint of it is shown (:func:`token_fingerprint`).
+    token_is_public_id: bool = False
     # Unknown keys with this prefix are accepted (vendors whose key set we have not pinned).
     open_prefix: str | None = None
     # When set, the QRMI resource id must be one of these (pasqal-cloud: device types).
@@ -102,6 +111,17 @@ class VendorProfile:
             return None
         raw = config.get(self.session_ttl_key, "")
         return int(raw) if raw.strip().isdigit() else self.default_session_ttl
+
+
+def token_fingerprint(token: str) -> str:
+    """A non-reversible short name of an acquisition token, to correlate without holding it.
+
+    SHA-256 of the token, first 16 hex digits: the session tokens it is used for are
+    random identifiers (UUID-sized), far beyond a brute-force search, and 64 bits keep
+    collisions out of reach for any one cluster's sessions. Anyone holding the token (the
+    node agents, the pod) can compute it to find the claim that holds it.
+    """
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 # Key names that look like credentials: refused in non-secret config for every type, so a
