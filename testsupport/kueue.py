@@ -60,8 +60,8 @@ def running(lc: LocalCluster) -> Iterator[LocalCluster]:
     reason = unavailable_reason()
     if reason:
         raise ClusterUnavailableError(reason)
-    _script("kueue.sh", "up", timeout=600)
     try:
+        _script("kueue.sh", "up", timeout=600)
         yield lc
     finally:
         if os.environ.get("QPU_K8S_REUSE_CLUSTER") != "1":
