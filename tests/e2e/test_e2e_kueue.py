@@ -251,3 +251,27 @@ def session_token(lc: LocalCluster, namespace: str, name: str, emulator: rel.Adm
     assert session is not None, token
     assert session["state"] != "closed", session
     return token
+
+
+@pytest.mark.usefixtures("without_device_plugin")
+def test_a_queued_job_gets_its_qpu_through_dra_when_no_device_plugin_serves_it(
+    kueue: LocalCluster, teams: dict[str, str]
+) -> None:
+    """The same Job with the device plugin off: Kueue counts ``quantum.example.com/qpu`` by
+    name (its DRA gates are off), and the scheduler serves it through the DeviceClass's
+    ``extendedResourceName`` with a claim of its own for our driver."""
+    lc, a = kueue, teams["a"]
+    lc.apply([job("dra1")], "-n", a)
+    wl = wait_admitted(lc, a, "dra1")
+    (assignment,) = wl["status"]["admission"]["podSetAssignments"]
+    assert assignment["flavors"] == {rel.RESOURCE: "emulator-qpu"}
+    assert str(assignment["resourceUsage"][rel.RESOURCE]) == "1"
+    pod = job_pod(lc, a, "dra1")
+    status = rel.pod_phase(lc, a, pod)
+    claim_name = status["extendedResourceClaimStatus"]["resourceClaimName"]
+    claim = lc.kubectl_json("-n", a, "get", "resourceclaim", claim_name)
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    assert result["driver"] == rel.DRIVER
+    env = rel.printed_env(lc, a, pod)
+    assert env["QRMI_JOB_QPU_RESOURCES"]
+    finish(lc, a, "dra1")
