@@ -3,6 +3,7 @@
 #   Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
 #   kubectl) via gomod/kubernetes, etcd via gomod/etcd, CoreDNS via gomod/coredns,
 #   containerd + containerd-shim-runc-v2 + ctr and runc (seccomp, cgo) via `go install`,
+#   Kueue (sigs.k8s.io/kueue, run by kueue.sh) via `go install`,
 # then the container images (images.sh). Every part has its own directory and .build-ok
 # marker keyed on its version and recipe, so a second run only checks the markers.
 #
@@ -204,12 +205,37 @@ build_runc() {
   write_stamp "$RUNC_BIN" "runc=$key"
 }
 
+# ------------------------------------------------------------------ Kueue (the batch queue)
+# `go install` of its manager: upstream's go.mod has no replace directives and asks for
+# k8s.io/* v0.35, which talk to the 1.37 apiserver within the client skew. The build runs at
+# nice 19 (it is the largest after Kubernetes and CI shares the machine). kueue.sh installs
+# the CRDs and webhook manifests from the module's source in the module cache, which the
+# marker therefore also requires.
+build_kueue() {
+  local key="v$KUEUE_VERSION;recipe=$RECIPE" m="sigs.k8s.io/kueue"
+  if [ "$REBUILD" != 1 ] && stamp_ok "$KUEUE_BIN" "kueue=$key" && [ -d "$KUEUE_SRC/config/components/crd/bases" ]; then
+    log "[kueue] v$KUEUE_VERSION: cached ($KUEUE_BIN)"; return 0
+  fi
+  log "[kueue] Kueue v$KUEUE_VERSION from $m (nice 19)"
+  mkdir -p "$KUEUE_BIN"; rm -f "$KUEUE_BIN/.build-ok"
+  timed "kueue" run_go "$LC_LOGS/kueue.log" env GOBIN="$KUEUE_BIN" CGO_ENABLED=0 nice -n 19 \
+    go install -trimpath -ldflags "-s -w -X $m/pkg/version.GitVersion=v$KUEUE_VERSION -X $m/pkg/version.GitCommit=v$KUEUE_VERSION" \
+    "$m/cmd/kueue@v$KUEUE_VERSION"
+  go version -m "$KUEUE_BIN/kueue" | grep -qE "^[[:space:]]+mod[[:space:]]+${m}[[:space:]]+v${KUEUE_VERSION}([[:space:]]|\$)" \
+    || die "$KUEUE_BIN/kueue is not $m v$KUEUE_VERSION: $(go version -m "$KUEUE_BIN/kueue" | grep -m1 mod)"
+  [ -f "$KUEUE_SRC/config/components/crd/bases/kueue.x-k8s.io_workloads.yaml" ] \
+    && [ -f "$KUEUE_SRC/config/components/webhook/manifests.yaml" ] \
+    || die "Kueue v$KUEUE_VERSION's CRDs or webhook manifests are not in $KUEUE_SRC/config/components (the layout changed: adapt kueue.sh)"
+  write_stamp "$KUEUE_BIN" "kueue=$key"
+}
+
 build_k8s
 build_wrapper etcd "$ETCD_VERSION" "$ETCD_BIN" go.etcd.io/etcd/server/v3 "-X go.etcd.io/etcd/api/v3/version.GitSHA=v$ETCD_VERSION"
 build_wrapper coredns "$COREDNS_VERSION" "$COREDNS_BIN" github.com/coredns/coredns "-X github.com/coredns/coredns/coremain.GitCommit=v$COREDNS_VERSION"
 build_containerd
 build_runc
-log "binaries: $("$K8S_BIN/kubelet" --version), etcd $("$ETCD_BIN/etcd" --version | awk '/etcd Version/ {print $3}'), $("$CONTAINERD_BIN/containerd" --version | awk '{print $3}'), runc $("$RUNC_BIN/runc" --version | awk 'NR==1 {print $3}'), $("$COREDNS_BIN/coredns" -version | awk "NR == 1")"
+build_kueue
+log "binaries: $("$K8S_BIN/kubelet" --version), etcd $("$ETCD_BIN/etcd" --version | awk '/etcd Version/ {print $3}'), $("$CONTAINERD_BIN/containerd" --version | awk '{print $3}'), runc $("$RUNC_BIN/runc" --version | awk 'NR==1 {print $3}'), $("$COREDNS_BIN/coredns" -version | awk "NR == 1"), Kueue v$KUEUE_VERSION"
 
 if [ "$WITH_IMAGES" = 1 ]; then
   "$HERE/images.sh"

@@ -50,8 +50,12 @@ stop() {
   rm -f "$PIDS/$name.pid"
 }
 
-# 1. Pods: stop the controllers first so nothing re-creates them, then let the kubelet tear
-#    them down (CNI DEL, unmounts) while it and the apiserver still run.
+# 1. Pods: stop the controllers first so nothing re-creates them (Kueue too, if kueue.sh
+#    started it), then let the kubelet tear them down (CNI DEL, unmounts) while it and the
+#    apiserver still run.
+if [ -f "$PIDS/kueue.pid" ] || [ -e /etc/kueue/.qpu-local-cluster ]; then
+  "$HERE/kueue.sh" down || warn "kueue.sh down failed"
+fi
 stop kube-controller-manager 10
 stop kube-scheduler 10
 if alive "$(pid_of kubelet)" && alive "$(pid_of kube-apiserver)" && [ -f "$KCFG" ]; then

@@ -13,6 +13,7 @@ ETCD_VERSION="${QPU_K8S_ETCD_VERSION:-3.6.17}"           # go.etcd.io/etcd/serve
 CONTAINERD_VERSION="${QPU_K8S_CONTAINERD_VERSION:-2.3.7}" # github.com/containerd/containerd/v2
 RUNC_VERSION="${QPU_K8S_RUNC_VERSION:-1.4.4}"            # github.com/opencontainers/runc
 COREDNS_VERSION="${QPU_K8S_COREDNS_VERSION:-1.15.0}"     # github.com/coredns/coredns (trimmed plugin set: gomod/coredns)
+KUEUE_VERSION="${QPU_K8S_KUEUE_VERSION:-0.17.0}"         # sigs.k8s.io/kueue (the batch queue; kueue.sh runs it)
 # CNI plugins: Debian's containernetworking-plugins (bridge, host-local, loopback) in /usr/lib/cni.
 CNI_BIN_DIR="/usr/lib/cni"
 
@@ -29,6 +30,9 @@ ETCD_BIN="$LC_CACHE/etcd-$ETCD_VERSION/bin"
 CONTAINERD_BIN="$LC_CACHE/containerd-$CONTAINERD_VERSION/bin"
 RUNC_BIN="$LC_CACHE/runc-$RUNC_VERSION/bin"
 COREDNS_BIN="$LC_CACHE/coredns-$COREDNS_VERSION/bin"
+KUEUE_BIN="$LC_CACHE/kueue-$KUEUE_VERSION/bin"
+# Kueue's CRDs and webhook manifests, read from the module's source in the Go module cache.
+KUEUE_SRC="$GOMODCACHE/sigs.k8s.io/kueue@v$KUEUE_VERSION"
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 IMAGES_DIR="$LC_CACHE/images"
 

@@ -149,3 +149,38 @@ def emulator(release: rel.Release) -> Iterator[rel.AdminClient]:
 
 def node_pool_devices(release: rel.Release) -> set[str]:
     return set(release.devices(node=NODE))
+
+
+@pytest.fixture
+def without_device_plugin(local_cluster: LocalCluster, release: rel.Release) -> Iterator[None]:
+    """The release upgraded with ``devicePlugin.enabled=false`` (so ``quantum.example.com/qpu``
+    is served by DRA through the DeviceClass), and put back afterwards."""
+
+    def upgrade(enabled: bool) -> None:
+        local_cluster.helm(
+            "upgrade",
+            release.name,
+            str(rel.CHART),
+            "-n",
+            release.namespace,
+            "--reuse-values",
+            "--set",
+            f"devicePlugin.enabled={str(enabled).lower()}",
+            "--wait",
+            "--timeout",
+            "300s",
+        )
+
+    upgrade(False)
+    try:
+        wait_until(lambda: not release.pods("device-plugin"), 120, "the device plugin pod gone")
+        wait_until(lambda: release.allocatable() == 0, 60, "no allocatable device-plugin QPU")
+        yield
+    finally:
+        upgrade(True)
+        wait_until(
+            lambda: release.allocatable() == len(ALL_LANES),
+            180,
+            "the device plugin back with every lane",
+            every=1.0,
+        )

@@ -5,8 +5,6 @@ any other. The release is upgraded with ``devicePlugin.enabled=false`` and put b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import yaml
 
@@ -14,43 +12,9 @@ from testsupport import packaging
 from testsupport import release as rel
 from testsupport.cluster import LocalCluster, wait_until
 
-from .conftest import ALL_LANES
-
 pytestmark = pytest.mark.cluster
 EXAMPLE = packaging.MANIFESTS / "examples" / "dra" / "extended-resource-pod.yaml"
 IDS = {"fake_manila", "fake_torino", "FRESNEL", "EMU_FREE"}
-
-
-@pytest.fixture
-def without_device_plugin(local_cluster: LocalCluster, release: rel.Release) -> Iterator[None]:
-    def upgrade(enabled: bool) -> None:
-        local_cluster.helm(
-            "upgrade",
-            release.name,
-            str(rel.CHART),
-            "-n",
-            release.namespace,
-            "--reuse-values",
-            "--set",
-            f"devicePlugin.enabled={str(enabled).lower()}",
-            "--wait",
-            "--timeout",
-            "300s",
-        )
-
-    upgrade(False)
-    try:
-        wait_until(lambda: not release.pods("device-plugin"), 120, "the device plugin pod gone")
-        wait_until(lambda: release.allocatable() == 0, 60, "no allocatable device-plugin QPU")
-        yield
-    finally:
-        upgrade(True)
-        wait_until(
-            lambda: release.allocatable() == len(ALL_LANES),
-            180,
-            "the device plugin back with every lane",
-            every=1.0,
-        )
 
 
 @pytest.mark.usefixtures("without_device_plugin")

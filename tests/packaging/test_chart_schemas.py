@@ -3,7 +3,8 @@
 Built-in kinds go through PyPI ``kubernetes-validate`` (strict: unknown fields fail) for the
 oldest and newest supported versions; QuantumBackends go through our CRD's
 ``openAPIV3Schema`` (as kubectl's strict field validation would) and through the pydantic
-model the operator uses.
+model the operator uses; Kueue's objects (manifests/examples/kueue) through Kueue's own CRDs,
+read from its module in the Go module cache (skipped, saying so, where build.sh has not run).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 
 from qpu_k8s.core.model import InvalidBackendError, QuantumBackend
 from qpu_k8s.core.names import API_GROUP, API_VERSION, KIND
-from testsupport import packaging
+from testsupport import kueue, packaging
 
 # Oldest release with resource.k8s.io/v1 (our DRA floor) and the newest schemas shipped.
 SCHEMA_VERSIONS = ("1.34.0", "1.37.0")
@@ -78,6 +79,18 @@ def quantumbackend_schema() -> dict[str, Any]:
     return schema  # type: ignore[no-any-return]
 
 
+@cache
+def kueue_schema(kind: str, version: str) -> dict[str, Any]:
+    path = kueue.crd_file(kind)
+    if not path.exists():
+        pytest.skip(f"Kueue's CRD {path} is not here: hack/local-cluster/build.sh downloads it")
+    crd = yaml.safe_load(path.read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema = crd_openapi_to_jsonschema(served["schema"]["openAPIV3Schema"])
+    schema.setdefault("properties", {})["metadata"] = {"type": "object"}
+    return schema  # type: ignore[no-any-return]
+
+
 def validate_quantumbackend(obj: dict[str, Any]) -> list[str]:
     errors = [
         f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
@@ -95,6 +108,12 @@ def validate(obj: dict[str, Any], version: str) -> list[str]:
     where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
     if obj.get("apiVersion") == QB_API_VERSION and obj.get("kind") == KIND:
         return [f"{where}: {e}" for e in validate_quantumbackend(obj)]
+    if str(obj.get("apiVersion")).startswith(f"{kueue.GROUP}/"):
+        schema = kueue_schema(obj["kind"], obj["apiVersion"].split("/", 1)[1])
+        return [
+            f"{where}: {'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+            for e in jsonschema.Draft7Validator(schema).iter_errors(obj)
+        ]
     try:
         kubernetes_validate.validate(obj, version, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
