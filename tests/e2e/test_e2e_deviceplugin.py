@@ -50,6 +50,14 @@ def share(counts: dict[str, int], wanted: set[str]) -> float:
     return sum(v for k, v in counts.items() if k in wanted) / max(sum(counts.values()), 1)
 
 
+# A Bell pair measured on a calibrated (noisy) QPU: the two expected outcomes take 1 - e0 - e1
+# of the shots at least, e the qubits' readout errors. The example scripts transpile at
+# optimization level 1, which keeps qubits 0 and 1; on fake_torino qubit 0 reads out 17 %
+# wrong, so the share there is ~0.82 and 0.8 failed now and then. Uniform noise gives 0.5:
+# 0.7 still tells a real Bell pair from noise, on every QPU the claims can land on.
+BELL_MIN_SHARE = 0.7
+
+
 def test_qiskit_pod_gets_a_qpu_and_its_session_lives_as_long_as_the_pod(
     local_cluster: LocalCluster, release: rel.Release, ns: str, emulator: rel.AdminClient
 ) -> None:
@@ -59,7 +67,7 @@ def test_qiskit_pod_gets_a_qpu_and_its_session_lives_as_long_as_the_pod(
     rel.wait_pod(local_cluster, ns, "bell-qiskit", "Succeeded", timeout=420)
     result = bell_result(local_cluster.kubectl("-n", ns, "logs", "bell-qiskit").stdout)
     counts: dict[str, int] = result["counts"]  # type: ignore[assignment]
-    assert share(counts, {"00", "11"}) > 0.8, counts
+    assert share(counts, {"00", "11"}) > BELL_MIN_SHARE, counts
     resource = str(result["resource"])
     # The script ran inside the session the device plugin opened for the pod...
     (job,) = [j for j in emulator.jobs(resource) if j["id"] == result["job_id"]]

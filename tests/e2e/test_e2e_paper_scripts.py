@@ -11,7 +11,7 @@ from testsupport import packaging
 from testsupport import release as rel
 from testsupport.cluster import LocalCluster, wait_until
 
-from .test_e2e_deviceplugin import bell_result, local_images, share
+from .test_e2e_deviceplugin import BELL_MIN_SHARE, bell_result, local_images, share
 
 pytestmark = pytest.mark.cluster
 JOB = packaging.MANIFESTS / "examples" / "jobs" / "paper-scripts.yaml"
@@ -37,7 +37,7 @@ def test_paper_job_runs_qiskit_and_pulser_on_their_qpus(
     assert outcome == "Complete", logs
     qiskit, pulser = bell_result(logs["qiskit"]), bell_result(logs["pulser"])
     assert qiskit["resource"] in ("fake_manila", "fake_torino")
-    assert share(qiskit["counts"], {"00", "11"}) > 0.8, qiskit  # type: ignore[arg-type]
+    assert share(qiskit["counts"], {"00", "11"}) > BELL_MIN_SHARE, qiskit  # type: ignore[arg-type]
     # Pulser: two atoms in blockade, a collective pi pulse: |01> + |10>.
     assert pulser["resource"] in ("FRESNEL", "EMU_FREE")
     assert share(pulser["counts"], {"01", "10"}) > 0.8, pulser  # type: ignore[arg-type]

@@ -267,10 +267,13 @@ def test_a_long_hang_does_not_pile_up_stuck_calls(emu: Emulator) -> None:
     assert grown <= 3 * MAX_STUCK_CALLS, f"{grown} threads for {MAX_STUCK_CALLS} stuck calls"
     emu.clear_faults()
     wait_for(lambda: client.stuck_calls == 0, 5, "the stuck calls to return")
-    assert client.health().healthy
     # Only the calls that were let through reached the vendor.
     statuses = [r for r in emu.state.requests("/api/v1/backends") if r.path == "/api/v1/backends"]
-    assert len(statuses) == 1 + MAX_STUCK_CALLS + 1  # qrmi's status() lists the backends
+    assert len(statuses) == 1 + MAX_STUCK_CALLS  # qrmi's status() lists the backends
+    # The vendor answers again. The stuck calls' objects were dropped, so the next probe
+    # builds a new qrmi object and fetches a vendor token first: on a loaded machine that
+    # can take longer than this test's 0.2 s deadline, hence a condition, not one call.
+    wait_for(lambda: client.health().healthy, 10, "a healthy probe once the vendor answers")
     record_result(
         "vendor-hang-stuck-calls", probes=len(answers), stuck=MAX_STUCK_CALLS, threads_grown=grown
     )
