@@ -83,29 +83,6 @@ def _pod(name: str, variant: str) -> dict[str, Any]:
     return rel.pod(name)
 
 
-def _template() -> dict[str, Any]:
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaimTemplate",
-        "metadata": {"name": "manila"},
-        "spec": {
-            "spec": {
-                "devices": {
-                    "requests": [
-                        {
-                            "name": "qpu",
-                            "exactly": {
-                                "deviceClassName": rel.DRIVER,
-                                "selectors": [{"cel": {"expression": MANILA}}],
-                            },
-                        }
-                    ]
-                }
-            }
-        },
-    }
-
-
 def _time_to_running(api: Any, namespace: str, body: dict[str, Any]) -> float:
     """Seconds from the create call to the watch event that shows the pod Running."""
     from kubernetes import client, watch
@@ -190,7 +167,7 @@ def run(rounds: int, keep: bool) -> int:
             60,
             "the namespace's default ServiceAccount",
         )
-        lc.apply([_template()], "-n", ns)
+        lc.apply([rel.claim_template("manila", MANILA)], "-n", ns)
         api = lc.api()
         series = {v: Series() for v in VARIANTS}
         try:

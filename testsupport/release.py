@@ -316,6 +316,42 @@ def backends(lc: LocalCluster, docs: Sequence[dict[str, Any]]) -> Iterator[list[
         )
 
 
+# -- claims ----------------------------------------------------------------------------------
+def claim_spec(
+    expression: str | None = None, tolerations: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """A claim spec for one device of our DeviceClass: the one the CEL ``expression``
+    selects (any when None), tolerating ``tolerations``."""
+    exactly: dict[str, Any] = {"deviceClassName": DRIVER}
+    if expression is not None:
+        exactly["selectors"] = [{"cel": {"expression": expression}}]
+    if tolerations:
+        exactly["tolerations"] = tolerations
+    return {"devices": {"requests": [{"name": "qpu", "exactly": exactly}]}}
+
+
+def claim(
+    name: str, expression: str | None = None, tolerations: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """A ResourceClaim named ``name`` with :func:`claim_spec`."""
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name},
+        "spec": claim_spec(expression, tolerations),
+    }
+
+
+def claim_template(name: str, expression: str | None = None) -> dict[str, Any]:
+    """A ResourceClaimTemplate named ``name``: one claim per pod, with :func:`claim_spec`."""
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": name},
+        "spec": {"spec": claim_spec(expression)},
+    }
+
+
 # -- pods ------------------------------------------------------------------------------------
 # Prints the QRMI environment the container was given, one KEY=VALUE a line, credentials as
 # sha256 digests (so a test can check the value without putting it in a log), then either

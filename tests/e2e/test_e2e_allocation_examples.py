@@ -90,21 +90,9 @@ def test_first_available_falls_through_in_its_order(
 
 
 def _manila_claim(name: str, *, tolerate: bool = False) -> dict[str, Any]:
+    maintenance = {"key": f"{rel.DRIVER}/maintenance", "operator": "Exists", "effect": "NoSchedule"}
     expression = f'device.attributes["{rel.DRIVER}"].resourceId == "fake_manila"'
-    exactly: dict[str, Any] = {
-        "deviceClassName": rel.DRIVER,
-        "selectors": [{"cel": {"expression": expression}}],
-    }
-    if tolerate:
-        exactly["tolerations"] = [
-            {"key": f"{rel.DRIVER}/maintenance", "operator": "Exists", "effect": "NoSchedule"}
-        ]
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {"devices": {"requests": [{"name": "qpu", "exactly": exactly}]}},
-    }
+    return rel.claim(name, expression, [maintenance] if tolerate else None)
 
 
 def _unschedulable(lc: LocalCluster, ns: str, pod: str) -> bool:

@@ -23,25 +23,7 @@ FIELD_MANAGER = f"{rel.DRIVER}/{NODE}"
 
 
 def claim_on(name: str, resource_id: str) -> dict[str, Any]:
-    expression = f'device.attributes["{rel.DRIVER}"].resourceId == "{resource_id}"'
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "devices": {
-                "requests": [
-                    {
-                        "name": "qpu",
-                        "exactly": {
-                            "deviceClassName": rel.DRIVER,
-                            "selectors": [{"cel": {"expression": expression}}],
-                        },
-                    }
-                ]
-            }
-        },
-    }
+    return rel.claim(name, f'device.attributes["{rel.DRIVER}"].resourceId == "{resource_id}"')
 
 
 def claim(lc: LocalCluster, ns: str, name: str) -> dict[str, Any]:

@@ -63,31 +63,7 @@ def cdi_specs() -> dict[str, dict[str, Any]]:
 def test_cdi_env_reaches_the_container_and_goes_with_the_claim(
     local_cluster: LocalCluster, release: rel.Release, ns: str, emulator: rel.AdminClient
 ) -> None:
-    claim = {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": "manila"},
-        "spec": {
-            "devices": {
-                "requests": [
-                    {
-                        "name": "qpu",
-                        "exactly": {
-                            "deviceClassName": rel.DRIVER,
-                            "selectors": [
-                                {
-                                    "cel": {
-                                        "expression": 'device.attributes["qpu.quantum.example.com"]'
-                                        '.resourceId == "fake_manila"'
-                                    }
-                                }
-                            ],
-                        },
-                    }
-                ]
-            }
-        },
-    }
+    claim = rel.claim("manila", f'device.attributes["{rel.DRIVER}"].resourceId == "fake_manila"')
     local_cluster.apply(
         [claim, rel.pod("reader", claims={"qpu": {"resourceClaimName": "manila"}})], "-n", ns
     )

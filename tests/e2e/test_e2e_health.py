@@ -21,27 +21,6 @@ pytestmark = pytest.mark.cluster
 TORINO_LANES = {f"{TORINO}-lane-0", f"{TORINO}-lane-1"}
 
 
-def claim(name: str, expression: str) -> dict[str, object]:
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "devices": {
-                "requests": [
-                    {
-                        "name": "qpu",
-                        "exactly": {
-                            "deviceClassName": rel.DRIVER,
-                            "selectors": [{"cel": {"expression": expression}}],
-                        },
-                    }
-                ]
-            }
-        },
-    }
-
-
 ATTR = 'device.attributes["qpu.quantum.example.com"]'
 
 
@@ -70,8 +49,8 @@ def test_offline_backend_is_withdrawn_and_new_claims_go_elsewhere(
         # Any IBM QPU: the scheduler takes one that is still published.
         local_cluster.apply(
             [
-                claim("any-ibm", f'{ATTR}.vendor == "ibm"'),
-                claim("heron", f"{ATTR}.qubits >= 100 && !{ATTR}.simulator"),
+                rel.claim("any-ibm", f'{ATTR}.vendor == "ibm"'),
+                rel.claim("heron", f"{ATTR}.qubits >= 100 && !{ATTR}.simulator"),
                 rel.pod("any-ibm", claims={"qpu": {"resourceClaimName": "any-ibm"}}),
                 rel.pod("heron", claims={"qpu": {"resourceClaimName": "heron"}}),
             ],
@@ -166,10 +145,8 @@ def test_offline_backend_tainted_only_a_tolerating_claim_gets_it(
     local_cluster: LocalCluster, release: rel.Release, ns: str, emulator: rel.AdminClient
 ) -> None:
     heron = f'{ATTR}.resourceId == "fake_torino"'
-    tolerant = claim("tolerant", heron)
-    tolerant["spec"]["devices"]["requests"][0]["exactly"]["tolerations"] = [  # type: ignore[index]
-        {"key": f"{rel.DRIVER}/unhealthy", "operator": "Exists", "effect": "NoSchedule"}
-    ]
+    unhealthy = {"key": f"{rel.DRIVER}/unhealthy", "operator": "Exists", "effect": "NoSchedule"}
+    tolerant = rel.claim("tolerant", heron, [unhealthy])
     emulator.set_online("fake_torino", False, reason="cryostat warm-up")
     try:
         for lane in sorted(TORINO_LANES):
@@ -183,7 +160,7 @@ def test_offline_backend_tainted_only_a_tolerating_claim_gets_it(
         assert set(release.devices(node=NODE)) >= TORINO_LANES  # published, not withdrawn
         local_cluster.apply(
             [
-                claim("plain", heron),
+                rel.claim("plain", heron),
                 tolerant,
                 rel.pod("plain", claims={"qpu": {"resourceClaimName": "plain"}}),
                 rel.pod("tolerant", claims={"qpu": {"resourceClaimName": "tolerant"}}),

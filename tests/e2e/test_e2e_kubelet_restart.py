@@ -16,32 +16,14 @@ TORINO_LANES = {f"{TORINO}-lane-0", f"{TORINO}-lane-1"}
 HERON = 'device.attributes["qpu.quantum.example.com"].resourceId == "fake_torino"'
 
 
-def heron_claim(name: str) -> dict[str, object]:
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "devices": {
-                "requests": [
-                    {
-                        "name": "qpu",
-                        "exactly": {
-                            "deviceClassName": rel.DRIVER,
-                            "selectors": [{"cel": {"expression": HERON}}],
-                        },
-                    }
-                ]
-            }
-        },
-    }
-
-
 def test_kubelet_restart_slices_come_back_and_both_agents_reregister(
     local_cluster: LocalCluster, release: rel.Release, ns: str, emulator: rel.AdminClient
 ) -> None:
     local_cluster.apply(
-        [heron_claim("before"), rel.pod("before", claims={"qpu": {"resourceClaimName": "before"}})],
+        [
+            rel.claim("before", HERON),
+            rel.pod("before", claims={"qpu": {"resourceClaimName": "before"}}),
+        ],
         "-n",
         ns,
     )
@@ -86,7 +68,10 @@ def test_kubelet_restart_slices_come_back_and_both_agents_reregister(
     assert emulator.session(token)["state"] != "closed"  # type: ignore[index]
     # The new kubelet prepares a new claim through the re-registered driver.
     local_cluster.apply(
-        [heron_claim("after"), rel.pod("after", claims={"qpu": {"resourceClaimName": "after"}})],
+        [
+            rel.claim("after", HERON),
+            rel.pod("after", claims={"qpu": {"resourceClaimName": "after"}}),
+        ],
         "-n",
         ns,
     )

@@ -60,17 +60,6 @@ def create(lc: LocalCluster, ns: str, doc: dict[str, Any]) -> Any:
     return lc.kubectl("-n", ns, "create", "-f", "-", stdin=json.dumps(doc), check=False)
 
 
-def any_lane_claim(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "devices": {"requests": [{"name": "qpu", "exactly": {"deviceClassName": rel.DRIVER}}]}
-        },
-    }
-
-
 def test_device_plugin_quota_counts_each_running_pod(
     local_cluster: LocalCluster, release: rel.Release, ns: str
 ) -> None:
@@ -96,26 +85,21 @@ def test_dra_quota_counts_claims_and_a_shared_claim_once(
     local_cluster: LocalCluster, release: rel.Release, ns: str
 ) -> None:
     name = apply_quota(local_cluster, ns, quota("dra-quota.yaml", 1))
-    local_cluster.apply([any_lane_claim("shared")], "-n", ns)
+    local_cluster.apply([rel.claim("shared")], "-n", ns)
     pods = [rel.pod(p, claims={"qpu": {"resourceClaimName": "shared"}}) for p in ("a", "b")]
     local_cluster.apply(pods, "-n", ns)
     for p in ("a", "b"):
         rel.wait_pod(local_cluster, ns, p)
     assert used(local_cluster, ns, name, DRA_KEY) == "1"  # two pods, one claim, one device
 
-    refused = create(local_cluster, ns, any_lane_claim("another"))
+    refused = create(local_cluster, ns, rel.claim("another"))
     assert refused.returncode != 0
     assert f"exceeded quota: {name}" in refused.stderr, refused.stderr
     assert DRA_KEY in refused.stderr
 
     # A claim from a template is created by the controller, not by the user: the pod waits
     # Pending and its events name the quota; it starts once the shared claim is gone.
-    template = {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaimTemplate",
-        "metadata": {"name": "lane"},
-        "spec": {"spec": any_lane_claim("lane")["spec"]},
-    }
+    template = rel.claim_template("lane")
     local_cluster.apply([template], "-n", ns)
     local_cluster.apply(
         [rel.pod("templated", claims={"qpu": {"resourceClaimTemplateName": "lane"}})], "-n", ns
