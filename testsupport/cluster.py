@@ -26,11 +26,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from testsupport.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 HACK = REPO / "hack" / "local-cluster"
@@ -187,16 +188,15 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str, every: 
     """Poll ``check`` until it returns something other than None/False, or fail at the deadline.
 
     For state only observable by polling the apiserver, the emulator or a file; the caller
-    names what it waits for, so a timeout says what did not happen.
+    names what it waits for, so a timeout says what did not happen. The loop is
+    :func:`testsupport.waiting.wait_for`'s; here 0, "" and empty collections are answers too.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        last = check()
-        if last is not None and last is not False:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+
+    def boxed() -> tuple[T] | None:
+        value = check()
+        return None if value is None or value is False else (value,)
+
+    return wait_for(boxed, timeout, what, step=every)[0]
 
 
 @dataclass(frozen=True)
