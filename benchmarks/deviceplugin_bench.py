@@ -41,7 +41,7 @@ import yaml
 
 from benchmarks.measure import Compared, compare, timed
 from benchmarks.profiling import Hot, hot_note, hot_table, profile_calls
-from benchmarks.report import Target, heading, ms, table, targets
+from benchmarks.report import floor_targets, heading, ms, table, targets
 from qpu_k8s.core import logs
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.qrmi_client import QuantumResourceClient, qrmi
@@ -59,11 +59,9 @@ ALLOCATE = "/v1beta1.DevicePlugin/Allocate"
 PROBE = "fake-manila"  # the backend whose lanes the measured Allocates take
 PROBE_LANES = 8
 FILL_LANES = 64  # lanes per backend that holds the node's live acquisitions
-RATIO_LIMIT = 1.5
 # Synced appends of the untimed release after each measured Allocate (releasing, released);
 # the floor makes as many after each of its calls.
 RELEASE_SYNCS = 2
-FLAT_LIMIT = 1.10
 
 
 def _instant(backend: QuantumBackend, creds: Mapping[str, str]) -> QuantumResourceClient:
@@ -360,26 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks/profiling.py):\n"
     )
     print(hot_table(hot))
-    first, last = levels[0], levels[-1]
-    worst = max(lv.compared.ratio for lv in levels)
-    growth = last.compared.ratio / first.compared.ratio
     targets(
-        [
-            Target(
-                "device plugin: Allocate (vendor excluded) vs durability floor",
-                f"{worst:.2f}x (worst row)",
-                f"<= {RATIO_LIMIT}x",
-                worst <= RATIO_LIMIT,
-                "" if worst <= RATIO_LIMIT else hot_note(hot),
-            ),
-            Target(
-                f"device plugin: Allocate flat from {first.live} to {last.live} live",
-                f"{(growth - 1) * 100:+.1f}% (ratio {first.compared.ratio:.2f}x -> "
-                f"{last.compared.ratio:.2f}x)",
-                f"within {(FLAT_LIMIT - 1) * 100:.0f}%",
-                growth <= FLAT_LIMIT,
-            ),
-        ]
+        floor_targets(
+            "device plugin: Allocate",
+            [lv.compared.ratio for lv in levels],
+            str(levels[0].live),
+            f"{levels[-1].live} live",
+            hot_note(hot),
+        )
     )
     return 0
 

@@ -41,7 +41,7 @@ import yaml
 
 from benchmarks.measure import Compared, compare, timed
 from benchmarks.profiling import Hot, hot_note, hot_table, profile_calls
-from benchmarks.report import Target, heading, ms, table, targets
+from benchmarks.report import floor_targets, heading, ms, table, targets
 from qpu_k8s.core import logs
 from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.core.model import QuantumBackend
@@ -65,8 +65,6 @@ PREPARE = "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources"
 PROBE = "ibm-manila"  # the backend whose lanes the measured claims take
 PROBE_LANES = 4
 FILL_LANES = 64  # lanes per backend that holds the node's prepared claims
-RATIO_LIMIT = 1.5
-FLAT_LIMIT = 1.10
 # Synced appends of the untimed unprepare after each measured prepare (the claim dropped);
 # the floor makes as many after each of its calls.
 UNPREPARE_SYNCS = 1
@@ -416,26 +414,14 @@ def main(argv: list[str] | None = None) -> int:
         "prepared; benchmarks/profiling.py):\n"
     )
     print(hot_table(hot))
-    first, last = levels[0], levels[-1]
-    worst = max(lv.compared.ratio for lv in levels)
-    growth = last.compared.ratio / first.compared.ratio
     targets(
-        [
-            Target(
-                "DRA: NodePrepareResources (vendor excluded) vs durability floor",
-                f"{worst:.2f}x (worst row)",
-                f"<= {RATIO_LIMIT}x",
-                worst <= RATIO_LIMIT,
-                "" if worst <= RATIO_LIMIT else hot_note(hot),
-            ),
-            Target(
-                f"DRA: NodePrepareResources flat from {first.prepared} to {last.prepared} claims",
-                f"{(growth - 1) * 100:+.1f}% (ratio {first.compared.ratio:.2f}x -> "
-                f"{last.compared.ratio:.2f}x)",
-                f"within {(FLAT_LIMIT - 1) * 100:.0f}%",
-                growth <= FLAT_LIMIT,
-            ),
-        ]
+        floor_targets(
+            "DRA: NodePrepareResources",
+            [lv.compared.ratio for lv in levels],
+            str(levels[0].prepared),
+            f"{levels[-1].prepared} claims",
+            hot_note(hot),
+        )
     )
     return 0
 

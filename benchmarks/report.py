@@ -73,6 +73,36 @@ def targets(items: Sequence[Target]) -> None:
                 f.write(json.dumps(asdict(t)) + "\n")
 
 
+# Issue 16's targets for a node agent's call against its durability floor.
+FLOOR_RATIO_LIMIT = 1.5
+FLAT_LIMIT = 1.10
+
+
+def floor_targets(
+    call: str, ratios: Sequence[float], growth_from: str, growth_to: str, miss_note: str
+) -> list[Target]:
+    """The two floor targets of an agent's call measured at growing counts: its worst ratio
+    to the floor (``miss_note`` says why when missed), and how much the ratio grows from the
+    first count (``growth_from``) to the last (``growth_to``)."""
+    worst = max(ratios)
+    growth = ratios[-1] / ratios[0]
+    return [
+        Target(
+            f"{call} (vendor excluded) vs durability floor",
+            f"{worst:.2f}x (worst row)",
+            f"<= {FLOOR_RATIO_LIMIT}x",
+            worst <= FLOOR_RATIO_LIMIT,
+            "" if worst <= FLOOR_RATIO_LIMIT else miss_note,
+        ),
+        Target(
+            f"{call} flat from {growth_from} to {growth_to}",
+            f"{(growth - 1) * 100:+.1f}% (ratio {ratios[0]:.2f}x -> {ratios[-1]:.2f}x)",
+            f"within {(FLAT_LIMIT - 1) * 100:.0f}%",
+            growth <= FLAT_LIMIT,
+        ),
+    ]
+
+
 def read_targets(path: Path) -> list[Target]:
     if not path.exists():
         return []
