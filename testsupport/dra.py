@@ -21,6 +21,7 @@ from qpu_k8s.dra.claims import ClaimNotFoundError
 from qpu_k8s.dra.claimstatus import StatusWriteError, StatusWriter
 from qpu_k8s.dra.state import CHECKPOINT_NAME, Record
 from qpu_k8s.emulator import Emulator
+from qpu_k8s.fakekubelet import ClaimRef
 from testsupport.deviceplugin import write_yaml_atomically
 from testsupport.emulator import ibm_backend, pasqal_backend, write_backend_secrets
 from testsupport.names import DRIVER, NODE_LABEL
@@ -146,6 +147,20 @@ def allocated_claim(  # noqa: PLR0917
         "spec": {"devices": {"requests": [{"name": r} for r, _ in devices]}},
         "status": {"allocation": alloc},
     }
+
+
+def put_allocated_claim(
+    claims: StaticClaims,
+    pool: str,
+    devices: list[tuple[str, str]],
+    config: list[dict[str, Any]] | None = None,
+) -> ClaimRef:
+    """A new claim in :data:`NS`, allocated ``devices`` of ``pool`` (:func:`allocated_claim`),
+    put in ``claims``; its reference for the fake kubelet."""
+    uid = str(uuid.uuid4())
+    name = f"claim-{uid[:8]}"
+    claims.put_claim(allocated_claim(NS, name, uid, devices, pool, config))
+    return ClaimRef(NS, uid, name)
 
 
 def params_config(request: str | None = None, **params: Any) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,16 +20,15 @@ from qpu_k8s.core.vendors import token_fingerprint
 from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.dra.claims import status_write_error
 from qpu_k8s.dra.claimstatus import StatusWriteError, device_status
-from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
+from qpu_k8s.fakekubelet import FakeDRAKubelet
 from testsupport.dra import (
-    NS,
     DraNode,
     StaticClaims,
     StatusRecorder,
-    allocated_claim,
     ibm_model,
     params_config,
     pasqal_model,
+    put_allocated_claim,
 )
 from testsupport.emulator import SECRETS
 from testsupport.names import DRIVER
@@ -61,18 +59,6 @@ def agent(node_env: DraNode, claims: StaticClaims, recorder: StatusRecorder) -> 
     a.stop()
 
 
-def _claim(
-    claims: StaticClaims,
-    node_env: DraNode,
-    devices: list[tuple[str, str]],
-    config: list[dict[str, Any]] | None = None,
-) -> ClaimRef:
-    uid = str(uuid.uuid4())
-    name = f"claim-{uid[:8]}"
-    claims.put_claim(allocated_claim(NS, name, uid, devices, node_env.node, config))
-    return ClaimRef(NS, uid, name)
-
-
 def _writes(result: str) -> float:
     value = REGISTRY.get_sample_value("qpu_k8s_dra_claim_status_writes_total", {"result": result})
     return value or 0.0
@@ -86,9 +72,9 @@ def test_status_says_what_each_device_holds_and_no_credential(
     recorder: StatusRecorder,
 ) -> None:
     kubelet.wait_for_registration(DRIVER)
-    ref = _claim(
+    ref = put_allocated_claim(
         claims,
-        node_env,
+        node_env.node,
         [("ibm", "ibm-torino-lane-1"), ("pasqal", "pasqal-fresnel-lane-0")],
         [params_config("ibm", sessionMode="batch", sessionMaxTtlSeconds=1800)],
     )
@@ -200,7 +186,7 @@ def test_a_slow_then_failing_status_write_never_holds_or_fails_the_prepare(
         StatusWriteError("HTTP 503: down", permanent=False, kind="unavailable"),
     ]
     unavailable = _writes("unavailable")
-    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")])
     out = kubelet.node_prepare_resources([ref])[ref.uid]
     assert out.error == ""  # answered while the status write hangs
     assert ref.uid not in recorder.written
@@ -228,7 +214,7 @@ def test_a_refused_write_is_not_retried_until_the_next_prepare_and_unprepare_can
     kubelet.wait_for_registration(DRIVER)
     forbidden = _writes("forbidden")
     recorder.fail_next = [StatusWriteError("HTTP 403: no", permanent=True, kind="forbidden")]
-    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")])
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-torino-lane-0")])
     assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
     recorder.wait_attempts(ref.uid, 1)
     wait_for(lambda: _writes("forbidden") == forbidden + 1, 5, "the refusal counted")
@@ -240,7 +226,7 @@ def test_a_refused_write_is_not_retried_until_the_next_prepare_and_unprepare_can
     assert recorder.attempts[ref.uid] == 2
 
     # A write still being retried when the claim is unprepared is dropped, not written after.
-    other = _claim(claims, node_env, [("qpu", "ibm-torino-lane-1")])
+    other = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-torino-lane-1")])
     recorder.fail_next = [
         StatusWriteError("HTTP 503", permanent=False, kind="unavailable") for _ in range(50)
     ]
@@ -250,7 +236,7 @@ def test_a_refused_write_is_not_retried_until_the_next_prepare_and_unprepare_can
     assert kubelet.node_unprepare_resources([other]) == {other.uid: ""}
     assert agent.claim_status.needs(other.uid)  # nothing pending for it any more
     recorder.fail_next.clear()
-    third = _claim(claims, node_env, [("qpu", "ibm-torino-lane-1")])
+    third = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-torino-lane-1")])
     assert kubelet.node_prepare_resources([third])[third.uid].error == ""
     recorder.wait_written(third.uid)
     assert other.uid not in recorder.written

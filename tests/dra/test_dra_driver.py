@@ -35,7 +35,14 @@ from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.resourceslices.build import PoolScope, shared_pool_name
 from qpu_k8s.resourceslices.policy import UnhealthyMode
 from qpu_k8s.resourceslices.publish import SlicePublisher
-from testsupport.dra import NS, DraNode, StaticClaims, allocated_claim, params_config
+from testsupport.dra import (
+    NS,
+    DraNode,
+    StaticClaims,
+    allocated_claim,
+    params_config,
+    put_allocated_claim,
+)
 from testsupport.emulator import IBM_KEY, SECRETS, USER_KEY
 from testsupport.names import DRIVER
 from testsupport.waiting import wait_for
@@ -57,18 +64,6 @@ def agent(node_env: DraNode, claims: StaticClaims) -> Iterator[DraDriver]:
     a = start(node_env, claims)
     yield a
     a.stop()
-
-
-def _claim(
-    claims: StaticClaims,
-    node_env: DraNode,
-    devices: list[tuple[str, str]],
-    config: list[dict[str, Any]] | None = None,
-) -> ClaimRef:
-    uid = str(uuid.uuid4())
-    name = f"claim-{uid[:8]}"
-    claims.put_claim(allocated_claim(NS, name, uid, devices, node_env.node, config))
-    return ClaimRef(NS, uid, name)
 
 
 def _open_sessions(emu: Any, backend: str) -> list[Any]:
@@ -95,7 +90,7 @@ def test_registration_sockets_and_both_api_versions(
         # The documented gauge: 1 while the kubelet has accepted the registration.
         assert REGISTRY.get_sample_value("qpu_k8s_dra_registered") == 1.0
         assert stat.S_IMODE(agent.paths.endpoint.stat().st_mode) == 0o600
-        ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+        ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")])
         for version in ("v1", "v1beta1"):
             out = kubelet.node_prepare_resources([ref], version)
             assert out[ref.uid].error == ""
@@ -122,7 +117,7 @@ def test_rolling_update_two_instances_side_by_side(
         old.stop()
         assert new.paths.endpoint.exists()
         assert new.paths.registration.exists()
-        ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+        ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")])
         assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
         assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
     finally:
@@ -137,7 +132,7 @@ def test_prepare_acquires_writes_cdi_env_and_unprepare_releases(
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
-    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-1")])
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-torino-lane-1")])
     result = kubelet.node_prepare_resources([ref], version)  # type: ignore[arg-type]
     (dev,) = result[ref.uid].devices
     assert result[ref.uid].error == ""
@@ -198,7 +193,8 @@ def test_claim_on_a_shared_backend_is_prepared_from_the_operators_pool(
     assert kubelet.node_unprepare_resources([ref]) == {uid: ""}
     assert _session(emu, token).closed_by == "release"
 
-    wrong = _claim(claims, node_env, [("qpu", "ibm-shared-lane-0")])  # node pool: wrong
+    # In the node's pool, where a shared backend's devices never are:
+    wrong = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-shared-lane-0")])
     out = kubelet.node_prepare_resources([wrong])
     assert "served from pool 'shared/ibm-shared'" in out[wrong.uid].error
     assert _open_sessions(emu, "fake_nairobi") == []
@@ -209,7 +205,7 @@ def test_shared_claim_is_acquired_once_and_released_once(
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
-    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")])
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-torino-lane-0")])
     before = len(emu.state.sessions("fake_torino"))
     answers: list[Any] = []
 
@@ -236,7 +232,7 @@ def test_plugin_restart_keeps_prepared_claims(
 ) -> None:
     emu = node_env.emu
     first = start(node_env, claims)
-    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")])
     try:
         kubelet.wait_for_registration(DRIVER)
         prepared = kubelet.node_prepare_resources([ref])[ref.uid]
@@ -262,7 +258,7 @@ def test_new_boot_id_releases_stale_acquisitions_and_cdi(
 ) -> None:
     emu = node_env.emu
     first = start(node_env, claims)
-    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")])
     try:
         kubelet.wait_for_registration(DRIVER)
         assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
@@ -348,17 +344,18 @@ def test_failures_name_the_problem_and_leave_nothing_behind(
         ],
     }
     for needle, devices in cases.items():
-        ref = _claim(claims, node_env, devices)
+        ref = put_allocated_claim(claims, node_env.node, devices)
         assert needle in kubelet.node_prepare_resources([ref])[ref.uid].error
     missing = ClaimRef(NS, str(uuid.uuid4()), "missing")
     assert "not found" in kubelet.node_prepare_resources([missing])[missing.uid].error
-    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")])
     recreated = ClaimRef(NS, str(uuid.uuid4()), ref.name)
     assert "recreated" in kubelet.node_prepare_resources([recreated])[recreated.uid].error
     # Vendor failure at acquire: rolled back, the error names the device.
     emu.set_fault("error5xx", "fake_manila")
     try:
-        ref = _claim(claims, node_env, [("a", "ibm-torino-lane-0"), ("b", "ibm-manila-lane-0")])
+        devices = [("a", "ibm-torino-lane-0"), ("b", "ibm-manila-lane-0")]
+        ref = put_allocated_claim(claims, node_env.node, devices)
         error = kubelet.node_prepare_resources([ref])[ref.uid].error
         assert "device ibm-manila-lane-0" in error
     finally:
@@ -388,7 +385,8 @@ def test_bad_parameters_fail_prepare_naming_the_field(  # noqa: PLR0917
     needle: str,
 ) -> None:
     kubelet.wait_for_registration(DRIVER)
-    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")], [params_config(**params)])
+    config = [params_config(**params)]
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")], config)
     error = kubelet.node_prepare_resources([ref])[ref.uid].error
     assert "status.allocation.devices.config[0].opaque.parameters" in error
     assert needle in error
@@ -408,7 +406,7 @@ def test_session_parameters_and_per_claim_credentials(
             credentialsSecretRef={"name": "alice-ibm"},
         )
     ]
-    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], config)
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-torino-lane-0")], config)
     assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
     env = agent.cdi.read_env(ref.uid)
     assert env["fake_torino_QRMI_IBM_QCS_IAM_APIKEY"] == USER_KEY
@@ -419,17 +417,17 @@ def test_session_parameters_and_per_claim_credentials(
     assert not _session(emu, session.id).is_open
 
     bad = [params_config(credentialsSecretRef={"name": "nobody"})]
-    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], bad)
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-torino-lane-0")], bad)
     error = kubelet.node_prepare_resources([ref])[ref.uid].error
     assert "credentialsSecretRef: Secret team-a/nobody not found" in error
     claims.put_secret(NS, "wrong", {"QRMI_IBM_QCS_IAM_APIKEY": "not-a-valid-key-123"})
     wrong = [params_config(credentialsSecretRef={"name": "wrong"})]
-    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], wrong)
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-torino-lane-0")], wrong)
     error = kubelet.node_prepare_resources([ref])[ref.uid].error
     assert "device ibm-torino-lane-0" in error
     assert "not-a-valid-key-123" not in error
     pasqal = [params_config(sessionMode="batch")]
-    ref = _claim(claims, node_env, [("qpu", "pasqal-fresnel-lane-0")], pasqal)
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "pasqal-fresnel-lane-0")], pasqal)
     error = kubelet.node_prepare_resources([ref])[ref.uid].error
     assert "sessionMode: backend 'pasqal-fresnel' (type pasqal-cloud) has no sessions" in error
 
@@ -438,8 +436,8 @@ def test_claim_with_two_backends_gets_one_env(
     node_env: DraNode, claims: StaticClaims, kubelet: FakeDRAKubelet, agent: DraDriver
 ) -> None:
     kubelet.wait_for_registration(DRIVER)
-    ref = _claim(
-        claims, node_env, [("ibm", "ibm-manila-lane-0"), ("atoms", "pasqal-fresnel-lane-0")]
+    ref = put_allocated_claim(
+        claims, node_env.node, [("ibm", "ibm-manila-lane-0"), ("atoms", "pasqal-fresnel-lane-0")]
     )
     result = kubelet.node_prepare_resources([ref])[ref.uid]
     assert result.error == ""
@@ -495,7 +493,7 @@ def test_metrics_count_calls_and_results(
     calls_before = sample(
         "qpu_k8s_dra_call_duration_seconds_count", operation="prepare", api_version="v1"
     )
-    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")])
     kubelet.node_prepare_resources([ref])
     kubelet.node_prepare_resources([ClaimRef(NS, "nope", "nope")])
     assert sample("qpu_k8s_dra_claims_total", operation="prepare", result="ok") == ok_before + 1
@@ -520,7 +518,7 @@ def test_no_credential_in_logs_checkpoint_or_health(
     kubelet.wait_for_registration(DRIVER)
     claims.put_secret(NS, "alice-ibm", {"QRMI_IBM_QCS_IAM_APIKEY": USER_KEY})
     config = [params_config(credentialsSecretRef={"name": "alice-ibm"})]
-    ref = _claim(claims, node_env, [("qpu", "ibm-torino-lane-0")], config)
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-torino-lane-0")], config)
     assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
     checkpoint = (node_env.root / "state" / CHECKPOINT_NAME).read_text()
     health = repr(agent.health.current()[1])
@@ -535,7 +533,7 @@ def test_transient_release_failure_fails_unprepare_until_the_vendor_is_back(
 ) -> None:
     emu = node_env.emu
     kubelet.wait_for_registration(DRIVER)
-    ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+    ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")])
     assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
     token = agent.cdi.read_env(ref.uid)["fake_manila_QRMI_JOB_ACQUISITION_TOKEN"]
     emu.set_fault("error5xx", "fake_manila")
@@ -559,7 +557,7 @@ def test_a_hanging_vendor_fails_prepare_within_the_deadline(
     agent = start(node_env, claims, probe_timeout=5.0, acquire_timeout=1.0)
     try:
         kubelet.wait_for_registration(DRIVER)
-        ref = _claim(claims, node_env, [("qpu", "ibm-manila-lane-0")])
+        ref = put_allocated_claim(claims, node_env.node, [("qpu", "ibm-manila-lane-0")])
         emu.set_fault("hang", "fake_manila")
         try:
             error = kubelet.node_prepare_resources([ref])[ref.uid].error
