@@ -365,7 +365,9 @@ class Preparer:
         """The backend of a device: a QPU device is named after its backend (checked first,
         so a backend whose own name ends in ``-lane-<n>`` is found), a lane device not."""
         whole = self.registry.get(device)
-        if whole is not None and not whole.error:
+        if whole is not None:
+            if whole.error:
+                raise PrepareError(f"device {device}: {whole.error}", "backend")
             return whole.backend
         try:
             backend_name, lane = split_device_id(device)

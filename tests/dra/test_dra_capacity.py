@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from qpu_k8s.dra.agent import DraDriver
+from qpu_k8s.cli.commands import build_parser
+from qpu_k8s.dra import cli
+from qpu_k8s.dra.agent import DraDriver, DraDriverConfig
 from qpu_k8s.dra.claimstatus import device_status
 from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from qpu_k8s.resourceslices.build import PoolScope, build_slices
@@ -57,6 +59,20 @@ def test_capacity_model_publishes_one_device_with_the_lanes_as_capacity() -> Non
     lanes = [d.to_api() for d in _devices(DeviceModel.LANES)]
     assert [d["name"] for d in lanes] == [f"{TORINO}-lane-0", f"{TORINO}-lane-1"]
     assert not any("capacity" in d or "allowMultipleAllocations" in d for d in lanes)
+
+
+def test_device_model_flag_defaults_to_lanes_and_names_the_fix_for_a_typo() -> None:
+    def config(*flags: str) -> object:
+        return cli._config(build_parser().parse_args(["dra-plugin", *flags]))
+
+    default = config()
+    assert isinstance(default, DraDriverConfig)
+    assert default.device_model is DeviceModel.LANES
+    chosen = config("--device-model", "capacity")
+    assert isinstance(chosen, DraDriverConfig)
+    assert chosen.device_model is DeviceModel.CAPACITY
+    with pytest.raises(SystemExit, match="--device-model: 'lane'; use lanes or capacity"):
+        config("--device-model", "lane")
 
 
 @pytest.fixture
