@@ -318,11 +318,17 @@ def backends(lc: LocalCluster, docs: Sequence[dict[str, Any]]) -> Iterator[list[
 
 # -- claims ----------------------------------------------------------------------------------
 def claim_spec(
-    expression: str | None = None, tolerations: list[dict[str, str]] | None = None
+    expression: str | None = None,
+    tolerations: list[dict[str, str]] | None = None,
+    *,
+    lanes: int | None = None,
 ) -> dict[str, Any]:
     """A claim spec for one device of our DeviceClass: the one the CEL ``expression``
-    selects (any when None), tolerating ``tolerations``."""
+    selects (any when None), tolerating ``tolerations``; ``lanes``: that many lanes of a QPU
+    device with consumable capacity (``dra.deviceModel: capacity``; default one)."""
     exactly: dict[str, Any] = {"deviceClassName": DRIVER}
+    if lanes is not None:
+        exactly["capacity"] = {"requests": {"lanes": str(lanes)}}
     if expression is not None:
         exactly["selectors"] = [{"cel": {"expression": expression}}]
     if tolerations:
@@ -331,14 +337,18 @@ def claim_spec(
 
 
 def claim(
-    name: str, expression: str | None = None, tolerations: list[dict[str, str]] | None = None
+    name: str,
+    expression: str | None = None,
+    tolerations: list[dict[str, str]] | None = None,
+    *,
+    lanes: int | None = None,
 ) -> dict[str, Any]:
     """A ResourceClaim named ``name`` with :func:`claim_spec`."""
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
         "metadata": {"name": name},
-        "spec": claim_spec(expression, tolerations),
+        "spec": claim_spec(expression, tolerations, lanes=lanes),
     }
 
 

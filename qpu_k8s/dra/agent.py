@@ -41,7 +41,7 @@ from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
 from qpu_k8s.proto.dra_health.v1alpha1 import api_pb2_grpc as h_v1a1_grpc
 from qpu_k8s.proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from qpu_k8s.resourceslices.build import PoolScope
-from qpu_k8s.resourceslices.policy import UnhealthyMode
+from qpu_k8s.resourceslices.policy import DeviceModel, UnhealthyMode
 from qpu_k8s.resourceslices.publish import SlicePublisher, detect_api_version
 
 from . import metrics
@@ -77,6 +77,8 @@ class DraDriverConfig:
     driver_name: str = DRIVER_NAME
     boot_id_file: Path = BOOT_ID_PATH
     unhealthy: UnhealthyMode = UnhealthyMode.WITHDRAW
+    # One device per lane, or one per QPU with its lanes as consumable capacity.
+    device_model: DeviceModel = DeviceModel.LANES
     api_version: str = "auto"  # auto | v1 | v1beta1
     resync_seconds: float = 30.0
     target_refresh_seconds: float = 300.0
@@ -221,6 +223,7 @@ class DraDriver:
                 self.calibration,
                 publisher,
                 mode=cfg.unhealthy,
+                model=cfg.device_model,
                 resync_seconds=cfg.resync_seconds,
             )
             self.slices.start()
@@ -235,6 +238,7 @@ class DraDriver:
                 "registration": str(self.paths.registration),
                 "api_version": api_version,
                 "unhealthy": cfg.unhealthy.value,
+                "device_model": cfg.device_model.value,
                 **{f"recovered_{k}": v for k, v in self.recovered.items()},
             },
         )

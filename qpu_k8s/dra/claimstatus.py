@@ -85,6 +85,8 @@ def device_status(
     acquired_at: float,
     node: str,
     pending_jobs: int | None = None,
+    share_id: str | None = None,
+    lanes: int | None = None,
 ) -> dict[str, Any]:
     """One ``AllocatedDeviceStatus`` for a device acquired with ``token`` on ``backend``
     (the backend as acquired: per-claim session mode and TTL already applied)."""
@@ -112,11 +114,14 @@ def device_status(
             data["sessionMaxTtlSeconds"] = ttl
     if pending_jobs is not None:
         data["pendingJobsAtAcquire"] = pending_jobs
+    if lanes is not None:
+        data["lanes"] = lanes
     what = "a session" if vendor.session_based else "access"
+    entry: dict[str, Any] = {"driver": driver, "pool": pool, "device": device}
+    if share_id:
+        entry["shareID"] = share_id  # the apiserver keys entries by it for shared devices
     return {
-        "driver": driver,
-        "pool": pool,
-        "device": device,
+        **entry,
         "conditions": [
             {
                 "type": READY,

@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "withdraw",
         "unhealthy devices: withdraw (leave out of slices) or taint (NoSchedule DeviceTaint)",
     )
+    add_flag(
+        parser,
+        "--device-model",
+        "lanes",
+        "lanes: one device per lane (1.34+); capacity: one device per QPU, its lanes as "
+        "consumable capacity (DRAConsumableCapacity: 1.36+), a claim takes 1 lane or all",
+    )
     add_flag(parser, "--api-version", "auto", "resource.k8s.io version: auto, v1 or v1beta1")
     add_flag(parser, "--resync-seconds", "30", "slice resync period", kind=float)
     add_flag(parser, "--target-refresh-seconds", "300", "calibration refresh period", kind=float)
@@ -59,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> object:
     # Heavy imports (grpc, qrmi, kubernetes) only when the command runs: --help stays fast.
-    from qpu_k8s.resourceslices.policy import UnhealthyMode
+    from qpu_k8s.resourceslices.policy import DeviceModel, UnhealthyMode
 
     from .agent import DraDriverConfig
 
@@ -67,6 +74,10 @@ def _config(args: argparse.Namespace) -> object:
         mode = UnhealthyMode(args.unhealthy)
     except ValueError:
         raise SystemExit(f"--unhealthy: {args.unhealthy!r}; use withdraw or taint") from None
+    try:
+        model = DeviceModel(args.device_model)
+    except ValueError:
+        raise SystemExit(f"--device-model: {args.device_model!r}; use lanes or capacity") from None
     if args.api_version not in ("auto", "v1", "v1beta1"):
         raise SystemExit(f"--api-version: {args.api_version!r}; use auto, v1 or v1beta1")
     creds = path_or_none(args.credentials_dir)
@@ -85,6 +96,7 @@ def _config(args: argparse.Namespace) -> object:
         driver_name=args.driver_name,
         boot_id_file=Path(args.boot_id_file),
         unhealthy=mode,
+        device_model=model,
         api_version=args.api_version,
         resync_seconds=args.resync_seconds,
         target_refresh_seconds=args.target_refresh_seconds,

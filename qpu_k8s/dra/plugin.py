@@ -79,7 +79,9 @@ class DRAHandler:
 
 
 def _prepare_response(pb: Any, results: Mapping[str, tuple[list[Any], str]]) -> Any:
-    """The NodePrepareResources answer in API module ``pb`` (v1 and v1beta1 are alike)."""
+    """The NodePrepareResources answer in API module ``pb`` (v1 and v1beta1 are alike but
+    for a device's ``share_id``: v1 only, set for a share of a device with capacity)."""
+    share_ids = "share_id" in pb.Device.DESCRIPTOR.fields_by_name
     return pb.NodePrepareResourcesResponse(
         claims={
             uid: pb.NodePrepareResourceResponse(
@@ -89,6 +91,7 @@ def _prepare_response(pb: Any, results: Mapping[str, tuple[list[Any], str]]) -> 
                         pool_name=d.pool,
                         device_name=d.device,
                         cdi_device_ids=[d.cdi_device_id],
+                        **({"share_id": d.share_id} if d.share_id and share_ids else {}),
                     )
                     for d in devices
                 ],

@@ -34,6 +34,13 @@ prepare.
 Per-claim parameters (:mod:`.params`) may set the IBM session mode and max TTL, and name a
 Secret in the claim's namespace whose credentials replace the backend's (the paper's
 per-user credentials); such a device gets its own QRMI client, cached per claim.
+
+A QPU device with consumable capacity (``--device-model capacity``) is allocated to many
+claims at once, each with its own ``shareID`` and ``consumedCapacity``: each claim is still
+prepared on its own (its own session), answered with its share. A claim holding all the
+device's lanes is exclusive and opens the vendor's exclusive session mode (IBM
+``dedicated``), one holding fewer its shared mode (IBM ``batch``), unless the claim's
+parameters name a mode.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from qpu_k8s.core.vendors import profile
 from qpu_k8s.node.registry import BackendRegistry
 from qpu_k8s.node.releases import Debt, ReleaseRunner
 from qpu_k8s.resourceslices.build import shared_pool_name
+from qpu_k8s.resourceslices.policy import CAPACITY_LANES
 
 from . import metrics
 from .cdi import CdiWriter
@@ -87,6 +95,7 @@ class PreparedDevice:
     pool: str
     device: str
     cdi_device_id: str
+    share_id: str = ""
 
 
 _TRANSIENT = (errors.QpuTimeoutError, errors.QpuUnavailableError)
@@ -315,6 +324,12 @@ class Preparer:
                     "claim",
                 )
             self._check_params(backend, params)
+            share_id, lanes = _share(r, backend, f"ResourceClaim {namespace}/{name}")
+            mode = params.session_mode
+            if mode is None and lanes is not None:
+                vendor = profile(backend.spec.type)
+                exclusive = lanes >= backend.spec.lanes
+                mode = vendor.exclusive_session_mode if exclusive else vendor.shared_session_mode
             rid = backend.spec.resource_id
             if rid in resource_ids:
                 raise PrepareError(
@@ -331,8 +346,10 @@ class Preparer:
                     device=device,
                     backend=backend.name,
                     credentials_secret=params.credentials_secret,
-                    session_mode=params.session_mode,
+                    session_mode=mode,
                     session_max_ttl_seconds=params.session_max_ttl_seconds,
+                    share_id=share_id,
+                    lanes=lanes,
                 )
             )
         return ClaimRecord(
@@ -345,6 +362,13 @@ class Preparer:
         )
 
     def _backend_for(self, device: str) -> QuantumBackend:
+        """The backend of a device: a QPU device is named after its backend (checked first,
+        so a backend whose own name ends in ``-lane-<n>`` is found), a lane device not."""
+        whole = self.registry.get(device)
+        if whole is not None:
+            if whole.error:
+                raise PrepareError(f"device {device}: {whole.error}", "backend")
+            return whole.backend
         try:
             backend_name, lane = split_device_id(device)
         except ValueError as err:
@@ -477,6 +501,8 @@ class Preparer:
                     acquired_at=dev.acquired_at or time.time(),
                     node=self.node,
                     pending_jobs=pending,
+                    share_id=dev.share_id,
+                    lanes=dev.lanes,
                 )
             )
         if entries:
@@ -635,8 +661,35 @@ class Preparer:
 
     def _result(self, rec: ClaimRecord) -> list[PreparedDevice]:
         cdi_id = rec.cdi_device_id or self.cdi.device_id(rec.uid)
-        return [PreparedDevice(d.request, d.pool, d.device, cdi_id) for d in rec.devices]
+        return [
+            PreparedDevice(d.request, d.pool, d.device, cdi_id, d.share_id or "")
+            for d in rec.devices
+        ]
 
     def _lock_for(self, uid: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(uid, threading.Lock())
+
+
+def _share(
+    result: dict[str, Any], backend: QuantumBackend, claim: str
+) -> tuple[str | None, int | None]:
+    """The ``shareID`` of an allocation result and the lanes it consumes (None, None for a
+    lane device, which has neither); a share of a device with consumable capacity that
+    names no lanes takes the published default, one."""
+    share_id = result.get("shareID") or None
+    consumed = result.get("consumedCapacity")
+    if share_id is None and consumed is None:
+        return None, None
+    raw = (consumed or {}).get(CAPACITY_LANES, "1")
+    try:
+        lanes = int(str(raw))
+    except ValueError:
+        lanes = 0
+    if not 1 <= lanes <= backend.spec.lanes:
+        raise PrepareError(
+            f"{claim}: device {result.get('device')} consumes {raw!r} lanes; backend "
+            f"{backend.name!r} has 1..{backend.spec.lanes} (capacity.requests.{CAPACITY_LANES})",
+            "claim",
+        )
+    return share_id, lanes

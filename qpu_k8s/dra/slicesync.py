@@ -5,7 +5,8 @@ A reconcile runs whenever something changed (config, health, calibration) and ev
 deletes or edits them (a restarting kubelet wipes its node's slices). A failed write (the
 apiserver down or refusing) is retried with backoff.
 
-Which devices, and how: :func:`qpu_k8s.resourceslices.policy.lane_devices`. A backend
+Which devices, and how (one per lane, or one per QPU with capacity):
+:func:`qpu_k8s.resourceslices.policy.lane_devices`. A backend
 not probed yet since a restart is published as it was last known (:mod:`.calibration`),
 so a restart does not empty the node's slice while the first probes run.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from qpu_k8s.core.model import AccessMode
 from qpu_k8s.node.registry import BackendRegistry
 from qpu_k8s.resourceslices.build import Device
-from qpu_k8s.resourceslices.policy import UnhealthyMode, lane_devices
+from qpu_k8s.resourceslices.policy import DeviceModel, UnhealthyMode, lane_devices
 from qpu_k8s.resourceslices.publish import PublishResult, SlicePublisher
 
 from . import metrics
@@ -39,11 +40,13 @@ class NodeSlices:
         *,
         mode: UnhealthyMode,
         resync_seconds: float,
+        model: DeviceModel = DeviceModel.LANES,
     ) -> None:
         self.registry = registry
         self.calibration = calibration
         self.publisher = publisher
         self.mode = mode
+        self.model = model
         self.resync_seconds = resync_seconds
         self.last_publish: PublishResult | None = None
         self._dirty = threading.Event()
@@ -69,6 +72,7 @@ class NodeSlices:
                 why=why,
                 driver=self.publisher.driver,
                 mode=self.mode,
+                model=self.model,
             )
             log.debug("devices of backend", extra={"backend": name, "usable": usable})
         return out

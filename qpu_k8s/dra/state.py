@@ -84,6 +84,9 @@ class DeviceRecord(_Model):
     credentials_secret: str | None = None
     session_mode: str | None = None
     session_max_ttl_seconds: int | None = None
+    # Consumable capacity (one device per QPU): the allocation's share and lanes it holds.
+    share_id: str | None = None
+    lanes: int | None = None
 
 
 class ClaimRecord(_Model):

@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
+        "--device-model",
+        "lanes",
+        "devices of a shared QPU: lanes (one per lane) or capacity (one per QPU, its lanes as "
+        "consumable capacity; needs DRAConsumableCapacity, 1.36+)",
+    )
+    add_flag(
+        parser,
         "--peering",
         "",
         "Kopf peering name; empty runs standalone (one replica, Recreate: the default)",
@@ -100,6 +107,9 @@ async def _main(args: argparse.Namespace) -> int:
     if args.unhealthy not in ("withdraw", "taint"):
         log.error("--unhealthy must be withdraw or taint", extra={"got": args.unhealthy})
         return 2
+    if args.device_model not in ("lanes", "capacity"):
+        log.error("--device-model must be lanes or capacity", extra={"got": args.device_model})
+        return 2
     dra = mode == "on"
     if mode == "auto":
         try:
@@ -121,6 +131,7 @@ async def _main(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         backend_selector=args.backend_selector,
         unhealthy=args.unhealthy,
+        device_model=args.device_model,
     )
     ctl = Controller(cfg, kube, slices=make_publisher(kube, cfg) if dra else None)
     try:

@@ -94,6 +94,8 @@ class OperatorConfig:
     backend_selector: str = ""
     # Slices of a shared backend that is not Ready: "withdraw" its devices or "taint" them.
     unhealthy: str = "withdraw"
+    # Devices of a shared backend: "lanes" (one per lane) or "capacity" (one per QPU).
+    device_model: str = "lanes"
 
 
 @dataclass

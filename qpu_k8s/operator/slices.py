@@ -2,8 +2,9 @@
 
 One pool per shared QuantumBackend, named ``shared/<backend>`` (a node name cannot hold a
 slash, so it never collides with a node driver's pool), ``allNodes: true`` or the backend's
-``nodeSelector``, one device per lane named ``<backend>-lane-<n>``. Attributes are the ones
-in status (identity, vendor, technology, qubits and the quality figures of the last
+``nodeSelector``, one device per lane named ``<backend>-lane-<n>`` (``--device-model
+lanes``) or one named ``<backend>`` with its lanes as capacity (``capacity``). Attributes
+are the ones in status (identity, vendor, technology, qubits and the quality figures of the last
 ``target()``) plus ``lane``. An unhealthy backend's devices are withdrawn (default; every DRA
 version honours it) or kept with a NoSchedule taint (``--unhealthy taint``), as the node
 driver does. The slices are owned by the QuantumBackend, so garbage collection removes them
@@ -45,7 +46,7 @@ from qpu_k8s.resourceslices.build import (
     shared_pool_name,
     slice_name,
 )
-from qpu_k8s.resourceslices.policy import UnhealthyMode, lane_devices
+from qpu_k8s.resourceslices.policy import DeviceModel, UnhealthyMode, lane_devices
 
 T = TypeVar("T")
 assert MAX_LANES <= MAX_DEVICES_PER_SLICE, "a shared backend's pool must fit in one slice"
@@ -68,6 +69,7 @@ def devices_for(
     status: BackendStatus,
     driver: str,
     mode: UnhealthyMode = UnhealthyMode.WITHDRAW,
+    model: DeviceModel = DeviceModel.LANES,
 ) -> list[Device]:
     """The backend's devices by the shared policy: usable when Ready, with the attributes
     of its last ``target()`` answer (none yet: not published as usable)."""
@@ -78,6 +80,7 @@ def devices_for(
         why=status.state or "unknown",
         driver=driver,
         mode=mode,
+        model=model,
     )
 
 
@@ -116,12 +119,14 @@ class BackendSlices:
         driver: str,
         *,
         mode: UnhealthyMode = UnhealthyMode.WITHDRAW,
+        model: DeviceModel = DeviceModel.LANES,
         resync: float = SLICE_RESYNC,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
         self.driver = driver
         self.mode = mode
+        self.model = model
         self.resync = resync
         self._clock = clock
         self._cache: dict[str, dict[str, Any]] = {}  # pool name -> its slice
@@ -193,7 +198,7 @@ class BackendSlices:
             self.driver,
             pool_name(backend.name),
             scope_of(backend),
-            devices_for(backend, status, self.driver, self.mode),
+            devices_for(backend, status, self.driver, self.mode, self.model),
             generation,
             owner_references=owner,
             labels={BACKEND_LABEL: backend.name},
@@ -258,4 +263,9 @@ class BackendSlices:
 
 
 def make_publisher(kube: Kube, cfg: Any) -> BackendSlices:
-    return BackendSlices(kube, cfg.driver, mode=UnhealthyMode(cfg.unhealthy))
+    return BackendSlices(
+        kube,
+        cfg.driver,
+        mode=UnhealthyMode(cfg.unhealthy),
+        model=DeviceModel(getattr(cfg, "device_model", "lanes")),
+    )

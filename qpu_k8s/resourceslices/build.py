@@ -55,16 +55,44 @@ class DeviceTaint:
 
 
 @dataclass(frozen=True)
+class SharedCapacity:
+    """A consumable capacity of a device many claims may share (KEP-5075): ``value`` in
+    all, each allocation taking ``default`` unless its request asks for between 1 and
+    ``value`` (integers, published as Quantity strings)."""
+
+    value: int
+    default: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.default <= self.value:
+            raise ValueError(f"capacity default {self.default} not within 1..{self.value}")
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "value": str(self.value),
+            "requestPolicy": {
+                "default": str(self.default),
+                "validRange": {"min": "1", "max": str(self.value)},
+            },
+        }
+
+
+@dataclass(frozen=True)
 class Device:
-    """One published device: a name unique in its pool (a DNS label), attributes, taints."""
+    """One published device: a name unique in its pool (a DNS label), attributes, taints;
+    with ``capacity``, one device many claims share (``allowMultipleAllocations``)."""
 
     name: str
     attributes: Mapping[str, AttributeValue]
     taints: tuple[DeviceTaint, ...] = ()
+    capacity: Mapping[str, SharedCapacity] = field(default_factory=dict)
 
     def to_api(self) -> dict[str, Any]:
-        check_attributes(self.attributes)
+        check_attributes(self.attributes, len(self.capacity))
         out: dict[str, Any] = {"name": self.name, "attributes": to_api(self.attributes)}
+        if self.capacity:
+            out["capacity"] = {k: c.to_api() for k, c in sorted(self.capacity.items())}
+            out["allowMultipleAllocations"] = True
         if self.taints:
             out["taints"] = [t.to_api() for t in self.taints]
         return out

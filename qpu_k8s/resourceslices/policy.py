@@ -1,8 +1,20 @@
 """Which devices a backend publishes, and how: one rule for the node driver and the operator.
 
-A backend publishes one device per lane, all with the same attributes but ``lane``. It
-publishes them as schedulable only when it can keep what the attributes promise: it is
-usable (configured, credentials complete, its last probe answered online) and its
+The device model (``--device-model``):
+
+* ``lanes`` (default): one device per lane, ``<backend>-lane-<n>``, all with the same
+  attributes but ``lane``; a claim gets one lane. Works on every DRA release from 1.34.
+* ``capacity``: one device per QPU, named after the backend, with its lanes as consumable
+  capacity ``lanes`` (``allowMultipleAllocations``, KEP-5075: beta and on from 1.36; with
+  the ``DRAConsumableCapacity`` gate off the apiserver drops both fields and the device
+  becomes one exclusive device). A claim takes one lane by default (shared QPU) or asks
+  ``capacity.requests.lanes`` up to all of them (exclusive). Consumable capacity rather
+  than partitionable counters: a partition is a device of its own, so "all lanes" would
+  be one more published device overlapping the per-lane ones, and a claim would choose
+  among partition names instead of saying how much it needs.
+
+A backend publishes its devices as schedulable only when it can keep what the attributes
+promise: it is usable (configured, credentials complete, its last probe answered online) and its
 attributes come from a ``target()`` answer (qubits and quality figures, which CEL
 selectors like ``device.attributes[...].qubits >= 100`` evaluate). Otherwise:
 
@@ -22,7 +34,14 @@ from enum import StrEnum
 
 from qpu_k8s.core.model import QuantumBackend, device_id
 from qpu_k8s.core.values import AttributeValue
-from qpu_k8s.resourceslices.build import Device, DeviceTaint
+from qpu_k8s.resourceslices.build import Device, DeviceTaint, SharedCapacity
+
+CAPACITY_LANES = "lanes"
+
+
+class DeviceModel(StrEnum):
+    LANES = "lanes"
+    CAPACITY = "capacity"
 
 
 class UnhealthyMode(StrEnum):
@@ -44,15 +63,20 @@ def lane_devices(
     why: str,
     driver: str,
     mode: UnhealthyMode,
+    model: DeviceModel = DeviceModel.LANES,
 ) -> list[Device]:
     """The devices of ``backend``: ``attributes`` (any lane's; None: no ``target()`` answer
-    yet), ``usable`` and, when not, ``why`` (the probe state) decide per the policy."""
+    yet), ``usable`` and, when not, ``why`` (the probe state) decide per the policy;
+    ``model`` says whether a lane is a device or a unit of the QPU device's capacity."""
     if attributes is None:
         usable, why = False, why if not usable else "not-calibrated"
     if not usable and mode is UnhealthyMode.WITHDRAW:
         return []
     taints = () if usable else (unhealthy_taint(driver, why),)
     base = {k: v for k, v in (attributes or {}).items() if k != "lane"}
+    if model is DeviceModel.CAPACITY:
+        lanes = {CAPACITY_LANES: SharedCapacity(backend.spec.lanes)}
+        return [Device(backend.name, base, taints, lanes)]
     return [
         Device(device_id(backend.name, lane), {**base, "lane": lane}, taints)
         for lane in range(backend.spec.lanes)

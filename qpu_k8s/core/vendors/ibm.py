@@ -163,6 +163,10 @@ def _runtime(prefix: str, rtype: ResourceType, qrmi_type: str, **extra: Any) -> 
         session_ttl_key=p + "SESSION_MAX_TTL",
         default_session_ttl=DEFAULT_SESSION_MAX_TTL,
         default_session_mode="dedicated",
+        # Dedicated: the session's jobs run one after another with the QPU reserved for them
+        # (a calibration or benchmark run); batch: its jobs interleave with other users'.
+        exclusive_session_mode="dedicated",
+        shared_session_mode="batch",
         # The token is the Qiskit Runtime session id: every call on it (submit a job in it,
         # close it) needs an IAM bearer token from the API key and the instance's CRN, so
         # the id alone grants nothing (IBM shows it in the console and in job metadata).

@@ -69,6 +69,10 @@ class VendorProfile:
     default_session_ttl: int | None = None
     # The session mode qrmi uses when the config sets none.
     default_session_mode: str | None = None
+    # Session modes for a claim holding all lanes of a QPU device (exclusive) or some of
+    # them (shared), under ``--device-model capacity``; None: the config's mode.
+    exclusive_session_mode: str | None = None
+    shared_session_mode: str | None = None
     # Whether the acquisition token may be shown as it is (claim status): True only where
     # it names a session that nothing can act on without the vendor credentials, which
     # never leave the node agents and the pod. False (the default, so a new vendor is safe
