@@ -93,14 +93,11 @@ class VendorUsage(_Model):
     job_count: Annotated[
         int | None, Field(default=None, ge=0, description="Jobs run in the session.")
     ] = None
-    jobs: Annotated[
-        list[VendorJob],
-        Field(
-            default_factory=list,
-            max_length=MAX_JOBS_LISTED,
-            description=f"The first {MAX_JOBS_LISTED} jobs; jobCount counts them all.",
-        ),
-    ]
+    jobs: list[VendorJob] = Field(
+        default_factory=list,
+        max_length=MAX_JOBS_LISTED,
+        description=f"The first {MAX_JOBS_LISTED} jobs; jobCount counts them all.",
+    )
 
     @classmethod
     def not_reported(cls, reason: str) -> VendorUsage:
