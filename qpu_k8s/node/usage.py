@@ -191,6 +191,9 @@ class UsageReporter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The first pass after a start tries every pending record at once (a restart is
+        # often what fixed the reason of the last failure).
+        self._first_pass = True
 
     @property
     def enabled(self) -> bool:
@@ -280,8 +283,9 @@ class UsageReporter:
         for key, entry in pending.items():
             if self._stop.is_set():
                 break
-            if entry.next_at <= now and self._report(key, entry):
+            if (entry.next_at <= now or self._first_pass) and self._report(key, entry):
                 written += 1
+        self._first_pass = False
         self._prune(now)
         return written
 
