@@ -331,38 +331,62 @@ def printer_columns() -> list[dict[str, Any]]:
     ]
 
 
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition object."""
+def definition(
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: Sequence[str],
+    scope: str,
+    schema: dict[str, Any],
+    columns: list[dict[str, Any]],
+    subresources: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A CustomResourceDefinition of our group with one served, stored version."""
+    version: dict[str, Any] = {
+        "name": API_VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {"openAPIV3Schema": schema},
+    }
+    if subresources is not None:
+        version["subresources"] = subresources
+    version["additionalPrinterColumns"] = columns
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": f"{plural}.{API_GROUP}",
             "labels": {"app.kubernetes.io/name": "qpu-k8s", "app.kubernetes.io/part-of": "qpu-k8s"},
         },
         "spec": {
             "group": API_GROUP,
-            "scope": "Cluster",
+            "scope": scope,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": list(CATEGORIES),
             },
-            "versions": [
-                {
-                    "name": API_VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": printer_columns(),
-                }
-            ],
+            "versions": [version],
         },
     }
+
+
+def crd() -> dict[str, Any]:
+    """The QuantumBackend CustomResourceDefinition object."""
+    return definition(
+        kind=KIND,
+        plural=PLURAL,
+        singular=SINGULAR,
+        short_names=SHORT_NAMES,
+        scope="Cluster",
+        schema=openapi_schema(),
+        columns=printer_columns(),
+        subresources={"status": {}},
+    )
 
 
 _HEADER = (

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from qpu_k8s.core.names import API_GROUP, API_VERSION, USAGE_KIND, USAGE_PLURAL
+from qpu_k8s.core.names import API_GROUP, USAGE_KIND, USAGE_PLURAL
 from qpu_k8s.core.usage import UsageSpec
-from qpu_k8s.operator.crd import Rule, _structural, _text
+from qpu_k8s.operator.crd import Rule, _structural, _text, definition
 
 SINGULAR = "quantumusage"
 SHORT_NAMES = ["qu"]
-CATEGORIES = ["qpu"]
 CRD_NAME = f"{USAGE_PLURAL}.{API_GROUP}"
 OUTPUT = "quantumusages.yaml"
 
@@ -108,32 +107,12 @@ def printer_columns() -> list[dict[str, Any]]:
 
 
 def crd() -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": CRD_NAME,
-            "labels": {"app.kubernetes.io/name": "qpu-k8s", "app.kubernetes.io/part-of": "qpu-k8s"},
-        },
-        "spec": {
-            "group": API_GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": USAGE_KIND,
-                "listKind": f"{USAGE_KIND}List",
-                "plural": USAGE_PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
-                "categories": list(CATEGORIES),
-            },
-            "versions": [
-                {
-                    "name": API_VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
-                    "additionalPrinterColumns": printer_columns(),
-                }
-            ],
-        },
-    }
+    return definition(
+        kind=USAGE_KIND,
+        plural=USAGE_PLURAL,
+        singular=SINGULAR,
+        short_names=SHORT_NAMES,
+        scope="Namespaced",
+        schema=openapi_schema(),
+        columns=printer_columns(),
+    )
