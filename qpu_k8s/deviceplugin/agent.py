@@ -202,13 +202,13 @@ class DevicePlugin:
         try:
             self.ledger.load(time.time())
             self.usage.open()
-            if self.usage.enabled:
-                usage.sweep(self.ledger, self.usage)
             # The kubelet may have (re)started with us (node reboot) and list no pods until
             # it has synced them: decide no release before the hold has passed.
             self.ledger.interrupt(time.time(), self.cfg.restart_hold, "plugin started")
             self.registry.node_labels = self.node_labels.load()
             self.registry.start()
+            if self.usage.enabled:  # after the registry: records name the resource id
+                usage.sweep(self.ledger, self.usage)
             self.board.refresh()
             self.node_labels.watch(self._labels_changed)
             self.allocator.releases.start()
