@@ -5,19 +5,25 @@ NotReported, never zeros. ``qpu-k8s usage`` sums records per workload."""
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import qrmi
 
 from qpu_k8s.cli.usage import period, summarize, table
+from qpu_k8s.core.kubeclient import api_client
 from qpu_k8s.core.model import QuantumBackend, parse_backend
-from qpu_k8s.core.usage import ReportState, VendorUsage
+from qpu_k8s.core.usage import Agent, ReportState, UsageSpec, VendorUsage
 from qpu_k8s.emulator import Emulator
-from qpu_k8s.node.usage import session_id
+from qpu_k8s.node.releases import Backoff
+from qpu_k8s.node.usage import Released, UsageReporter, session_id
 from qpu_k8s.node.vendorusage import UsageFetchError, VendorUsageReader
 from testsupport.emulator import bell_isa, ibm_backend, qrmi_resource, sampler_payload
+from testsupport.nodeapi import NodeApi
 from testsupport.waiting import wait_for
 
 BACKEND = "fake_manila"
@@ -120,3 +126,66 @@ def test_usage_view_sums_a_month_per_workload() -> None:
         "JOBS",
         "UNREPORTED",
     ]
+
+
+# -- the reporter: journal first, record later, exactly once ------------------------------------
+RECORDS_PATH = "/apis/quantum.example.com/v1alpha1/namespaces/qpu-system/quantumusages"
+
+
+def _reporter(emu: Emulator, api: Any, state: Path) -> UsageReporter:
+    backend = _backend(emu)
+    return UsageReporter(
+        agent=Agent.DEVICE_PLUGIN,
+        node="node-1",
+        namespace="qpu-system",
+        state_dir=state,
+        api=api,
+        backends=lambda name: (backend, emu.ibm_credentials()) if name == "fake-manila" else None,
+        backoff=Backoff(base=0.01, cap=0.05),
+    )
+
+
+def test_a_refused_record_survives_a_restart_and_is_written_once(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    token = _session_with_jobs(emu, 1)
+    session = emu.state.session(token)
+    assert session is not None
+    assert session.closed_at is not None
+    rel = Released(
+        agent=Agent.DEVICE_PLUGIN,
+        acquisition_id="acq-1",
+        namespace="team-a",
+        pod="run-1-x",
+        backend="fake-manila",
+        token=token,
+        acquired_at=session.created_at,
+        released_at=session.closed_at,
+    )
+    with NodeApi("node-1") as fake:
+        kube = api_client(fake.kubeconfig(tmp_path / "kubeconfig"))
+        fake.refuse_creates = 403
+        first = _reporter(emu, kube, tmp_path / "state")
+        first.open()
+        first.released(rel)
+        assert first.report_due(time.time()) == 0  # refused: kept in the journal
+        first.stop()  # the agent restarts
+
+        fake.refuse_creates = None
+        second = _reporter(emu, kube, tmp_path / "state")
+        second.open()
+        assert second.knows("acq-1")
+        second.released(rel)  # a repeated report of the same release changes nothing
+        assert second.report_due(time.time()) == 1
+        assert second.report_due(time.time()) == 0
+        second.stop()
+        kube.close()  # type: ignore[no-untyped-call]
+
+    (obj,) = fake.created[RECORDS_PATH]
+    spec = UsageSpec.model_validate(obj["spec"])
+    assert (spec.pod, spec.session_id, spec.resource_id) == ("run-1-x", token, BACKEND)
+    assert spec.vendor.job_count == 1
+    assert spec.wall_seconds == pytest.approx(session.closed_at - session.created_at, abs=0.002)
+    (event,) = fake.created["/api/v1/namespaces/qpu-system/events"]
+    assert event["involvedObject"]["name"] == obj["metadata"]["name"]
+    assert emu.ibm_credentials()["QRMI_IBM_QCS_IAM_APIKEY"] not in json.dumps(fake.created)
