@@ -147,11 +147,14 @@ class UsageSpec(_Model):
             description="The vendor's session id (session-based types only).",
         ),
     ] = ""
+    # Every string is bounded: the apiserver prices the CEL rules (spec == oldSelf) by size.
     acquired_at: Annotated[
-        str, Field(json_schema_extra={"format": "date-time"}, description="RFC 3339.")
+        str,
+        Field(max_length=40, json_schema_extra={"format": "date-time"}, description="RFC 3339."),
     ]
     released_at: Annotated[
-        str, Field(json_schema_extra={"format": "date-time"}, description="RFC 3339.")
+        str,
+        Field(max_length=40, json_schema_extra={"format": "date-time"}, description="RFC 3339."),
     ]
     wall_seconds: Annotated[
         float, Field(ge=0, description="releasedAt - acquiredAt: how long it was held.")

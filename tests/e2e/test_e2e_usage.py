@@ -139,7 +139,7 @@ def test_a_jobs_usage_record_matches_the_emulators_session(
     assert [e["reason"] for e in events] == ["QPUUsageRecorded"], events
     assert f"{ns}/Job/bell-usage" in events[0]["message"]
     metrics = release.metrics("device-plugin", 9401)
-    labels = f'backend="{spec["backend"]}",namespace="{ns}"'
+    labels = f'namespace="{ns}",backend="{spec["backend"]}"'
     assert f"qpu_k8s_usage_acquisitions_total{{{labels}}} 1.0" in metrics
     assert f"qpu_k8s_usage_vendor_jobs_total{{{labels}}} 1.0" in metrics
     usage_lines = [ln for ln in metrics.splitlines() if ln.startswith("qpu_k8s_usage_")]
@@ -180,7 +180,7 @@ def test_dra_claim_with_no_vendor_usage_is_recorded_as_not_reported(
     assert abs(epoch(spec["releasedAt"]) - session["closed_at"]) < 1.0
     metrics = release.metrics("dra", 9402)
     assert (
-        f'qpu_k8s_usage_vendor_not_reported_total{{backend="{spec["backend"]}",namespace="{ns}"}}'
+        f'qpu_k8s_usage_vendor_not_reported_total{{namespace="{ns}",backend="{spec["backend"]}"}}'
         " 1.0" in metrics
     )
 
