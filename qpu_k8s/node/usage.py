@@ -286,6 +286,7 @@ class UsageReporter:
             if (entry.next_at <= now or self._first_pass) and self._report(key, entry):
                 written += 1
         self._first_pass = False
+        PENDING.set(len(self._pending()))
         self._prune(now)
         return written
 

@@ -23,6 +23,7 @@ from qpu_k8s.cli.usage import period, summarize
 from qpu_k8s.core.usage import Agent, UsageSpec, VendorUsage, usage_object
 from testsupport import release as rel
 from testsupport.cluster import LocalCluster, wait_until
+from testsupport.processes import metric_value
 
 from .conftest import ALL_LANES
 from .test_e2e_deviceplugin import BELL, bell_result, local_images
@@ -139,9 +140,12 @@ def test_a_jobs_usage_record_matches_the_emulators_session(
     assert [e["reason"] for e in events] == ["QPUUsageRecorded"], events
     assert f"{ns}/Job/bell-usage" in events[0]["message"]
     metrics = release.metrics("device-plugin", 9401)
-    labels = f'namespace="{ns}",backend="{spec["backend"]}"'
-    assert f"qpu_k8s_usage_acquisitions_total{{{labels}}} 1.0" in metrics
-    assert f"qpu_k8s_usage_vendor_jobs_total{{{labels}}} 1.0" in metrics
+    labels = {"namespace": ns, "backend": spec["backend"]}
+    assert metric_value(metrics, "qpu_k8s_usage_acquisitions_total", labels) == 1
+    assert metric_value(metrics, "qpu_k8s_usage_vendor_jobs_total", labels) == 1
+    assert metric_value(
+        metrics, "qpu_k8s_usage_vendor_quantum_seconds_total", labels
+    ) == pytest.approx(vendor["quantumSeconds"])
     usage_lines = [ln for ln in metrics.splitlines() if ln.startswith("qpu_k8s_usage_")]
     assert usage_lines
     assert not any(name in ln for ln in usage_lines)
@@ -179,10 +183,8 @@ def test_dra_claim_with_no_vendor_usage_is_recorded_as_not_reported(
     assert session is not None
     assert abs(epoch(spec["releasedAt"]) - session["closed_at"]) < 1.0
     metrics = release.metrics("dra", 9402)
-    assert (
-        f'qpu_k8s_usage_vendor_not_reported_total{{namespace="{ns}",backend="{spec["backend"]}"}}'
-        " 1.0" in metrics
-    )
+    labels = {"namespace": ns, "backend": spec["backend"]}
+    assert metric_value(metrics, "qpu_k8s_usage_vendor_not_reported_total", labels) == 1
 
 
 def _restart(lc: LocalCluster, release: rel.Release, component: str, kind: str) -> None:
@@ -202,6 +204,13 @@ def _restart(lc: LocalCluster, release: rel.Release, component: str, kind: str) 
 def test_a_refused_record_waits_in_the_agents_journal_across_a_restart(
     local_cluster: LocalCluster, release: rel.Release, ns: str, emulator: rel.AdminClient
 ) -> None:
+    def refused() -> float:
+        text = release.metrics("device-plugin", 9401)
+        return metric_value(text, "qpu_k8s_usage_record_errors_total", {"kind": "http_403"})
+
+    def pending() -> float:
+        return metric_value(release.metrics("device-plugin", 9401), "qpu_k8s_usage_records_pending")
+
     binding = f"{release.fullname}-device-plugin-usage"
     saved = local_cluster.kubectl_json("-n", release.namespace, "get", "rolebinding", binding)
     for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
@@ -221,7 +230,7 @@ def test_a_refused_record_waits_in_the_agents_journal_across_a_restart(
             "the holder's session released",
         )
         wait_until(
-            lambda: "qpu_k8s_usage_records_pending 1.0" in release.metrics("device-plugin", 9401),
+            lambda: refused() >= 1 and pending() == 1,
             60,
             "the refused record pending in the device plugin",
         )
