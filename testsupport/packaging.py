@@ -80,11 +80,15 @@ VALUE_SETS: tuple[ValueSet, ...] = (
             "driverName": "qpu.acme.io",
             "kubeletDir": "/var/snap/microk8s/common/var/lib/kubelet",
             "image": {"repository": "registry.acme.io/qpu-k8s", "tag": "1.2.3"},
-            "operator": {"extraArgs": ["--log-level=debug"], "secretNamespaces": ["vendors"]},
+            "operator": {
+                "extraArgs": ["--log-level=debug"],
+                "secretNamespaces": ["vendors"],
+                "kueueAdmissionCheck": True,
+            },
             "dra": {"claimCredentials": {"namespaces": ["team-a"], "allNamespaces": True}},
             "nodeAgents": {"nodeSelector": {"acme.io/quantum": "true"}, "tolerations": []},
         },
-        "another domain, kubelet dir, image and node selection",
+        "another domain, kubelet dir, image and node selection, Kueue's AdmissionCheck",
     ),
 )
 

@@ -75,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--priority", "0", "Kopf peering priority", kind=int)
     add_flag(
         parser,
+        "--kueue-admission-check",
+        "off",
+        "serve Kueue's AdmissionCheck quantum.example.com/backend-online: on or off "
+        "(needs Kueue's v1beta2 CRDs)",
+    )
+    add_flag(
+        parser,
         "--backend-selector",
         "",
         "only QuantumBackends with these labels (k=v,k2); empty: all",
@@ -100,6 +107,10 @@ async def _main(args: argparse.Namespace) -> int:
     if args.unhealthy not in ("withdraw", "taint"):
         log.error("--unhealthy must be withdraw or taint", extra={"got": args.unhealthy})
         return 2
+    kueue = str(args.kueue_admission_check).lower()
+    if kueue not in ("on", "off"):
+        log.error("--kueue-admission-check must be on or off", extra={"got": kueue})
+        return 2
     dra = mode == "on"
     if mode == "auto":
         try:
@@ -121,6 +132,7 @@ async def _main(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         backend_selector=args.backend_selector,
         unhealthy=args.unhealthy,
+        kueue_admission_check=kueue == "on",
     )
     ctl = Controller(cfg, kube, slices=make_publisher(kube, cfg) if dra else None)
     try:

@@ -33,6 +33,7 @@ from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_fa
 from qpu_k8s.operator import configmap
 from qpu_k8s.operator import metrics as m
 from qpu_k8s.operator import shared_claims as sc
+from qpu_k8s.operator.admissioncheck import FIELD_MANAGER, AdmissionGate, Write
 from qpu_k8s.operator.conditions import EventSpec, rfc3339, transitions
 from qpu_k8s.operator.kube import ApiStatusError, Kube
 from qpu_k8s.operator.probe import ClientCache, run_probe
@@ -94,6 +95,8 @@ class OperatorConfig:
     backend_selector: str = ""
     # Slices of a shared backend that is not Ready: "withdraw" its devices or "taint" them.
     unhealthy: str = "withdraw"
+    # Serve Kueue's AdmissionCheck quantum.example.com/backend-online (admissioncheck.py).
+    kueue_admission_check: bool = False
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Controller:
         self._background: set[asyncio.Task[None]] = set()
         self._metrics_server: Any = None
         self._instance = os.environ.get("HOSTNAME", "local")
+        self.gate = AdmissionGate(self.readiness) if cfg.kueue_admission_check else None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -204,6 +208,7 @@ class Controller:
             e = Entry(name=name, status=BackendStatus.from_api(body.get("status")))
             self.entries[name] = e
             m.BACKENDS.set(len(self.entries))
+            self._backends_changed()
         e.uid = str(meta.get("uid", ""))
         e.deleting = bool(meta.get("deletionTimestamp"))
         generation = meta.get("generation")
@@ -277,8 +282,65 @@ class Controller:
         self.counts.pop(name, None)
         m.forget_backend(name)
         m.BACKENDS.set(len(self.entries))
+        self._backends_changed()
         m.RECONCILES.labels("delete", "ok").inc()
         log.info("backend removed", extra={"backend": name})
+
+    # -- Kueue's AdmissionCheck ---------------------------------------------------------------
+    def readiness(self, name: str) -> tuple[bool, str] | None:
+        """(Ready, why not) of a backend as last probed; None when there is no such backend."""
+        e = self.entries.get(name)
+        if e is None or e.deleting:
+            return None
+        if is_ready(e.status):
+            return True, ""
+        ready = next((c for c in e.status.conditions if c.type == "Ready"), None)
+        if ready is None:
+            return False, "not probed yet"
+        return False, f"{ready.reason}: {ready.message}" if ready.message else ready.reason
+
+    def kueue_event(self, kind: str, body: Mapping[str, Any], event_type: str | None) -> None:
+        """A Workload, AdmissionCheck or ResourceFlavor changed: write what that decides."""
+        if self.gate is None:
+            return
+        handler = {
+            "workload": self.gate.workload_event,
+            "admissioncheck": self.gate.check_event,
+            "resourceflavor": self.gate.flavor_event,
+        }[kind]
+        self._write_kueue(handler(body, event_type))
+
+    def _backends_changed(self) -> None:
+        if self.gate is not None:
+            self._write_kueue(self.gate.reevaluate())
+
+    def _write_kueue(self, writes: list[Write]) -> None:
+        for w in writes:
+            self._spawn(self._apply_kueue(w))
+
+    async def _apply_kueue(self, w: Write) -> None:
+        plural = {"workload": "workloads", "admissioncheck": "admissionchecks"}[w.kind]
+        try:
+            await self.kube.apply_kueue_status(plural, w.namespace, w.name, w.body, FIELD_MANAGER)
+        except ApiStatusError as err:
+            # The next event on the object (or a backend change) decides it again.
+            m.API_ERRORS.labels("kueue").inc()
+            log.warning(
+                "admission check not written",
+                extra={"object": f"{w.kind} {w.namespace}/{w.name}", "error": str(err)},
+            )
+            return
+        if w.kind == "workload":
+            check = w.body["status"]["admissionChecks"][0]
+            m.ADMISSION_CHECKS.labels(check["state"]).inc()
+            log.info(
+                "admission check decided",
+                extra={
+                    "workload": f"{w.namespace}/{w.name}",
+                    "state": check["state"],
+                    "detail": check["message"],
+                },
+            )
 
     # -- probes -------------------------------------------------------------------------------
     def _resume_due(self, e: Entry) -> float:
@@ -356,7 +418,10 @@ class Controller:
     async def _apply(self, e: Entry, obs: Observation) -> None:
         status = compute_status(obs, e.status)
         events = transitions(e.status.conditions, status.conditions)
+        before = self.readiness(e.name)
         e.status = status
+        if self.readiness(e.name) != before:
+            self._backends_changed()
         await self._write_status(e)
         for ev in events:
             # Off the probe's path: an Event is a record of the change, the status is it.

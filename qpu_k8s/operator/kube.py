@@ -28,6 +28,8 @@ T = TypeVar("T")
 MERGE = "application/merge-patch+json"
 RESOURCE_GROUP = "resource.k8s.io"
 RESOURCE_VERSION = "v1"
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
 
 
 class ApiStatusError(Exception):
@@ -109,6 +111,39 @@ class Kube:
             _content_type=MERGE,
             _preload_content=False,  # the answer is not needed: skip decoding it
         )
+
+    # -- Kueue ---------------------------------------------------------------------------
+    async def apply_kueue_status(
+        self, plural: str, namespace: str, name: str, body: Mapping[str, Any], manager: str
+    ) -> None:
+        """Server-side apply of a Kueue object's status (only the fields in ``body``)."""
+        kwargs: dict[str, Any] = {
+            "field_manager": manager,
+            "force": True,
+            "_content_type": "application/apply-patch+yaml",
+            "_preload_content": False,
+        }
+        if namespace:
+            await self.call(
+                self.custom.patch_namespaced_custom_object_status,
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                namespace,
+                plural,
+                name,
+                dict(body),
+                **kwargs,
+            )
+        else:
+            await self.call(
+                self.custom.patch_cluster_custom_object_status,
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                plural,
+                name,
+                dict(body),
+                **kwargs,
+            )
 
     # -- core objects -------------------------------------------------------------------
     async def secret_data(self, namespace: str, name: str) -> Mapping[str, str] | None:

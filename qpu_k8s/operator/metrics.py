@@ -44,6 +44,11 @@ EVENTS = Counter(P + "events_total", "Events posted, by type.", ["type"])
 CONFIGMAP_WRITES = Counter(P + "configmap_writes_total", "Writes of the node agents' ConfigMap.")
 CONFIGMAP_BYTES = Gauge(P + "configmap_bytes", "Size of the node agents' config.")
 SHARED_CLAIMS = Gauge(P + "shared_claims", "Shared ResourceClaims the operator manages.")
+ADMISSION_CHECKS = Counter(
+    P + "admission_checks_total",
+    "Kueue AdmissionCheck states written on Workloads (Ready, Pending).",
+    ["state"],
+)
 SLICE_WRITES = Counter(P + "slice_writes_total", "ResourceSlice writes for shared backends.")
 
 
