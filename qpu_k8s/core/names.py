@@ -19,3 +19,10 @@ DRIVER_NAME = f"qpu.{API_GROUP}"
 # apiVersion of the opaque claim parameters our DRA driver accepts.
 CLAIM_PARAMETERS_API_VERSION = f"{DRIVER_NAME}/v1alpha1"
 CLAIM_PARAMETERS_KIND = "QPUClaimParameters"
+
+# One record per acquisition, written by the node agents when it is released.
+USAGE_KIND = "QuantumUsage"
+USAGE_PLURAL = "quantumusages"
+# How much QPU a namespace may use per period (one per namespace, named qpu-budget).
+BUDGET_KIND = "QuantumBudget"
+BUDGET_PLURAL = "quantumbudgets"

@@ -14,7 +14,9 @@ their ``Ready`` condition, which the operator itself keeps from its probes:
   with backoff: churn for a pause that lasts minutes, and the Job could lose its turn;
 * a flavor without the annotation, or naming no backend that exists: ``Pending`` with the
   fix in the message. Never ``Ready`` on a guess: a misconfigured queue holds its Jobs and
-  says why, it does not let them run on a QPU nobody checked.
+  says why, it does not let them run on a QPU nobody checked;
+* the namespace's QPU budget spent (:mod:`.budgets`): ``Pending`` with the budget's own
+  message (which says when it resets), decided again when it does.
 
 A Workload that requests no ``quantum.example.com/qpu`` is let through (``Ready``).
 
@@ -41,6 +43,8 @@ READY, PENDING = "Ready", "Pending"
 
 # (ready, why not): a backend's readiness as the operator knows it; None: no such backend.
 Readiness = Callable[[str], tuple[bool, str] | None]
+# The refusal message while a namespace's QPU budget is spent, else None.
+BudgetSpent = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
@@ -211,8 +215,9 @@ def _current(workload: Mapping[str, Any], check: str) -> tuple[str, str, str]:
 class AdmissionGate:
     """What the watches showed of Kueue's objects, and the writes they call for."""
 
-    def __init__(self, readiness: Readiness) -> None:
+    def __init__(self, readiness: Readiness, budget_spent: BudgetSpent = lambda ns: None) -> None:
         self.readiness = readiness
+        self.budget_spent = budget_spent
         self.checks: set[str] = set()
         self.flavors: dict[str, tuple[str, ...]] = {}
         # Workloads waiting on one of our checks, by (namespace, name): the last body seen.
@@ -254,7 +259,11 @@ class AdmissionGate:
     def _evaluate(self, body: Mapping[str, Any]) -> list[Write]:
         meta = _meta(body)
         key = (str(meta.get("namespace")), str(meta.get("name")))
-        verdict = decide(qpu_flavors(body), self.flavors, self.readiness)
+        flavors = qpu_flavors(body)
+        verdict = decide(flavors, self.flavors, self.readiness)
+        spent = self.budget_spent(key[0]) if flavors else None
+        if spent and verdict.state == READY:
+            verdict = Verdict(PENDING, f"{spent}; checked again when it resets")
         writes = []
         for check in our_pending_checks(body, self.checks):
             if _current(body, check)[:2] != (verdict.state, verdict.message):

@@ -144,12 +144,14 @@ class BudgetKeeper:
         resync: float = 60.0,
         debounce: float = 0.5,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_change: Callable[[str], None] = lambda ns: None,
     ) -> None:
         self.list_records = list_records
         self.write_status = write_status
         self.resync = resync
         self.debounce = debounce
         self.clock = clock
+        self.on_change = on_change
         self.budgets: dict[str, dict[str, Any]] = {}
         self.written: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
@@ -165,9 +167,11 @@ class BudgetKeeper:
         ns = str(meta.get("namespace"))
         if event_type == "DELETED":
             self.budgets.pop(ns, None)
-            self.written.pop(ns, None)
+            was_spent = bool((self.written.pop(ns, None) or {}).get("spent"))
             self._reset_at.pop(ns, None)
             m.forget_budget(ns)
+            if was_spent:
+                self.on_change(ns)
             return
         self.budgets[ns] = dict(body)
         self.touch(ns)
@@ -250,12 +254,14 @@ class BudgetKeeper:
                 # Written at the next resync (or the next event of the namespace).
                 log.warning("budget status not written", extra={"namespace": ns, "error": str(err)})
                 return status
-            if status.spent != bool((self.written.get(ns) or {}).get("spent")):
+            flipped = status.spent != bool((self.written.get(ns) or {}).get("spent"))
+            self.written[ns] = comparable
+            if flipped:
                 log.info(
                     "budget spent" if status.spent else "budget has room",
                     extra={"namespace": ns, "detail": status.message},
                 )
-            self.written[ns] = comparable
+                self.on_change(ns)
         return status
 
     def spent(self, ns: str) -> str | None:

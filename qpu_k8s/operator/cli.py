@@ -75,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--priority", "0", "Kopf peering priority", kind=int)
     add_flag(
         parser,
+        "--budgets",
+        "on",
+        "keep QuantumBudgets' status from the QuantumUsage records: on or off",
+    )
+    add_flag(
+        parser,
         "--kueue-admission-check",
         "off",
         "serve Kueue's AdmissionCheck quantum.example.com/backend-online: on or off "
@@ -107,10 +113,14 @@ async def _main(args: argparse.Namespace) -> int:
     if args.unhealthy not in ("withdraw", "taint"):
         log.error("--unhealthy must be withdraw or taint", extra={"got": args.unhealthy})
         return 2
-    kueue = str(args.kueue_admission_check).lower()
-    if kueue not in ("on", "off"):
-        log.error("--kueue-admission-check must be on or off", extra={"got": kueue})
-        return 2
+    switches = {
+        "--kueue-admission-check": str(args.kueue_admission_check).lower(),
+        "--budgets": str(args.budgets).lower(),
+    }
+    for flag, value in switches.items():
+        if value not in ("on", "off"):
+            log.error(f"{flag} must be on or off", extra={"got": value})
+            return 2
     dra = mode == "on"
     if mode == "auto":
         try:
@@ -132,7 +142,8 @@ async def _main(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         backend_selector=args.backend_selector,
         unhealthy=args.unhealthy,
-        kueue_admission_check=kueue == "on",
+        kueue_admission_check=switches["--kueue-admission-check"] == "on",
+        budgets=switches["--budgets"] == "on",
     )
     ctl = Controller(cfg, kube, slices=make_publisher(kube, cfg) if dra else None)
     try:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from qpu_k8s.core.budget import BUDGET_NAME
 from qpu_k8s.core.credentials import redact
 from qpu_k8s.core.metrics import serve_metrics
 from qpu_k8s.core.model import AccessMode, InvalidBackendError
@@ -34,6 +35,7 @@ from qpu_k8s.operator import configmap
 from qpu_k8s.operator import metrics as m
 from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.admissioncheck import FIELD_MANAGER, AdmissionGate, Write
+from qpu_k8s.operator.budgets import BudgetKeeper
 from qpu_k8s.operator.conditions import EventSpec, rfc3339, transitions
 from qpu_k8s.operator.kube import ApiStatusError, Kube
 from qpu_k8s.operator.probe import ClientCache, run_probe
@@ -49,6 +51,8 @@ from qpu_k8s.operator.status import BackendStatus
 from qpu_k8s.operator.sync import SyncLoop
 
 log = logging.getLogger(__name__)
+# The label a usage record carries with its workload's namespace (core/usage.py).
+USAGE_NAMESPACE_LABEL = f"{API_GROUP}/namespace"
 # The apiserver only accepts Events about cluster-scoped objects in "default" (or no
 # namespace); kubectl describe finds them there.
 EVENT_NAMESPACE = "default"
@@ -97,6 +101,8 @@ class OperatorConfig:
     unhealthy: str = "withdraw"
     # Serve Kueue's AdmissionCheck quantum.example.com/backend-online (admissioncheck.py).
     kueue_admission_check: bool = False
+    # Keep QuantumBudgets' status from the usage records (budgets.py).
+    budgets: bool = False
 
 
 @dataclass
@@ -153,7 +159,14 @@ class Controller:
         self._background: set[asyncio.Task[None]] = set()
         self._metrics_server: Any = None
         self._instance = os.environ.get("HOSTNAME", "local")
-        self.gate = AdmissionGate(self.readiness) if cfg.kueue_admission_check else None
+        self.budgets = (
+            BudgetKeeper(self._list_usage, self._write_budget, on_change=self._budget_changed)
+            if cfg.budgets
+            else None
+        )
+        self.gate = (
+            AdmissionGate(self.readiness, self._budget_spent) if cfg.kueue_admission_check else None
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,6 +177,8 @@ class Controller:
             loop.create_task(self.scheduler.run(), name="qpu-probe-scheduler"),
             loop.create_task(self.sync.run(), name="qpu-sync"),
         ]
+        if self.budgets is not None:
+            self._tasks.append(loop.create_task(self.budgets.run(), name="qpu-budgets"))
         self.request_sync()
         log.info("operator started", extra={"namespace": self.cfg.namespace, "dra": self.cfg.dra})
 
@@ -285,6 +300,30 @@ class Controller:
         self._backends_changed()
         m.RECONCILES.labels("delete", "ok").inc()
         log.info("backend removed", extra={"backend": name})
+
+    # -- budgets ------------------------------------------------------------------------------
+    def budget_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        if self.budgets is not None:
+            self.budgets.budget_event(body, event_type)
+
+    def usage_event(self, body: Mapping[str, Any]) -> None:
+        """A usage record was written (only those in our namespace count)."""
+        if self.budgets is not None and (body.get("metadata") or {}).get("namespace") == (
+            self.cfg.namespace
+        ):
+            self.budgets.usage_event(body)
+
+    async def _list_usage(self, ns: str) -> list[dict[str, Any]]:
+        return await self.kube.list_usage(self.cfg.namespace, f"{USAGE_NAMESPACE_LABEL}={ns}")
+
+    async def _write_budget(self, ns: str, status: dict[str, Any]) -> None:
+        await self.kube.patch_budget_status(ns, BUDGET_NAME, status)
+
+    def _budget_spent(self, ns: str) -> str | None:
+        return self.budgets.spent(ns) if self.budgets is not None else None
+
+    def _budget_changed(self, ns: str) -> None:
+        self._backends_changed()  # queued Workloads of the namespace are decided again
 
     # -- Kueue's AdmissionCheck ---------------------------------------------------------------
     def readiness(self, name: str) -> tuple[bool, str] | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
+from qpu_k8s.core.names import API_GROUP, API_VERSION, BUDGET_PLURAL, PLURAL, USAGE_PLURAL
 from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.controller import Controller, RetryLater
 from qpu_k8s.operator.kube import (
@@ -149,6 +149,16 @@ def build_registry(ctl: Controller, conn: Connection | None = None) -> kopf.Oper
         )
         async def claim(**_: Any) -> None:
             ctl.claims_changed()
+
+    if ctl.cfg.budgets:
+        # Event handlers only: the operator writes budgets' status, never their metadata.
+        @kopf.on.event(API_GROUP, API_VERSION, BUDGET_PLURAL, id="budget", registry=reg)
+        async def budget(body: kopf.Body, type: str | None, **_: Any) -> None:
+            ctl.budget_event(body, type)
+
+        @kopf.on.event(API_GROUP, API_VERSION, USAGE_PLURAL, id="usage", registry=reg)
+        async def usage(body: kopf.Body, **_: Any) -> None:
+            ctl.usage_event(body)
 
     if ctl.cfg.kueue_admission_check:
         # Event handlers only: no finalizer or annotation of ours lands on Kueue's objects.

@@ -22,7 +22,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.core.kubeclient import as_object, load_configuration
-from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
+from qpu_k8s.core.names import API_GROUP, API_VERSION, BUDGET_PLURAL, PLURAL, USAGE_PLURAL
 
 T = TypeVar("T")
 MERGE = "application/merge-patch+json"
@@ -110,6 +110,36 @@ class Kube:
             {"status": dict(status)},
             _content_type=MERGE,
             _preload_content=False,  # the answer is not needed: skip decoding it
+        )
+
+    # -- budgets -------------------------------------------------------------------------
+    async def list_usage(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """QuantumUsage records in ``namespace`` (the operator's) matching the selector."""
+        out = as_object(
+            await self.call(
+                self.custom.list_namespaced_custom_object,
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                USAGE_PLURAL,
+                label_selector=label_selector,
+            )
+        )
+        return list(out.get("items", []))
+
+    async def patch_budget_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        await self.call(
+            self.custom.patch_namespaced_custom_object_status,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            BUDGET_PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type=MERGE,
+            _preload_content=False,
         )
 
     # -- Kueue ---------------------------------------------------------------------------

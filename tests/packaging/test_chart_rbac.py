@@ -54,6 +54,24 @@ USES: dict[tuple[str, str, str, str], Use] = {
         for plural in ("workloads", "admissionchecks", "resourceflavors")
         for verb in ("list", "watch")
     },
+    **{
+        ("operator", "quantum.example.com", plural, verb): Use(
+            f"Kopf event handler on {plural} (budgets); Kube.list_usage lists the records",
+            (
+                _kopf_handles(rf"kopf\.on\.event\(API_GROUP,\s*API_VERSION,\s*{const}"),
+                ("operator/kube.py", r"list_namespaced_custom_object,\s*API_GROUP"),
+            ),
+        )
+        for plural, const in (
+            ("quantumbudgets", "BUDGET_PLURAL"),
+            ("quantumusages", "USAGE_PLURAL"),
+        )
+        for verb in ("list", "watch")
+    },
+    ("operator", "quantum.example.com", "quantumbudgets/status", "patch"): Use(
+        "Kube.patch_budget_status",
+        (("operator/kube.py", r"patch_namespaced_custom_object_status,\s*API_GROUP"),),
+    ),
     ("operator", "kueue.x-k8s.io", "workloads/status", "patch"): Use(
         "Kube.apply_kueue_status: our entry of status.admissionChecks",
         (KUEUE_APPLY, ("operator/controller.py", r'"workload": "workloads"')),
