@@ -6,8 +6,9 @@ pods (``/api/v1/pods``: list and watch; the device plugin's ``NodePods``) and, w
 resourceslices``: list, watch, create, replace, delete, and the ``/apis`` discovery that
 picks the version). Objects carry resource versions, a watch streams events as they
 happen, so a benchmark or a test changes a pod with :meth:`NodeApi.put_pod` and the real
-Kubernetes client sees it at once. Selectors are ignored (only the agent under test
-writes); anything else is 404.
+Kubernetes client sees it at once. Any other POST is stored in :attr:`NodeApi.created`
+(usage records, Events), or refused with :attr:`NodeApi.refuse_creates`. Selectors are
+ignored (only the agent under test writes); anything else is 404.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class NodeApi:
         self._objects: dict[str, dict[str, dict[str, Any]]] = {PODS: {}, SLICES: {}}
         self._events: list[tuple[int, str, str, dict[str, Any]]] = []
         self._closed = False
+        # Other objects the agents create (usage records, Events): path -> objects, and the
+        # status every such create is refused with (None: accepted; 409 when the name exists).
+        self.created: dict[str, list[dict[str, Any]]] = {}
+        self.refuse_creates: int | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -152,6 +157,19 @@ class NodeApi:
             meta["uid"] = current["metadata"]["uid"]
             return 200, self._put(SLICES, name, body)
 
+    def _create(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        with self._cond:
+            if self.refuse_creates is not None:
+                return self.refuse_creates, _status(self.refuse_creates, "Refused")
+            objs = self.created.setdefault(path, [])
+            meta = body.setdefault("metadata", {})
+            name = meta.get("name") or f"{meta.get('generateName', 'obj-')}{_suffix()}"
+            if any(o["metadata"]["name"] == name for o in objs):
+                return 409, _status(409, "AlreadyExists")
+            meta.update(name=name, uid=str(uuid.uuid4()))
+            objs.append(body)
+            return 201, body
+
     def _node(self) -> dict[str, Any]:
         return {
             "kind": "Node",
@@ -235,6 +253,9 @@ def _handler(api: NodeApi) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}") if length else {}
             path = urlparse(self.path).path.rstrip("/")
+            if method == "POST" and not path.startswith(SLICES):
+                self._send(*api._create(path, body))
+                return
             if not api.serves_slices or not path.startswith(SLICES):
                 self._send(404, _status(404, "NotFound"))
                 return

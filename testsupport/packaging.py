@@ -5,8 +5,8 @@ Derived files, each checked by ``tests/packaging`` and rewritten by ``render``:
 - ``manifests/examples/pods/*.yaml``, ``manifests/examples/jobs/*.yaml``: example workloads
   whose scripts are the files in ``qpu_k8s/examples/`` (mounted from a ConfigMap), so the YAML runs
   exactly the code the tests run,
-- ``charts/qpu-k8s/crds/quantumbackends.yaml``: a byte copy of the operator's generated CRD
-  ``manifests/crd/quantumbackends.yaml`` (Helm cannot read files outside the chart),
+- ``charts/qpu-k8s/crds/*.yaml``: byte copies of the operator's generated CRDs
+  ``manifests/crd/*.yaml`` (Helm cannot read files outside the chart),
 - ``docker/constraints.txt``: every Python package of the images pinned (``lock``).
 
 ``python -m testsupport.packaging render|check|lock``.
@@ -34,6 +34,8 @@ MANIFESTS = REPO / "manifests"
 INSTALL_DIR = MANIFESTS / "install"
 CRD_SOURCE = MANIFESTS / "crd" / "quantumbackends.yaml"
 CRD_CHART_COPY = CHART / "crds" / "quantumbackends.yaml"
+USAGE_CRD_SOURCE = MANIFESTS / "crd" / "quantumusages.yaml"
+USAGE_CRD_CHART_COPY = CHART / "crds" / "quantumusages.yaml"
 CONSTRAINTS = REPO / "docker" / "constraints.txt"
 VAP_SOURCE = MANIFESTS / "validatingadmissionpolicy-claim-parameters.yaml"
 VAP_TEMPLATE = CHART / "templates" / "generated-admission-policy.yaml"
@@ -270,8 +272,9 @@ def emulator_backends_template() -> str:
 
 def expected_files() -> Iterator[tuple[Path, bytes]]:
     """Every derived file and the content it must have."""
-    if CRD_SOURCE.exists():
-        yield CRD_CHART_COPY, CRD_SOURCE.read_bytes()
+    for source, copy in ((CRD_SOURCE, CRD_CHART_COPY), (USAGE_CRD_SOURCE, USAGE_CRD_CHART_COPY)):
+        if source.exists():
+            yield copy, source.read_bytes()
     if VAP_SOURCE.exists():
         yield VAP_TEMPLATE, admission_policy_template().encode()
     if EMULATOR_BACKENDS_SOURCE.exists():

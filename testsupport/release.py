@@ -43,6 +43,7 @@ EMULATOR_SECRET = "qpu-emulator-credentials"
 EMULATOR_BACKENDS = ("emulator-manila", "emulator-fresnel")
 FINALIZER = "quantum.example.com/cleanup"
 CRD_NAME = "quantumbackends.quantum.example.com"
+USAGE_CRD_NAME = "quantumusages.quantum.example.com"
 
 
 class AdminClient(EmulatorClient):
@@ -201,7 +202,15 @@ def uninstall(lc: LocalCluster, name: str = RELEASE, namespace: str = NAMESPACE)
     force_delete_backends(lc, [n.split("/", 1)[1] for n in leftovers])
     # Helm installs crds/ only when absent and never upgrades it: without this, a reused
     # cluster would keep the CRD of an older checkout.
-    lc.kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--timeout=120s", check=False)
+    lc.kubectl(
+        "delete",
+        "crd",
+        CRD_NAME,
+        USAGE_CRD_NAME,
+        "--ignore-not-found",
+        "--timeout=120s",
+        check=False,
+    )
     lc.kubectl(
         "delete", "namespace", namespace, "--ignore-not-found", "--timeout=180s", check=False
     )

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("qpu_k8s.operator.cli", "run the QuantumBackend operator"),
     "validate": ("qpu_k8s.cli.validate", "validate QuantumBackend YAML files or a node config"),
     "env": ("qpu_k8s.cli.podenv", "pod-side: show the QPU job environment this container got"),
+    "usage": ("qpu_k8s.cli.usage", "who used how much QPU in a period (QuantumUsage records)"),
 }
 
 

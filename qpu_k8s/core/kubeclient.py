@@ -62,13 +62,14 @@ def as_object(value: object) -> dict[str, Any]:
 
 
 class CoreApi:
-    """Reads and watches of core (``/api/v1``) objects as JSON, by path.
+    """Reads, watches and creates of objects as JSON, by path.
 
-    The node agents need three: their Node, their node's pods, a claim's Secret. The
-    generated ``CoreV1Api`` would do, but its module defines every core type and costs
-    about 20 MiB of each agent's memory; these go through the same client's connection
-    pool, credentials (refreshed tokens included) and retry rule instead. A status outside
-    2xx raises the client's ``ApiException`` with it, as the generated API does.
+    The node agents read three: their Node, their node's pods, a claim's Secret; they
+    create their usage records and Events. The generated ``CoreV1Api`` would do, but its
+    module defines every core type and costs about 20 MiB of each agent's memory; these go
+    through the same client's connection pool, credentials (refreshed tokens included) and
+    retry rule instead. A status outside 2xx raises the client's ``ApiException`` with it,
+    as the generated API does.
     """
 
     def __init__(self, api: client.ApiClient) -> None:
@@ -78,6 +79,13 @@ class CoreApi:
         self, path: str, *, query: Mapping[str, str] | None = None, timeout: float
     ) -> dict[str, Any]:
         resp = self._request(path, query, urllib3.Timeout(total=timeout), stream=False)
+        return as_object(json.loads(resp.data))
+
+    def create(self, path: str, body: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
+        """POST ``body`` to the collection at ``path`` (any API group); the created object."""
+        resp = self._request(
+            path, None, urllib3.Timeout(total=timeout), stream=False, method="POST", body=body
+        )
         return as_object(json.loads(resp.data))
 
     def watch(
@@ -100,21 +108,35 @@ class CoreApi:
             resp.release_conn()
 
     def _request(
-        self, path: str, query: Mapping[str, str] | None, timeout: urllib3.Timeout, stream: bool
+        self,
+        path: str,
+        query: Mapping[str, str] | None,
+        timeout: urllib3.Timeout,
+        stream: bool,
+        *,
+        method: str = "GET",
+        body: Mapping[str, Any] | None = None,
     ) -> urllib3.BaseHTTPResponse:
         cfg = self.api.configuration
         headers = {**self.api.default_headers, "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         for auth in cfg.auth_settings().values():
             if auth.get("in") == "header" and auth.get("value"):
                 headers[auth["key"]] = auth["value"]
         url = cfg.host + path + (f"?{urlencode(query)}" if query else "")
         resp = self.api.rest_client.pool_manager.request(
-            "GET", url, headers=headers, timeout=timeout, preload_content=not stream
+            method,
+            url,
+            headers=headers,
+            timeout=timeout,
+            preload_content=not stream,
+            body=json.dumps(body) if body is not None else None,
         )
         if not 200 <= resp.status < 300:
-            body = resp.data if not stream else resp.read()
+            answer = resp.data if not stream else resp.read()
             resp.release_conn()
             err = ApiException(status=resp.status, reason=resp.reason)
-            err.body = body.decode("utf-8", "replace")
+            err.body = answer.decode("utf-8", "replace")
             raise err
         return resp

@@ -20,6 +20,8 @@ from qpu_k8s.core.kubeclient import api_client, apiserver_configured
 from qpu_k8s.core.metrics import serve_metrics
 from qpu_k8s.core.names import RESOURCE_NAME
 from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
+from qpu_k8s.core.usage import Agent
+from qpu_k8s.deviceplugin import usage
 from qpu_k8s.deviceplugin.allocator import Allocator
 from qpu_k8s.deviceplugin.devices import DeviceBoard
 from qpu_k8s.deviceplugin.podresources import PodResourcesClient, Reconciler
@@ -29,6 +31,8 @@ from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Ledger
 from qpu_k8s.node.labels import NodeLabels, read_node
 from qpu_k8s.node.pods import NodePods
 from qpu_k8s.node.registry import BackendRegistry
+from qpu_k8s.node.releases import Debt
+from qpu_k8s.node.usage import UsageReporter, registry_lookup
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,8 @@ class DevicePluginConfig:
     # reported lost (a later answer is still released).
     abandon_after: float = 600.0
     lock_timeout: float = 30.0
+    # Where QuantumUsage records are written (the agent's own namespace); "": none.
+    usage_namespace: str = ""
 
     def call_timeouts(self) -> CallTimeouts:
         """Probes fail fast; acquire and release get the longer Allocate deadline."""
@@ -141,6 +147,16 @@ class DevicePlugin:
             self.ledger,
             cfg.resource_name,
             abandon_after=cfg.abandon_after,
+            on_released=self._released,
+        )
+        self.usage = UsageReporter(
+            agent=Agent.DEVICE_PLUGIN,
+            node=cfg.node_name,
+            namespace=cfg.usage_namespace,
+            state_dir=cfg.state_dir,
+            api=self.api,
+            backends=registry_lookup(self.registry),
+            exclusive=True,  # the state directory's lock is ours
         )
         self.pod_resources = PodResourcesClient(cfg.pod_resources_socket)
         # With the apiserver, the node's pods say when a container has ended for good: its
@@ -185,14 +201,18 @@ class DevicePlugin:
         self._lock.acquire(self.cfg.lock_timeout)
         try:
             self.ledger.load(time.time())
+            self.usage.open()
             # The kubelet may have (re)started with us (node reboot) and list no pods until
             # it has synced them: decide no release before the hold has passed.
             self.ledger.interrupt(time.time(), self.cfg.restart_hold, "plugin started")
             self.registry.node_labels = self.node_labels.load()
             self.registry.start()
+            if self.usage.enabled:  # after the registry: records name the resource id
+                usage.sweep(self.ledger, self.usage)
             self.board.refresh()
             self.node_labels.watch(self._labels_changed)
             self.allocator.releases.start()
+            self.usage.start()
             if self.pods is not None:
                 self.pods.start()
             self.reconciler.start()
@@ -211,6 +231,10 @@ class DevicePlugin:
                 "backends": len(self.registry.snapshot()),
             },
         )
+
+    def _released(self, debt: Debt) -> None:
+        if self.usage.enabled:
+            usage.report(self.ledger, self.usage, debt.id)
 
     def _pods_changed(self) -> None:
         self.reconciler.poke()
@@ -238,6 +262,7 @@ class DevicePlugin:
             self.pods.stop()
         self.reconciler.stop()
         self.allocator.releases.stop()
+        self.usage.stop()
         self.node_labels.stop()
         self.board.devices.close()
         self.registry.stop()

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -98,6 +98,7 @@ class Allocator:
         *,
         delimiter: str = DEFAULT_DELIMITER,
         abandon_after: float = 600.0,
+        on_released: Callable[[Debt], None] | None = None,
     ) -> None:
         self.board = board
         self.registry = registry
@@ -111,8 +112,9 @@ class Allocator:
         # The client an acquisition was made with: a later config change may replace the
         # registry's client, but the session lives where it was opened.
         self._clients: dict[str, QuantumResourceClient] = {}
+        self.on_released = on_released
         self.releases = ReleaseRunner(
-            ledger, self.client_for, metrics.RELEASES, on_released=self._forget_client
+            ledger, self.client_for, metrics.RELEASES, on_released=self._released
         )
 
     # -- Allocate ---------------------------------------------------------------------------
@@ -346,6 +348,9 @@ class Allocator:
             client = st.client if st else None
         return client
 
-    def _forget_client(self, debt: Debt) -> None:
+    def _released(self, debt: Debt) -> None:
+        """Paid: forget its client, then tell the agent (usage record)."""
         with self._lock:
             self._clients.pop(debt.id, None)
+        if self.on_released is not None:
+            self.on_released(debt)

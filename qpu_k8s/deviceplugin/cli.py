@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "offer shared (network/cloud) backends on this node too: true or false",
     )
     add_flag(parser, "--metrics-address", ":9400", "host:port for /metrics ('' disables)")
+    add_flag(
+        parser,
+        "--usage-namespace",
+        "",
+        "namespace of the QuantumUsage records written at each release ('' writes none)",
+    )
     add_flag(parser, "--probe-timeout", "10", "deadline of one health probe, seconds", kind=float)
     add_flag(
         parser, "--acquire-timeout", "30", "deadline of one acquire/release, seconds", kind=float
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         release_grace=args.release_grace,
         restart_hold=args.kubelet_restart_hold,
         config_reload_interval=args.config_reload_interval,
+        usage_namespace=args.usage_namespace or "",
     )
     try:
         agent = DevicePlugin(cfg)

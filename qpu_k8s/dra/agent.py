@@ -31,10 +31,13 @@ from qpu_k8s.core.kubeclient import api_client
 from qpu_k8s.core.metrics import serve_metrics
 from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
+from qpu_k8s.core.usage import Agent
+from qpu_k8s.dra.usage import UsageSink
 from qpu_k8s.node.grpcserver import UnixServer
 from qpu_k8s.node.labels import NodeLabels, read_node
 from qpu_k8s.node.registry import BackendRegistry
 from qpu_k8s.node.releases import Backoff
+from qpu_k8s.node.usage import UsageReporter, registry_lookup
 from qpu_k8s.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from qpu_k8s.proto.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from qpu_k8s.proto.dra_health.v1 import api_pb2_grpc as h_v1_grpc
@@ -93,6 +96,8 @@ class DraDriverConfig:
     claim_status: bool = True
     # First retry delay of a failed status write (doubling, at most a minute).
     claim_status_retry_seconds: float = 1.0
+    # Where QuantumUsage records are written (the agent's own namespace); "": none.
+    usage_namespace: str = ""
 
     def call_timeouts(self) -> CallTimeouts:
         """Probes fail fast; acquire and release get the longer prepare deadline."""
@@ -142,6 +147,7 @@ class DraDriver:
         self.node_labels: NodeLabels | None = None
         self.store: StateStore | None = None
         self.preparer: Preparer | None = None
+        self.usage: UsageReporter | None = None
         self.calibration: Calibration | None = None
         self.slices: NodeSlices | None = None
         self.registration: RegistrationService | None = None
@@ -191,6 +197,17 @@ class DraDriver:
             status=self.claim_status,
             node=cfg.node_name,
         )
+        self.usage = UsageReporter(
+            agent=Agent.DRA,
+            node=cfg.node_name,
+            namespace=cfg.usage_namespace,
+            state_dir=cfg.state_dir,
+            api=self.api,
+            backends=registry_lookup(registry),
+        )
+        self.usage.open()
+        if self.usage.enabled:
+            self.preparer.usage = UsageSink(self.usage)
         self.calibration = Calibration(
             registry,
             self.store,
@@ -203,6 +220,7 @@ class DraDriver:
         self.node_labels.watch(self._labels_changed)
         self.recovered = self.preparer.recover()
         self.preparer.releases.start()
+        self.usage.start()
         if self.claim_status is not None:
             self.claim_status.start()
         metrics.PREPARED_CLAIMS.set(self.preparer.prepared_count())
@@ -293,6 +311,8 @@ class DraDriver:
             self.registry.stop()
         if self.preparer is not None:
             self.preparer.releases.stop()
+        if self.usage is not None:
+            self.usage.stop()
         if self.claim_status is not None:
             self.claim_status.stop()
         if self.store is not None:

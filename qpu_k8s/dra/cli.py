@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(parser, "--cdi-dir", "/var/run/cdi", "CDI spec directory (tmpfs, root-only)")
     add_flag(parser, "--state-dir", "/var/lib/qpu-k8s/dra", "checkpoint directory")
+    add_flag(
+        parser,
+        "--usage-namespace",
+        "",
+        "namespace of the QuantumUsage records written at each release ('' writes none)",
+    )
     add_flag(parser, "--kubeconfig", None, "kubeconfig file; empty: in-cluster config")
     add_flag(parser, "--metrics-address", ":9102", "host:port of /metrics; empty disables")
     add_flag(
@@ -92,6 +98,7 @@ def _config(args: argparse.Namespace) -> object:
         acquire_timeout=args.acquire_timeout,
         metrics_address=args.metrics_address or "",
         claim_status=claim_status == "true",
+        usage_namespace=args.usage_namespace or "",
     )
 
 

@@ -51,6 +51,7 @@ from qpu_k8s.core.faultpoints import crash_point
 from qpu_k8s.core.model import AccessMode, QuantumBackend, SecretRef, split_device_id
 from qpu_k8s.core.qrmi_client import ClientFactory, QuantumResourceClient
 from qpu_k8s.core.vendors import profile
+from qpu_k8s.dra.usage import UsageSink
 from qpu_k8s.node.registry import BackendRegistry
 from qpu_k8s.node.releases import Debt, ReleaseRunner
 from qpu_k8s.resourceslices.build import shared_pool_name
@@ -118,6 +119,8 @@ class Preparer:
         self.store = store
         self.client_factory = client_factory or registry.client_factory
         self.releases = ReleaseRunner(store, self.client_for, metrics.RELEASES)
+        # Told of every consumer at prepare and every device released at unprepare.
+        self.usage: UsageSink | None = None
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._clients: dict[tuple[str, str], tuple[QuantumResourceClient, QuantumBackend]] = {}
@@ -186,6 +189,8 @@ class Preparer:
                 self.status.forget(uid)
             self._release_all(rec)
             self.store.drop(uid)
+            if self.usage is not None:
+                self.usage.claim_done(uid)
             self._forget(uid)
             log.info("claim unprepared", extra={"claim": f"{namespace}/{name}", "uid": uid})
         with self._guard:
@@ -282,6 +287,8 @@ class Preparer:
                 f"{uid}: the claim was deleted and recreated",
                 "claim",
             )
+        if self.usage is not None:
+            self.usage.claim_prepared(uid, claim)
         allocation = (claim.get("status") or {}).get("allocation")
         if not allocation:
             raise PrepareError(f"ResourceClaim {namespace}/{name} is not allocated", "claim")
@@ -589,6 +596,8 @@ class Preparer:
                     extra={"uid": rec.uid, "device": dev.device, "error": str(err)},
                 )
             dev.released = True
+            if self.usage is not None:
+                self.usage.device_released(rec, dev)
             if any(d.token and not d.released for d in rec.devices):
                 self.store.put(rec)  # more to release: remember this one is done
         if failures:

@@ -23,6 +23,9 @@ class FaultKind(StrEnum):
     OFFLINE = "offline"  # the backend reports offline (``paused=True``: paused) with a reason
     JOB_DELAY = "job-delay"  # each job stays Running ``seconds`` longer
     JOB_FAIL = "job-fail"  # each job ends Failed with ``reason``
+    # Sessions and jobs carry no usage figures (elapsed_time null, no job ``usage``), as an
+    # API that does not report usage for a plan or a system would answer.
+    NO_USAGE = "no-usage"
 
 
 @dataclass(frozen=True)

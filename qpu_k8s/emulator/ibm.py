@@ -18,6 +18,7 @@ from . import ibm_data, limits
 from .auth import bearer, matches_any
 from .catalog import BackendSpec, Vendor
 from .context import ServerContext, VendorError, ctx_of, read_json
+from .faults import FaultKind
 from .jobs import Work
 from .state import JobRecord, JobStatus, SessionRecord, SessionState
 
@@ -205,11 +206,33 @@ def expire_sessions(ctx: ServerContext) -> None:
         _expire(ctx, rec)
 
 
+def _run_seconds(job: JobRecord) -> float:
+    """How long the job held the QPU: its usage figure (still counting while it runs)."""
+    if job.started_at is None:
+        return 0.0
+    return (job.finished_at or time.time()) - job.started_at
+
+
+def _usage_reported(ctx: ServerContext, backend: str) -> bool:
+    return ctx.faults.find(FaultKind.NO_USAGE, backend) is None
+
+
+def _session_usage(jobs: list[JobRecord]) -> float:
+    """IBM's session usage: from the first job's start until the last job completes (a job
+    still running counts up to now); 0 before any job started."""
+    started = [j.started_at for j in jobs if j.started_at is not None]
+    if not started:
+        return 0.0
+    ends = [j.finished_at or time.time() for j in jobs if j.started_at is not None]
+    return max(ends) - min(started)
+
+
 def _session_body(ctx: ServerContext, rec: SessionRecord) -> dict[str, Any]:
     elapsed = time.time() - rec.created_at
     jobs = ctx.state.jobs(session_id=rec.id)
     started = [j.started_at for j in jobs if j.started_at is not None]
     finished = [j.finished_at for j in jobs if j.finished_at is not None]
+    usage = round(_session_usage(jobs), 3) if _usage_reported(ctx, rec.backend) else None
     return {
         "id": rec.id,
         "backend_name": rec.backend,
@@ -224,7 +247,7 @@ def _session_body(ctx: ServerContext, rec: SessionRecord) -> dict[str, Any]:
         "closed_at": _iso(rec.closed_at),
         "last_job_started": _iso(max(started)) if started else None,
         "last_job_completed": _iso(max(finished)) if finished else None,
-        "elapsed_time": round(elapsed, 3),
+        "elapsed_time": usage,
         "user_id": "emulator-user",
         "timestamps": [{"status": "open", "timestamp": _iso(rec.created_at)}],
     }
@@ -333,9 +356,7 @@ def _job_body(ctx: ServerContext, job: JobRecord, params: Any | None = None) -> 
     if job.error:
         state["reason"] = job.error
         state["reason_code"] = job.reason_code or 1517
-    run_seconds = (
-        (job.finished_at or time.time()) - job.started_at if job.started_at is not None else 0.0
-    )
+    run_seconds = _run_seconds(job)
     body: dict[str, Any] = {
         "id": job.id,
         "backend": job.backend,
@@ -349,9 +370,10 @@ def _job_body(ctx: ServerContext, job: JobRecord, params: Any | None = None) -> 
         "session_id": job.session_id,
         "user_id": "emulator-user",
         "private": False,
-        "usage": {"quantum_seconds": round(run_seconds, 3), "seconds": round(run_seconds, 3)},
         "estimated_running_time_seconds": 1.0,
     }
+    if _usage_reported(ctx, job.backend):
+        body["usage"] = {"quantum_seconds": round(run_seconds, 3), "seconds": round(run_seconds, 3)}
     if params is not None:
         body["params"] = params
     return body
@@ -534,22 +556,26 @@ async def job_logs(request: web.Request) -> web.Response:
 
 
 async def job_metrics(request: web.Request) -> web.Response:
-    _, job = await _enter_job(request)
-    run_seconds = (
-        (job.finished_at or time.time()) - job.started_at if job.started_at is not None else 0.0
-    )
-    return web.json_response(
-        {
-            "timestamps": {
-                "created": _iso(job.created_at),
-                "running": _iso(job.started_at),
-                "finished": _iso(job.finished_at),
-            },
-            "bss": {"seconds": round(run_seconds, 3)},
-            "usage": {"quantum_seconds": round(run_seconds, 3), "seconds": round(run_seconds, 3)},
-            "qiskit_version": "",
+    ctx, job = await _enter_job(request)
+    run_seconds = round(_run_seconds(job), 3)
+    body: dict[str, Any] = {
+        "timestamps": {
+            "created": _iso(job.created_at),
+            "running": _iso(job.started_at),
+            "finished": _iso(job.finished_at),
+        },
+        "qiskit_version": "",
+    }
+    if _usage_reported(ctx, job.backend):
+        body["bss"] = {"seconds": run_seconds}
+        # qiskit-ibm-runtime's RuntimeJobV2.usage() reads qpu_charge_time_seconds and status.
+        body["usage"] = {
+            "quantum_seconds": run_seconds,
+            "seconds": run_seconds,
+            "qpu_charge_time_seconds": run_seconds,
+            "status": "complete" if job.finished_at is not None else "pending",
         }
-    )
+    return web.json_response(body)
 
 
 def add_routes(app: web.Application) -> None:

@@ -238,6 +238,42 @@ USES: dict[tuple[str, str, str, str], Use] = {
         "node labels for node-bound backends",
         (("deviceplugin/agent.py", r"read_node\("), ("node/labels.py", r"get\(f\"/api/v1/nodes/")),
     ),
+    ("dra", "", "pods", "get"): Use(
+        "the pod of a usage record: its controller and ServiceAccount",
+        (("dra/agent.py", r"UsageReporter\("), ("node/usage.py", r"/api/v1/namespaces/.*/pods/")),
+    ),
+    ("dra", "quantum.example.com", "quantumusages", "create"): Use(
+        "one QuantumUsage per released acquisition",
+        (
+            ("dra/agent.py", r"UsageReporter\("),
+            ("node/usage.py", r"core\.create\(path, usage_object"),
+        ),
+    ),
+    ("dra", "", "events", "create"): Use(
+        "the QPUUsageRecorded Event on each new usage record",
+        (("dra/agent.py", r"UsageReporter\("), ("node/usage.py", r"/api/v1/namespaces/.*/events")),
+    ),
+    ("device-plugin", "", "pods", "get"): Use(
+        "the pod of a usage record: its controller and ServiceAccount",
+        (
+            ("deviceplugin/agent.py", r"UsageReporter\("),
+            ("node/usage.py", r"/api/v1/namespaces/.*/pods/"),
+        ),
+    ),
+    ("device-plugin", "quantum.example.com", "quantumusages", "create"): Use(
+        "one QuantumUsage per released acquisition",
+        (
+            ("deviceplugin/agent.py", r"UsageReporter\("),
+            ("node/usage.py", r"core\.create\(path, usage_object"),
+        ),
+    ),
+    ("device-plugin", "", "events", "create"): Use(
+        "the QPUUsageRecorded Event on each new usage record",
+        (
+            ("deviceplugin/agent.py", r"UsageReporter\("),
+            ("node/usage.py", r"/api/v1/namespaces/.*/events"),
+        ),
+    ),
 }
 
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
