@@ -87,7 +87,8 @@ class BudgetSpec(_Model):
         Field(
             default=None,
             json_schema_extra={"format": "date-time"},
-            description="With periodSeconds: when the first period began (RFC 3339).",
+            description="With periodSeconds: when the first period began (RFC 3339; "
+            "default: the budget's creation).",
         ),
     ] = None
     on_usage_unknown: Annotated[
@@ -126,11 +127,14 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def current_period(spec: BudgetSpec, now: datetime) -> tuple[datetime, datetime]:
-    """[start, end) of the period ``now`` is in."""
+def current_period(
+    spec: BudgetSpec, now: datetime, created: datetime | None = None
+) -> tuple[datetime, datetime]:
+    """[start, end) of the period ``now`` is in; ``periodSeconds`` periods count from
+    ``periodStart``, else from when the budget was ``created``."""
     now = now.astimezone(UTC)
     if spec.period_seconds is not None:
-        origin = parse_time(spec.period_start) if spec.period_start else now
+        origin = parse_time(spec.period_start) if spec.period_start else (created or now)
         length = timedelta(seconds=spec.period_seconds)
         n = max(0, (now - origin) // length)
         start = origin + n * length

@@ -90,10 +90,11 @@ def evaluate(
     now: datetime,
     *,
     generation: int | None = None,
+    created: datetime | None = None,
     error: str = "",
 ) -> BudgetStatus:
     """The budget's status for the period ``now`` is in; ``records`` None: unreadable."""
-    start, end = current_period(spec, now)
+    start, end = current_period(spec, now, created)
     where = f"QPU budget {namespace}/{BUDGET_NAME}"
     period = f"{spec.period_seconds} s" if spec.period_seconds else spec.period.value.lower()
     when = f"the {period} period that began {rfc3339(start)}; it resets at {rfc3339(end)}"
@@ -227,7 +228,9 @@ class BudgetKeeper:
             records = await self.list_records(ns)
         except Exception as err:
             records, error = None, f"{type(err).__name__}: {err}"
-        generation = (body.get("metadata") or {}).get("generation")
+        meta = body.get("metadata") or {}
+        generation = meta.get("generation")
+        created = parse_time(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None
         now = self.clock()
         status = evaluate(
             ns,
@@ -235,6 +238,7 @@ class BudgetKeeper:
             records,
             now,
             generation=generation if isinstance(generation, int) else None,
+            created=created,
             error=error,
         )
         resets = parse_time(status.resets_at)
