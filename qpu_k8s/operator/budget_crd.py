@@ -14,7 +14,7 @@ from qpu_k8s.core.names import BUDGET_KIND, BUDGET_PLURAL
 from qpu_k8s.operator.crd import Rule, _structural, _text, definition
 
 SINGULAR = "quantumbudget"
-SHORT_NAMES = ["qb"]
+SHORT_NAMES = ["qbudget"]
 OUTPUT = "quantumbudgets.yaml"
 
 

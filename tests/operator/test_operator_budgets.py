@@ -7,10 +7,13 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from qpu_k8s.core.budget import BudgetSpec, Period, UnknownUsage, current_period
+from qpu_k8s.operator import budget_crd, crd, usage_crd
 from qpu_k8s.operator.budgets import BudgetKeeper, evaluate, qpu_seconds_of
+from testsupport import packaging
 
 NOW = datetime(2026, 12, 5, 20, 30, 15, tzinfo=UTC)  # a Saturday
 
@@ -122,3 +125,23 @@ def test_keeper_restores_the_budget_at_the_period_boundary() -> None:
         task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_generated_file_and_chart_copy_are_current() -> None:
+    assert packaging.BUDGET_CRD_SOURCE.read_text() == crd.rendered_files()[budget_crd.OUTPUT]
+    assert packaging.BUDGET_CRD_CHART_COPY.read_bytes() == packaging.BUDGET_CRD_SOURCE.read_bytes()
+
+
+@pytest.mark.parametrize("version", ["1.34", "1.37"])
+def test_crd_is_valid_for_kubernetes(version: str) -> None:
+    kubernetes_validate.validate(budget_crd.crd(), version, strict=True)
+
+
+def test_our_crds_names_never_collide() -> None:
+    """kubectl names (plural, singular, short names) are one namespace per API group: the
+    apiserver refuses a CRD whose short name another of ours already has."""
+    names: list[str] = []
+    for obj in (crd.crd(), usage_crd.crd(), budget_crd.crd()):
+        n = obj["spec"]["names"]
+        names += [n["plural"], n["singular"], *n.get("shortNames", [])]
+    assert len(names) == len(set(names)), sorted(names)
