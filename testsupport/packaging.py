@@ -36,6 +36,8 @@ CRD_SOURCE = MANIFESTS / "crd" / "quantumbackends.yaml"
 CRD_CHART_COPY = CHART / "crds" / "quantumbackends.yaml"
 USAGE_CRD_SOURCE = MANIFESTS / "crd" / "quantumusages.yaml"
 USAGE_CRD_CHART_COPY = CHART / "crds" / "quantumusages.yaml"
+BUDGET_CRD_SOURCE = MANIFESTS / "crd" / "quantumbudgets.yaml"
+BUDGET_CRD_CHART_COPY = CHART / "crds" / "quantumbudgets.yaml"
 CONSTRAINTS = REPO / "docker" / "constraints.txt"
 VAP_SOURCE = MANIFESTS / "validatingadmissionpolicy-claim-parameters.yaml"
 VAP_TEMPLATE = CHART / "templates" / "generated-admission-policy.yaml"
@@ -82,11 +84,15 @@ VALUE_SETS: tuple[ValueSet, ...] = (
             "driverName": "qpu.acme.io",
             "kubeletDir": "/var/snap/microk8s/common/var/lib/kubelet",
             "image": {"repository": "registry.acme.io/qpu-k8s", "tag": "1.2.3"},
-            "operator": {"extraArgs": ["--log-level=debug"], "secretNamespaces": ["vendors"]},
+            "operator": {
+                "extraArgs": ["--log-level=debug"],
+                "secretNamespaces": ["vendors"],
+                "kueueAdmissionCheck": True,
+            },
             "dra": {"claimCredentials": {"namespaces": ["team-a"], "allNamespaces": True}},
             "nodeAgents": {"nodeSelector": {"acme.io/quantum": "true"}, "tolerations": []},
         },
-        "another domain, kubelet dir, image and node selection",
+        "another domain, kubelet dir, image and node selection, Kueue's AdmissionCheck",
     ),
 )
 
@@ -268,7 +274,11 @@ def emulator_backends_template() -> str:
 
 def expected_files() -> Iterator[tuple[Path, bytes]]:
     """Every derived file and the content it must have."""
-    for source, copy in ((CRD_SOURCE, CRD_CHART_COPY), (USAGE_CRD_SOURCE, USAGE_CRD_CHART_COPY)):
+    for source, copy in (
+        (CRD_SOURCE, CRD_CHART_COPY),
+        (USAGE_CRD_SOURCE, USAGE_CRD_CHART_COPY),
+        (BUDGET_CRD_SOURCE, BUDGET_CRD_CHART_COPY),
+    ):
         if source.exists():
             yield copy, source.read_bytes()
     if VAP_SOURCE.exists():

@@ -44,6 +44,7 @@ EMULATOR_BACKENDS = ("emulator-manila", "emulator-fresnel")
 FINALIZER = "quantum.example.com/cleanup"
 CRD_NAME = "quantumbackends.quantum.example.com"
 USAGE_CRD_NAME = "quantumusages.quantum.example.com"
+BUDGET_CRD_NAME = "quantumbudgets.quantum.example.com"
 
 
 class AdminClient(EmulatorClient):
@@ -207,6 +208,7 @@ def uninstall(lc: LocalCluster, name: str = RELEASE, namespace: str = NAMESPACE)
         "crd",
         CRD_NAME,
         USAGE_CRD_NAME,
+        BUDGET_CRD_NAME,
         "--ignore-not-found",
         "--timeout=120s",
         check=False,

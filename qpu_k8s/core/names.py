@@ -23,3 +23,6 @@ CLAIM_PARAMETERS_KIND = "QPUClaimParameters"
 # One record per acquisition, written by the node agents when it is released.
 USAGE_KIND = "QuantumUsage"
 USAGE_PLURAL = "quantumusages"
+# How much QPU a namespace may use per period (one per namespace, named qpu-budget).
+BUDGET_KIND = "QuantumBudget"
+BUDGET_PLURAL = "quantumbudgets"

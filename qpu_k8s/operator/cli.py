@@ -82,6 +82,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--priority", "0", "Kopf peering priority", kind=int)
     add_flag(
         parser,
+        "--budgets",
+        "on",
+        "keep QuantumBudgets' status from the QuantumUsage records: on or off",
+    )
+    add_flag(
+        parser,
+        "--kueue-admission-check",
+        "off",
+        "serve Kueue's AdmissionCheck quantum.example.com/backend-online: on or off "
+        "(needs Kueue's v1beta2 CRDs)",
+    )
+    add_flag(
+        parser,
         "--backend-selector",
         "",
         "only QuantumBackends with these labels (k=v,k2); empty: all",
@@ -110,6 +123,14 @@ async def _main(args: argparse.Namespace) -> int:
     if args.device_model not in ("lanes", "capacity"):
         log.error("--device-model must be lanes or capacity", extra={"got": args.device_model})
         return 2
+    switches = {
+        "--kueue-admission-check": str(args.kueue_admission_check).lower(),
+        "--budgets": str(args.budgets).lower(),
+    }
+    for flag, value in switches.items():
+        if value not in ("on", "off"):
+            log.error(f"{flag} must be on or off", extra={"got": value})
+            return 2
     dra = mode == "on"
     if mode == "auto":
         try:
@@ -132,6 +153,8 @@ async def _main(args: argparse.Namespace) -> int:
         backend_selector=args.backend_selector,
         unhealthy=args.unhealthy,
         device_model=args.device_model,
+        kueue_admission_check=switches["--kueue-admission-check"] == "on",
+        budgets=switches["--budgets"] == "on",
     )
     ctl = Controller(cfg, kube, slices=make_publisher(kube, cfg) if dra else None)
     try:

@@ -24,15 +24,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from qpu_k8s.core.budget import BUDGET_NAME
 from qpu_k8s.core.credentials import redact
 from qpu_k8s.core.metrics import serve_metrics
 from qpu_k8s.core.model import AccessMode, InvalidBackendError
 from qpu_k8s.core.model import QuantumBackend as Backend
 from qpu_k8s.core.names import API_GROUP, API_VERSION, DRIVER_NAME, KIND
 from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
+from qpu_k8s.core.usage import NAMESPACE_LABEL as USAGE_NAMESPACE_LABEL
 from qpu_k8s.operator import configmap
 from qpu_k8s.operator import metrics as m
 from qpu_k8s.operator import shared_claims as sc
+from qpu_k8s.operator.admissioncheck import FIELD_MANAGER, AdmissionGate, Write
+from qpu_k8s.operator.budgets import BudgetKeeper
 from qpu_k8s.operator.conditions import EventSpec, rfc3339, transitions
 from qpu_k8s.operator.kube import ApiStatusError, Kube
 from qpu_k8s.operator.probe import ClientCache, run_probe
@@ -96,6 +100,10 @@ class OperatorConfig:
     unhealthy: str = "withdraw"
     # Devices of a shared backend: "lanes" (one per lane) or "capacity" (one per QPU).
     device_model: str = "lanes"
+    # Serve Kueue's AdmissionCheck quantum.example.com/backend-online (admissioncheck.py).
+    kueue_admission_check: bool = False
+    # Keep QuantumBudgets' status from the usage records (budgets.py).
+    budgets: bool = False
 
 
 @dataclass
@@ -152,6 +160,14 @@ class Controller:
         self._background: set[asyncio.Task[None]] = set()
         self._metrics_server: Any = None
         self._instance = os.environ.get("HOSTNAME", "local")
+        self.budgets = (
+            BudgetKeeper(self._list_usage, self._write_budget, on_change=self._budget_changed)
+            if cfg.budgets
+            else None
+        )
+        self.gate = (
+            AdmissionGate(self.readiness, self._budget_spent) if cfg.kueue_admission_check else None
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -162,6 +178,8 @@ class Controller:
             loop.create_task(self.scheduler.run(), name="qpu-probe-scheduler"),
             loop.create_task(self.sync.run(), name="qpu-sync"),
         ]
+        if self.budgets is not None:
+            self._tasks.append(loop.create_task(self.budgets.run(), name="qpu-budgets"))
         self.request_sync()
         log.info("operator started", extra={"namespace": self.cfg.namespace, "dra": self.cfg.dra})
 
@@ -206,6 +224,7 @@ class Controller:
             e = Entry(name=name, status=BackendStatus.from_api(body.get("status")))
             self.entries[name] = e
             m.BACKENDS.set(len(self.entries))
+            self._backends_changed()
         e.uid = str(meta.get("uid", ""))
         e.deleting = bool(meta.get("deletionTimestamp"))
         generation = meta.get("generation")
@@ -279,8 +298,89 @@ class Controller:
         self.counts.pop(name, None)
         m.forget_backend(name)
         m.BACKENDS.set(len(self.entries))
+        self._backends_changed()
         m.RECONCILES.labels("delete", "ok").inc()
         log.info("backend removed", extra={"backend": name})
+
+    # -- budgets ------------------------------------------------------------------------------
+    def budget_event(self, body: Mapping[str, Any], event_type: str | None) -> None:
+        if self.budgets is not None:
+            self.budgets.budget_event(body, event_type)
+
+    def usage_event(self, body: Mapping[str, Any]) -> None:
+        """A usage record was written (only those in our namespace count)."""
+        if self.budgets is not None and (body.get("metadata") or {}).get("namespace") == (
+            self.cfg.namespace
+        ):
+            self.budgets.usage_event(body)
+
+    async def _list_usage(self, ns: str) -> list[dict[str, Any]]:
+        return await self.kube.list_usage(self.cfg.namespace, f"{USAGE_NAMESPACE_LABEL}={ns}")
+
+    async def _write_budget(self, ns: str, status: dict[str, Any]) -> None:
+        await self.kube.patch_budget_status(ns, BUDGET_NAME, status)
+
+    def _budget_spent(self, ns: str) -> str | None:
+        return self.budgets.spent(ns) if self.budgets is not None else None
+
+    def _budget_changed(self, ns: str) -> None:
+        self._backends_changed()  # queued Workloads of the namespace are decided again
+
+    # -- Kueue's AdmissionCheck ---------------------------------------------------------------
+    def readiness(self, name: str) -> tuple[bool, str] | None:
+        """(Ready, why not) of a backend as last probed; None when there is no such backend."""
+        e = self.entries.get(name)
+        if e is None or e.deleting:
+            return None
+        if is_ready(e.status):
+            return True, ""
+        ready = next((c for c in e.status.conditions if c.type == "Ready"), None)
+        if ready is None:
+            return False, "not probed yet"
+        return False, f"{ready.reason}: {ready.message}" if ready.message else ready.reason
+
+    def kueue_event(self, kind: str, body: Mapping[str, Any], event_type: str | None) -> None:
+        """A Workload, AdmissionCheck or ResourceFlavor changed: write what that decides."""
+        if self.gate is None:
+            return
+        handler = {
+            "workload": self.gate.workload_event,
+            "admissioncheck": self.gate.check_event,
+            "resourceflavor": self.gate.flavor_event,
+        }[kind]
+        self._write_kueue(handler(body, event_type))
+
+    def _backends_changed(self) -> None:
+        if self.gate is not None:
+            self._write_kueue(self.gate.reevaluate())
+
+    def _write_kueue(self, writes: list[Write]) -> None:
+        for w in writes:
+            self._spawn(self._apply_kueue(w))
+
+    async def _apply_kueue(self, w: Write) -> None:
+        plural = {"workload": "workloads", "admissioncheck": "admissionchecks"}[w.kind]
+        try:
+            await self.kube.apply_kueue_status(plural, w.namespace, w.name, w.body, FIELD_MANAGER)
+        except ApiStatusError as err:
+            # The next event on the object (or a backend change) decides it again.
+            m.API_ERRORS.labels("kueue").inc()
+            log.warning(
+                "admission check not written",
+                extra={"object": f"{w.kind} {w.namespace}/{w.name}", "error": str(err)},
+            )
+            return
+        if w.kind == "workload":
+            check = w.body["status"]["admissionChecks"][0]
+            m.ADMISSION_CHECKS.labels(check["state"]).inc()
+            log.info(
+                "admission check decided",
+                extra={
+                    "workload": f"{w.namespace}/{w.name}",
+                    "state": check["state"],
+                    "detail": check["message"],
+                },
+            )
 
     # -- probes -------------------------------------------------------------------------------
     def _resume_due(self, e: Entry) -> float:
@@ -358,7 +458,10 @@ class Controller:
     async def _apply(self, e: Entry, obs: Observation) -> None:
         status = compute_status(obs, e.status)
         events = transitions(e.status.conditions, status.conditions)
+        before = self.readiness(e.name)
         e.status = status
+        if self.readiness(e.name) != before:
+            self._backends_changed()
         await self._write_status(e)
         for ev in events:
             # Off the probe's path: an Event is a record of the change, the status is it.

@@ -1,7 +1,8 @@
 """The QuantumBackend CRD, generated from the pydantic models (one source of truth).
 
 ``python -m qpu_k8s.operator.crd`` writes ``manifests/crd/quantumbackends.yaml`` and
-``quantumusages.yaml`` (:mod:`qpu_k8s.operator.usage_crd`) (CEL
+``quantumusages.yaml`` (:mod:`qpu_k8s.operator.usage_crd`) and ``quantumbudgets.yaml``
+(:mod:`qpu_k8s.operator.budget_crd`) (CEL
 ``x-kubernetes-validations``, GA since Kubernetes 1.29, mirror the model's cross-field
 checks); ``--check`` fails when the committed file is stale.
 
@@ -406,10 +407,13 @@ def render(obj: Mapping[str, Any] | None = None, sources: str = "") -> str:
 
 def rendered_files() -> dict[str, str]:
     """Every CRD file this module writes, by file name."""
-    from qpu_k8s.operator import usage_crd  # it builds on this module's helpers
+    from qpu_k8s.operator import budget_crd, usage_crd  # they build on this module's helpers
 
     return {
         OUTPUT: render(),
+        budget_crd.OUTPUT: render(
+            budget_crd.crd(), "qpu_k8s/core/budget.py and\n# operator/budget_crd.py"
+        ),
         usage_crd.OUTPUT: render(
             usage_crd.crd(), "qpu_k8s/core/usage.py and\n# operator/usage_crd.py"
         ),

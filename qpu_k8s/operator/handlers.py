@@ -20,10 +20,17 @@ from typing import Any
 
 import kopf
 
-from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
+from qpu_k8s.core.names import API_GROUP, API_VERSION, BUDGET_PLURAL, PLURAL, USAGE_PLURAL
 from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.controller import Controller, RetryLater
-from qpu_k8s.operator.kube import RESOURCE_GROUP, RESOURCE_VERSION, ApiStatusError, Connection
+from qpu_k8s.operator.kube import (
+    KUEUE_GROUP,
+    KUEUE_VERSION,
+    RESOURCE_GROUP,
+    RESOURCE_VERSION,
+    ApiStatusError,
+    Connection,
+)
 
 PREFIX = API_GROUP
 FINALIZER = f"{API_GROUP}/cleanup"
@@ -142,5 +149,33 @@ def build_registry(ctl: Controller, conn: Connection | None = None) -> kopf.Oper
         )
         async def claim(**_: Any) -> None:
             ctl.claims_changed()
+
+    if ctl.cfg.budgets:
+        # Event handlers only: the operator writes budgets' status, never their metadata.
+        @kopf.on.event(API_GROUP, API_VERSION, BUDGET_PLURAL, id="budget", registry=reg)
+        async def budget(body: kopf.Body, type: str | None, **_: Any) -> None:
+            ctl.budget_event(body, type)
+
+        @kopf.on.event(API_GROUP, API_VERSION, USAGE_PLURAL, id="usage", registry=reg)
+        async def usage(body: kopf.Body, **_: Any) -> None:
+            ctl.usage_event(body)
+
+    if ctl.cfg.kueue_admission_check:
+        # Event handlers only: no finalizer or annotation of ours lands on Kueue's objects.
+        @kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, "workloads", id="workload", registry=reg)
+        async def workload(body: kopf.Body, type: str | None, **_: Any) -> None:
+            ctl.kueue_event("workload", body, type)
+
+        @kopf.on.event(
+            KUEUE_GROUP, KUEUE_VERSION, "admissionchecks", id="admissioncheck", registry=reg
+        )
+        async def admissioncheck(body: kopf.Body, type: str | None, **_: Any) -> None:
+            ctl.kueue_event("admissioncheck", body, type)
+
+        @kopf.on.event(
+            KUEUE_GROUP, KUEUE_VERSION, "resourceflavors", id="resourceflavor", registry=reg
+        )
+        async def resourceflavor(body: kopf.Body, type: str | None, **_: Any) -> None:
+            ctl.kueue_event("resourceflavor", body, type)
 
     return reg

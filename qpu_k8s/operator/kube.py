@@ -22,12 +22,14 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from qpu_k8s.core.kubeclient import as_object, load_configuration
-from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
+from qpu_k8s.core.names import API_GROUP, API_VERSION, BUDGET_PLURAL, PLURAL, USAGE_PLURAL
 
 T = TypeVar("T")
 MERGE = "application/merge-patch+json"
 RESOURCE_GROUP = "resource.k8s.io"
 RESOURCE_VERSION = "v1"
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
 
 
 class ApiStatusError(Exception):
@@ -109,6 +111,69 @@ class Kube:
             _content_type=MERGE,
             _preload_content=False,  # the answer is not needed: skip decoding it
         )
+
+    # -- budgets -------------------------------------------------------------------------
+    async def list_usage(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """QuantumUsage records in ``namespace`` (the operator's) matching the selector."""
+        out = as_object(
+            await self.call(
+                self.custom.list_namespaced_custom_object,
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                USAGE_PLURAL,
+                label_selector=label_selector,
+            )
+        )
+        return list(out.get("items", []))
+
+    async def patch_budget_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        await self.call(
+            self.custom.patch_namespaced_custom_object_status,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            BUDGET_PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type=MERGE,
+            _preload_content=False,
+        )
+
+    # -- Kueue ---------------------------------------------------------------------------
+    async def apply_kueue_status(
+        self, plural: str, namespace: str, name: str, body: Mapping[str, Any], manager: str
+    ) -> None:
+        """Server-side apply of a Kueue object's status (only the fields in ``body``)."""
+        kwargs: dict[str, Any] = {
+            "field_manager": manager,
+            "force": True,
+            "_content_type": "application/apply-patch+yaml",
+            "_preload_content": False,
+        }
+        if namespace:
+            await self.call(
+                self.custom.patch_namespaced_custom_object_status,
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                namespace,
+                plural,
+                name,
+                dict(body),
+                **kwargs,
+            )
+        else:
+            await self.call(
+                self.custom.patch_cluster_custom_object_status,
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                plural,
+                name,
+                dict(body),
+                **kwargs,
+            )
 
     # -- core objects -------------------------------------------------------------------
     async def secret_data(self, namespace: str, name: str) -> Mapping[str, str] | None:

@@ -44,9 +44,36 @@ EVENTS = Counter(P + "events_total", "Events posted, by type.", ["type"])
 CONFIGMAP_WRITES = Counter(P + "configmap_writes_total", "Writes of the node agents' ConfigMap.")
 CONFIGMAP_BYTES = Gauge(P + "configmap_bytes", "Size of the node agents' config.")
 SHARED_CLAIMS = Gauge(P + "shared_claims", "Shared ResourceClaims the operator manages.")
+ADMISSION_CHECKS = Counter(
+    P + "admission_checks_total",
+    "Kueue AdmissionCheck states written on Workloads (Ready, Pending).",
+    ["state"],
+)
+BUDGET_SPENT = Gauge(
+    P + "budget_spent",
+    "1 while the namespace's QPU budget is spent (requests refused).",
+    ["namespace"],
+)
+BUDGET_USAGE_KNOWN = Gauge(
+    P + "budget_usage_known",
+    "0 while the namespace's usage records cannot be read (spec.onUsageUnknown applies).",
+    ["namespace"],
+)
+BUDGET_USED_QPU_SECONDS = Gauge(
+    P + "budget_used_qpu_seconds", "QPU seconds counted in the current period.", ["namespace"]
+)
+BUDGET_USED_SESSIONS = Gauge(
+    P + "budget_used_sessions", "Sessions counted in the current period.", ["namespace"]
+)
 SLICE_WRITES = Counter(P + "slice_writes_total", "ResourceSlice writes for shared backends.")
 
 
 def forget_backend(name: str) -> None:
     with contextlib.suppress(KeyError):
         BACKEND_READY.remove(name)
+
+
+def forget_budget(namespace: str) -> None:
+    for gauge in (BUDGET_SPENT, BUDGET_USAGE_KNOWN, BUDGET_USED_QPU_SECONDS, BUDGET_USED_SESSIONS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace)

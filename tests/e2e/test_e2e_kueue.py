@@ -22,7 +22,7 @@ from testsupport import kueue as kq
 from testsupport import release as rel
 from testsupport.cluster import LocalCluster, wait_until
 
-from .conftest import ALL_LANES, scan_namespace
+from .conftest import ALL_LANES, TORINO, scan_namespace
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = packaging.MANIFESTS / "examples" / "kueue"
@@ -275,3 +275,148 @@ def test_a_queued_job_gets_its_qpu_through_dra_when_no_device_plugin_serves_it(
     env = rel.printed_env(lc, a, pod)
     assert env["QRMI_JOB_QPU_RESOURCES"]
     finish(lc, a, "dra1")
+
+
+@pytest.fixture
+def checked_queue(kueue: LocalCluster, release: rel.Release) -> Iterator[str]:
+    """The operator serving the AdmissionCheck (the chart value on), and the example's
+    checked queue with its flavor pointed at the session's Torino backend; a namespace of the
+    team with its LocalQueue. All undone afterwards."""
+    lc = kueue
+
+    def operator_check(enabled: bool) -> None:
+        lc.helm(
+            "upgrade",
+            release.name,
+            str(rel.CHART),
+            "-n",
+            release.namespace,
+            "--reuse-values",
+            "--set",
+            f"operator.kueueAdmissionCheck={str(enabled).lower()}",
+            "--wait",
+            "--timeout",
+            "300s",
+        )
+        wanted = "on" if enabled else None
+
+        def rolled() -> bool:
+            pods = release.pods("operator")
+            if len(pods) != 1 or pods[0]["status"].get("phase") != "Running":
+                return False
+            (container,) = pods[0]["spec"]["containers"]
+            env = {e["name"]: e.get("value") for e in container.get("env") or []}
+            return env.get("QPU_K8S_KUEUE_ADMISSION_CHECK") == wanted
+
+        wait_until(rolled, 180, f"the operator pod with the AdmissionCheck {wanted or 'off'}")
+
+    docs = packaging.objects((EXAMPLES / "admission-check.yaml").read_text())
+    cluster_objs = [d for d in docs if d["kind"] != "LocalQueue"]
+    (local_queue,) = [d for d in docs if d["kind"] == "LocalQueue"]
+    for d in cluster_objs:
+        if d["kind"] == "ResourceFlavor":
+            d["metadata"]["annotations"]["quantum.example.com/backends"] = TORINO
+    ns = f"e2e-kueue-checked-{uuid.uuid4().hex[:4]}"
+    operator_check(True)
+    try:
+        lc.kubectl("create", "namespace", ns)
+        lc.kubectl("label", "namespace", ns, "quantum.example.com/team=checked")
+        lc.apply(cluster_objs)
+        local_queue["metadata"]["namespace"] = ns
+        lc.apply([local_queue])
+        # Kueue keeps a ClusterQueue inactive until the check's controller says Active.
+        lc.kubectl(
+            "wait",
+            "--for=condition=Active",
+            f"admissioncheck.{kq.GROUP}/qpu-backend-online",
+            "--timeout=60s",
+        )
+        lc.kubectl(
+            "-n",
+            ns,
+            "wait",
+            "--for=condition=Active",
+            f"localqueue.{kq.GROUP}/qpu",
+            "--timeout=60s",
+        )
+        yield ns
+    finally:
+        leaks = scan_namespace(lc, ns, release.credential_values())
+        lc.kubectl("delete", "namespace", ns, "--timeout=240s", check=False, timeout=260)
+        lc.kubectl(
+            "delete",
+            *(f"{o['kind'].lower()}.{kq.GROUP}/{o['metadata']['name']}" for o in cluster_objs),
+            "--ignore-not-found",
+            "--timeout=120s",
+            check=False,
+        )
+        operator_check(False)
+        assert not leaks, f"credential values found in {ns}: {leaks}"
+
+
+def check_state(wl: dict[str, Any] | None, name: str = "qpu-backend-online") -> dict[str, Any]:
+    for c in ((wl or {}).get("status") or {}).get("admissionChecks") or []:
+        if c.get("name") == name:
+            found: dict[str, Any] = c
+            return found
+    return {}
+
+
+def test_a_queued_job_waits_while_its_qpu_is_paused_and_starts_when_it_is_back(
+    kueue: LocalCluster,
+    release: rel.Release,
+    checked_queue: str,
+    emulator: rel.AdminClient,
+) -> None:
+    """The operator's AdmissionCheck: quota reserved, check Pending with the vendor's reason
+    while the flavor's backend is paused; the Job stays suspended with no pod and no session;
+    the backend back online, the check turns Ready, Kueue admits and the pod gets its QPU."""
+    lc, ns = kueue, checked_queue
+    open_before = {s["id"] for s in emulator.sessions(open_only=True)}
+    emulator.set_online("fake_torino", False, reason="scheduled maintenance", paused=True)
+    try:
+        wait_until(
+            lambda: release.condition(TORINO).get("reason") == "BackendPaused",
+            60,
+            "the operator to report the Torino backend paused",
+        )
+        lc.apply([job("c1")], "-n", ns)
+
+        def held() -> dict[str, Any] | None:
+            wl = kq.workload_of_job(lc, ns, "c1")
+            c = check_state(wl)
+            return (
+                wl
+                if kq.is_true(wl, "QuotaReserved")
+                and c.get("state") == "Pending"
+                and ("is not Ready" in c.get("message", ""))
+                else None
+            )
+
+        wl = wait_until(held, 90, "the Workload's quota reserved and our check Pending")
+        message = check_state(wl)["message"]
+        assert f"QuantumBackend {TORINO} is not Ready (BackendPaused" in message, message
+        assert "scheduled maintenance" in message, message
+        assert not kq.is_true(wl, "Admitted")
+        assert lc.kubectl_json("-n", ns, "get", "job", "c1")["spec"]["suspend"] is True
+        pods = lc.kubectl("-n", ns, "get", "pods", "-l", "job-name=c1", "-o", "name")
+        assert not pods.stdout.strip(), "a pod started while the QPU was paused"
+    finally:
+        emulator.set_online("fake_torino", True)
+
+    wl = wait_admitted(lc, ns, "c1")
+    ready = check_state(wl)
+    assert ready["state"] == "Ready", ready
+    assert ready["message"] == f"QPU online: {TORINO} (flavor emulator-manila)", ready
+    token = session_token(lc, ns, "c1", emulator)
+    finish(lc, ns, "c1")
+    wait_until(
+        lambda: (emulator.session(token) or {}).get("state") == "closed",
+        90,
+        "the Job's session released",
+    )
+    assert emulator.release_calls(token) == 1
+    leaked = [s for s in emulator.sessions(open_only=True) if s["id"] not in open_before]
+    assert not leaked, leaked
+    logs = release.logs("operator")
+    assert "admission check decided" in logs

@@ -37,8 +37,49 @@ def _kopf_handles(what: str) -> tuple[str, str]:
 KOPF_HANDLERS = _kopf_handles(r"@kopf\.on\.(resume|create|update|delete)\(\*backends")
 SLICES = "resourceslices/publish.py"
 
+
+def _kueue_events(plural: str) -> tuple[str, str]:
+    return _kopf_handles(rf'kopf\.on\.event\(\s*KUEUE_GROUP,\s*KUEUE_VERSION,\s*"{plural}"')
+
+
+KUEUE_APPLY = ("operator/kube.py", r"def apply_kueue_status")
+
 # (component, apiGroup, resource, verb) -> the code that needs it.
 USES: dict[tuple[str, str, str, str], Use] = {
+    **{
+        ("operator", "kueue.x-k8s.io", plural, verb): Use(
+            f"Kopf event handler on Kueue {plural} (the AdmissionCheck); Kopf lists first",
+            (_kueue_events(plural),),
+        )
+        for plural in ("workloads", "admissionchecks", "resourceflavors")
+        for verb in ("list", "watch")
+    },
+    **{
+        ("operator", "quantum.example.com", plural, verb): Use(
+            f"Kopf event handler on {plural} (budgets); Kube.list_usage lists the records",
+            (
+                _kopf_handles(rf"kopf\.on\.event\(API_GROUP,\s*API_VERSION,\s*{const}"),
+                ("operator/kube.py", r"list_namespaced_custom_object,\s*API_GROUP"),
+            ),
+        )
+        for plural, const in (
+            ("quantumbudgets", "BUDGET_PLURAL"),
+            ("quantumusages", "USAGE_PLURAL"),
+        )
+        for verb in ("list", "watch")
+    },
+    ("operator", "quantum.example.com", "quantumbudgets/status", "patch"): Use(
+        "Kube.patch_budget_status",
+        (("operator/kube.py", r"patch_namespaced_custom_object_status,\s*API_GROUP"),),
+    ),
+    ("operator", "kueue.x-k8s.io", "workloads/status", "patch"): Use(
+        "Kube.apply_kueue_status: our entry of status.admissionChecks",
+        (KUEUE_APPLY, ("operator/controller.py", r'"workload": "workloads"')),
+    ),
+    ("operator", "kueue.x-k8s.io", "admissionchecks/status", "patch"): Use(
+        "Kube.apply_kueue_status: the Active condition of our AdmissionChecks",
+        (KUEUE_APPLY, ("operator/controller.py", r'"admissioncheck": "admissionchecks"')),
+    ),
     ("operator", "quantum.example.com", "quantumbackends", "list"): Use(
         "Kopf lists before watching; Kube.list_backends renders the node config",
         (KOPF_HANDLERS, ("operator/kube.py", r"list_cluster_custom_object,\s*API_GROUP")),

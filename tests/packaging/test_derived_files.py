@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,25 @@ def test_chart_admission_policy_is_the_dra_manifest(
     renders: dict[str, list[dict[str, Any]]],
 ) -> None:
     expected = packaging.objects(packaging.VAP_SOURCE.read_text())
-    chart = [o for o in renders["defaults"] if o["kind"].startswith("ValidatingAdmissionPolicy")]
+    chart = [
+        o
+        for o in renders["defaults"]
+        if o["kind"].startswith("ValidatingAdmissionPolicy")
+        and not o["metadata"]["name"].startswith("qpu-budget.")
+    ]
     assert [_semantic(o) for o in chart] == [_semantic(o) for o in expected]
 
 
 def test_admission_policy_follows_the_driver_name(
     renders: dict[str, list[dict[str, Any]]],
 ) -> None:
-    (vap,) = [o for o in renders["custom"] if o["kind"] == "ValidatingAdmissionPolicy"]
-    text = yaml.safe_dump(vap)
-    assert 'c.opaque.driver == "qpu.acme.io"' in text
-    assert 'c.opaque.driver == "qpu.quantum.example.com"' not in text
+    vaps = [o for o in renders["custom"] if o["kind"] == "ValidatingAdmissionPolicy"]
+    text = json.dumps(vaps)
+    assert 'c.opaque.driver == \\"qpu.acme.io\\"' in text
+    assert 'deviceClassName == \\"qpu.acme.io\\"' in text, "the budget policy"
+    assert '\\"qpu.acme.io/qpu\\" in c.resources.requests' in text, "the budget policy"
+    assert 'driver == \\"qpu.quantum.example.com\\"' not in text
+    assert "quantum.example.com/qpu" not in text
 
 
 def test_chart_emulator_backends_are_the_example_pointed_in_cluster(
