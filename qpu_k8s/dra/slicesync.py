@@ -23,6 +23,7 @@ from qpu_k8s.resourceslices.policy import UnhealthyMode, lane_devices
 from qpu_k8s.resourceslices.publish import PublishResult, SlicePublisher
 
 from . import metrics
+from .binding import acquires_before_bind
 from .calibration import Calibration
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,21 @@ class NodeSlices:
         *,
         mode: UnhealthyMode,
         resync_seconds: float,
+        binding_default: bool | None = None,
     ) -> None:
+        """``binding_default``: the driver's acquire-before-bind default for backends that do
+        not choose; None when no claim watcher runs (no device may then wait for one)."""
         self.registry = registry
         self.calibration = calibration
         self.publisher = publisher
         self.mode = mode
         self.resync_seconds = resync_seconds
+        self.binding_default = binding_default
         self.last_publish: PublishResult | None = None
         self._dirty = threading.Event()
+        # Reconciles started and finished, for settle().
+        self._rounds = threading.Condition()
+        self._started = self._finished = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -69,6 +77,8 @@ class NodeSlices:
                 why=why,
                 driver=self.publisher.driver,
                 mode=self.mode,
+                acquire_before_bind=self.binding_default is not None
+                and acquires_before_bind(state.backend, self.binding_default),
             )
             log.debug("devices of backend", extra={"backend": name, "usable": usable})
         return out
@@ -85,6 +95,15 @@ class NodeSlices:
     def changed(self) -> None:
         """Reconcile soon (something the devices depend on changed)."""
         self._dirty.set()
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until a reconcile that started after this call has ended (what a caller
+        just learnt, e.g. a failed backend's probe, is then in the slice, or the write
+        failed); False at the deadline."""
+        with self._rounds:
+            target = self._started + 1
+            self._dirty.set()
+            return self._rounds.wait_for(lambda: self._finished >= target, timeout)
 
     def start(self) -> None:
         for target, name in ((self._loop, "dra-slices"), (self._watch, "dra-slice-watch")):
@@ -108,6 +127,9 @@ class NodeSlices:
             if self._stop.is_set():
                 return
             self._dirty.clear()
+            with self._rounds:
+                self._started += 1
+                round_ = self._started
             try:
                 self.publish()
                 backoff = 0.5
@@ -117,6 +139,10 @@ class NodeSlices:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 self._dirty.set()
+            finally:
+                with self._rounds:
+                    self._finished = round_
+                    self._rounds.notify_all()
 
     def _watch(self) -> None:
         publisher = self.publisher

@@ -56,17 +56,23 @@ class DeviceTaint:
 
 @dataclass(frozen=True)
 class Device:
-    """One published device: a name unique in its pool (a DNS label), attributes, taints."""
+    """One published device: a name unique in its pool (a DNS label), attributes, taints,
+    and the binding conditions its pod waits for (acquire before bind)."""
 
     name: str
     attributes: Mapping[str, AttributeValue]
     taints: tuple[DeviceTaint, ...] = ()
+    binding_conditions: tuple[str, ...] = ()
+    binding_failure_conditions: tuple[str, ...] = ()
 
     def to_api(self) -> dict[str, Any]:
         check_attributes(self.attributes)
         out: dict[str, Any] = {"name": self.name, "attributes": to_api(self.attributes)}
         if self.taints:
             out["taints"] = [t.to_api() for t in self.taints]
+        if self.binding_conditions:
+            out["bindingConditions"] = list(self.binding_conditions)
+            out["bindingFailureConditions"] = list(self.binding_failure_conditions)
         return out
 
 

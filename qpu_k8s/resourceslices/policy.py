@@ -36,6 +36,12 @@ def unhealthy_taint(driver: str, why: str) -> DeviceTaint:
     return DeviceTaint(f"{driver}/unhealthy", value or "unknown", "NoSchedule")
 
 
+def binding_conditions(driver: str) -> tuple[str, str]:
+    """Acquire before bind: the device condition the scheduler waits for before it binds
+    the pod, and the one that makes it drop the allocation and place the claim again."""
+    return f"{driver}/acquired", f"{driver}/acquire-failed"
+
+
 def lane_devices(
     backend: QuantumBackend,
     attributes: Mapping[str, AttributeValue] | None,
@@ -44,16 +50,25 @@ def lane_devices(
     why: str,
     driver: str,
     mode: UnhealthyMode,
+    acquire_before_bind: bool = False,
 ) -> list[Device]:
     """The devices of ``backend``: ``attributes`` (any lane's; None: no ``target()`` answer
-    yet), ``usable`` and, when not, ``why`` (the probe state) decide per the policy."""
+    yet), ``usable`` and, when not, ``why`` (the probe state) decide per the policy; with
+    ``acquire_before_bind`` they carry the binding conditions."""
     if attributes is None:
         usable, why = False, why if not usable else "not-calibrated"
     if not usable and mode is UnhealthyMode.WITHDRAW:
         return []
     taints = () if usable else (unhealthy_taint(driver, why),)
     base = {k: v for k, v in (attributes or {}).items() if k != "lane"}
+    acquired, failed = binding_conditions(driver)
+    binding = {"binding_conditions": (acquired,), "binding_failure_conditions": (failed,)}
     return [
-        Device(device_id(backend.name, lane), {**base, "lane": lane}, taints)
+        Device(
+            device_id(backend.name, lane),
+            {**base, "lane": lane},
+            taints,
+            **(binding if acquire_before_bind else {}),
+        )
         for lane in range(backend.spec.lanes)
     ]
