@@ -124,7 +124,8 @@ class ClaimWatcher:
         while not self._stop.is_set():
             try:
                 version = self._relist()
-                self._follow(version)
+                while version and not self._stop.is_set():
+                    version = self._follow(version)  # each watch resumes the last one
             except Exception as err:  # apiserver away, 410 Gone: list again
                 if self._stop.is_set():
                     return
@@ -149,7 +150,8 @@ class ClaimWatcher:
         self.listed.set()
         return str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
-    def _follow(self, version: str) -> None:
+    def _follow(self, version: str) -> str:
+        """Watch from ``version`` until the server ends it; the version to resume from."""
         w = watch.Watch()  # type: ignore[no-untyped-call]
         self._watch = w
         try:
@@ -163,13 +165,14 @@ class ClaimWatcher:
                 _request_timeout=self.timeout_seconds + 30,
             ):
                 if self._stop.is_set():
-                    return
+                    break
                 kind = str(ev.get("type"))
                 if kind == "ERROR":
                     raise RuntimeError(f"watch error: {ev.get('object')}")
                 self.seen(kind, ev.get("object") or {})
         finally:
             w.stop()  # type: ignore[no-untyped-call]
+        return str(w.resource_version or version)
 
     # -- decisions ------------------------------------------------------------------------------
     def seen(self, kind: str, claim: dict[str, Any]) -> None:
