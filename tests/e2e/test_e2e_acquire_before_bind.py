@@ -269,7 +269,10 @@ def test_claim_deleted_before_binding_gives_its_session_back(
         lc.kubectl("-n", ns, "delete", "pod", "gone", "--grace-period=0", "--force")
         lc.kubectl("-n", ns, "delete", "resourceclaim", "gone", "--wait=true", "--timeout=60s")
         created = wait_until(
-            lambda: [s for s in emulator.sessions(backend="fake_lagos") if s["id"] not in before],
+            lambda: (
+                [s for s in emulator.sessions(backend="fake_lagos") if s["id"] not in before]
+                or None
+            ),
             60,
             "the session the in-flight acquire got",
         )
@@ -303,6 +306,7 @@ def test_failed_acquire_places_the_claim_on_another_qpu(
     emulator.set_fault("error5xx", backend="fake_lagos")
     try:
         either = f'{ATTR}.resourceId in ["fake_lagos", "fake_nairobi"]'
+        start = time.monotonic()
         lc.apply(
             [
                 rel.claim("moved", either),
@@ -312,6 +316,8 @@ def test_failed_acquire_places_the_claim_on_another_qpu(
             ns,
         )
         rel.wait_pod(lc, ns, "moved", timeout=180)
+        running = wait_until(lambda: seen.running_at("moved"), 30, "the watch to see it Running")
+        print(f"claim creation -> pod Running after one failed acquire: {running - start:.2f} s")
         assert seen.devices("moved") == [f"{LAGOS}-lane-0", f"{NAIROBI}-lane-0"], (
             "expected the first allocation on the failing QPU, then the other one"
         )
