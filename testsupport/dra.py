@@ -19,7 +19,7 @@ from qpu_k8s.dra.agent import DraDriverConfig
 from qpu_k8s.dra.cdi import CdiWriter
 from qpu_k8s.dra.claims import ClaimNotFoundError
 from qpu_k8s.dra.claimstatus import StatusWriteError, StatusWriter
-from qpu_k8s.dra.state import CHECKPOINT_NAME, Record
+from qpu_k8s.dra.state import CHECKPOINT_NAME, JOURNAL_VERSION, Record
 from qpu_k8s.emulator import Emulator
 from qpu_k8s.fakekubelet import ClaimRef
 from testsupport.deviceplugin import write_yaml_atomically
@@ -387,7 +387,7 @@ class DraNode:
     def checkpoint(self) -> dict[str, Any]:
         """The driver's claims and owed releases on disk: ``{"claims": {uid: record},
         "owed": {id: record}}`` (what it knows of backends left out)."""
-        state = read_snapshot(self.state_dir / CHECKPOINT_NAME, Record)
+        state = read_snapshot(self.state_dir / CHECKPOINT_NAME, Record, JOURNAL_VERSION)
         out: dict[str, Any] = {"claims": {}, "owed": {}}
         for key, rec in state.items():
             kind, _, ident = key.partition("/")

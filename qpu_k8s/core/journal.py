@@ -124,6 +124,7 @@ class Journal(Generic[M]):
         model: type[M],
         *,
         version: int = 1,
+        reads: tuple[int, ...] = (),
         watch: Callable[[str, M | None, M | None], None] | None = None,
         exclusive: bool = False,
     ) -> None:
@@ -134,13 +135,20 @@ class Journal(Generic[M]):
         ``exclusive``: the caller guarantees that no other process writes this journal
         while it is open (the device plugin holds its state directory's lock), so a
         transaction skips the file lock and the look for others' appends: four syscalls
-        less on every decision."""
+        less on every decision.
+
+        ``reads``: older versions whose records this version still reads; such a file is
+        rewritten under ``version`` when opened, so a process of the older version still
+        running (a rolling update) fails its next transaction instead of misreading
+        records it does not know (it finds a header it refuses)."""
         self.path = path
         self._watch = watch
         self.exclusive = exclusive
         self.lock_path = path.with_name(path.name + ".lock")
         self.model = model
         self.version = version
+        self.reads = reads
+        self._outdated = False
         self.header = {"journal": path.stem, "version": version}
         self._state: dict[str, M] = {}
         self._fd: int | None = None
@@ -170,6 +178,9 @@ class Journal(Generic[M]):
                 )
                 self._reload()
                 return Opened(0, aside, str(err))
+            if self._outdated:
+                log.info("journal: upgraded", extra={"version": self.version})
+                self._compact()
         return Opened(len(self._state), torn_tail=torn)
 
     def close(self) -> None:
@@ -259,7 +270,8 @@ class Journal(Generic[M]):
             head = json.loads(raw)
         except ValueError:
             raise JournalCorrupt(f"{self.path}: no header line") from None
-        if not isinstance(head, dict) or head.get("version") != self.version:
+        self._outdated = isinstance(head, dict) and head.get("version") in self.reads
+        if not isinstance(head, dict) or head.get("version") not in (self.version, *self.reads):
             got = head.get("version") if isinstance(head, dict) else head
             raise JournalCorrupt(f"{self.path}: version {got!r}, expected {self.version}")
 
@@ -312,6 +324,8 @@ class Journal(Generic[M]):
             inode = None
         if inode != self._inode:
             self._reload()
+            if self._outdated:  # an older process compacted it meanwhile
+                self._compact()
         else:
             self._catch_up()
 

@@ -166,6 +166,16 @@ class QuantumBackendSpec(_Model):
             "(e.g. technology, qubits), as published in ResourceSlices.",
         ),
     ]
+    acquire_before_bind: Annotated[
+        bool | None,
+        Field(
+            default=None,
+            description="DRA: acquire the QPU before the pod is bound (binding conditions), so "
+            "a failed acquire sends the claim to another QPU instead of leaving the pod stuck "
+            "on its node. Node-bound backends only for now. Unset: the DRA driver's default "
+            "(chart dra.acquireBeforeBind, off).",
+        ),
+    ] = None
 
     @field_validator("resource_id")
     @classmethod

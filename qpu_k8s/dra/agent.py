@@ -11,7 +11,8 @@ slices itself when a driver stays unregistered).
 What runs: the registry (config reload, probes: :mod:`qpu_k8s.node.registry`), the
 calibration cache (:mod:`.calibration`), the slices (:mod:`.slicesync`), the release
 runner of owed releases (:mod:`qpu_k8s.node.releases`), the node labels refresh, the
-claim status writer (:mod:`.claimstatus`).
+claim status writer (:mod:`.claimstatus`) and the claim watcher that acquires before
+binding (:mod:`.binding`; with the status writer only: it is what sets the condition).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from qpu_k8s.resourceslices.policy import DeviceModel, UnhealthyMode
 from qpu_k8s.resourceslices.publish import SlicePublisher, detect_api_version
 
 from . import metrics
+from .binding import ClaimWatcher
 from .calibration import Calibration
 from .cdi import CdiWriter
 from .claims import ClaimSource, KubeClaims
@@ -100,6 +102,9 @@ class DraDriverConfig:
     claim_status_retry_seconds: float = 1.0
     # Where QuantumUsage records are written (the agent's own namespace); "": none.
     usage_namespace: str = ""
+    # Acquire before bind for backends that do not set acquireBeforeBind (node-bound ones;
+    # needs claim_status and the chart's list/watch on resourceclaims).
+    acquire_before_bind: bool = False
 
     def call_timeouts(self) -> CallTimeouts:
         """Probes fail fast; acquire and release get the longer prepare deadline."""
@@ -152,6 +157,7 @@ class DraDriver:
         self.usage: UsageReporter | None = None
         self.calibration: Calibration | None = None
         self.slices: NodeSlices | None = None
+        self.binding: ClaimWatcher | None = None
         self.registration: RegistrationService | None = None
         self._endpoint: UnixServer | None = None
         self._reg_server: UnixServer | None = None
@@ -225,6 +231,16 @@ class DraDriver:
         self.usage.start()
         if self.claim_status is not None:
             self.claim_status.start()
+            if self.api is not None and self.publish_slices:
+                self.binding = ClaimWatcher(
+                    self.preparer,
+                    self.api,
+                    self.claim_status,
+                    api_version="v1beta1" if api_version == "v1beta1" else "v1",
+                    probe=registry.probe_now,
+                    settle=lambda: self.slices is not None and self.slices.settle(10.0),
+                )
+                self.binding.start()
         metrics.PREPARED_CLAIMS.set(self.preparer.prepared_count())
         self.health.set(project(registry.snapshot(), self.pool))
         if self.publish_slices:
@@ -243,6 +259,7 @@ class DraDriver:
                 mode=cfg.unhealthy,
                 model=cfg.device_model,
                 resync_seconds=cfg.resync_seconds,
+                binding_default=cfg.acquire_before_bind if self.binding is not None else None,
             )
             self.slices.start()
         self.calibration.start()
@@ -313,6 +330,8 @@ class DraDriver:
             self.calibration.stop()
         if self.registry is not None:
             self.registry.stop()
+        if self.binding is not None:
+            self.binding.stop()
         if self.preparer is not None:
             self.preparer.releases.stop()
         if self.usage is not None:

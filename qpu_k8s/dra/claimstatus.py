@@ -40,6 +40,7 @@ from prometheus_client import Counter
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.vendors import profile, token_fingerprint
 from qpu_k8s.node.releases import Backoff
+from qpu_k8s.resourceslices.policy import binding_conditions
 
 from . import metrics
 
@@ -135,6 +136,35 @@ def device_status(
             }
         ],
         "data": data,
+    }
+
+
+def acquired_condition(driver: str, ready: dict[str, Any]) -> dict[str, Any]:
+    """The binding condition of a device acquired before its pod is bound (True), saying
+    what ``ready`` (the device's ``Ready`` condition) says."""
+    return {**ready, "type": binding_conditions(driver)[0]}
+
+
+def acquire_failed_entry(
+    *, driver: str, pool: str, device: str, backend: str, node: str, reason: str, message: str
+) -> dict[str, Any]:
+    """The ``status.devices`` entry of a device whose acquire before binding failed: the
+    binding failure condition, on which the scheduler places the claim again. ``message``
+    names the backend and the fix; it never holds a credential (errors are redacted)."""
+    return {
+        "driver": driver,
+        "pool": pool,
+        "device": device,
+        "conditions": [
+            {
+                "type": binding_conditions(driver)[1],
+                "status": "True",
+                "reason": reason,
+                "message": message[:1024],
+                "lastTransitionTime": rfc3339(time.time()),
+            }
+        ],
+        "data": {"backend": backend, "node": node},
     }
 
 

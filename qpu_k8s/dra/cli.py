@@ -67,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "true",
         "write status.devices of prepared claims (true/false; RBAC: resourceclaims/driver)",
     )
+    add_flag(
+        parser,
+        "--acquire-before-bind",
+        "false",
+        "default of node-bound backends without acquireBeforeBind: acquire before the pod is "
+        "bound (true/false; needs --claim-status and list/watch on resourceclaims)",
+    )
     add_common(parser)
 
 
@@ -90,6 +97,9 @@ def _config(args: argparse.Namespace) -> object:
     claim_status = str(args.claim_status).strip().lower()
     if claim_status not in ("true", "false"):
         raise SystemExit(f"--claim-status: {args.claim_status!r}; use true or false")
+    before_bind = str(args.acquire_before_bind).strip().lower()
+    if before_bind not in ("true", "false"):
+        raise SystemExit(f"--acquire-before-bind: {args.acquire_before_bind!r}; use true or false")
     return DraDriverConfig(
         node_name=args.node_name,
         config_path=Path(args.config),
@@ -111,6 +121,7 @@ def _config(args: argparse.Namespace) -> object:
         metrics_address=args.metrics_address or "",
         claim_status=claim_status == "true",
         usage_namespace=args.usage_namespace or "",
+        acquire_before_bind=before_bind == "true",
     )
 
 

@@ -46,3 +46,9 @@ CLAIM_STATUS_WRITES = Counter(
     "invalid).",
     ["result"],
 )
+BINDING = Counter(
+    P + "acquire_before_bind_total",
+    "Claims acquired before their pod was bound, by result: acquired, failed (the claim is "
+    "placed again), given_back (deleted or placed elsewhere before binding).",
+    ["result"],
+)

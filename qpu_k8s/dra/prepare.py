@@ -67,7 +67,7 @@ from qpu_k8s.resourceslices.policy import CAPACITY_LANES
 from . import metrics
 from .cdi import CdiWriter
 from .claims import ClaimNotFoundError, ClaimSource
-from .claimstatus import ClaimStatusPublisher, device_status
+from .claimstatus import ClaimStatusPublisher, acquired_condition, device_status
 from .params import Effective, InvalidParametersError, effective_parameters
 from .state import (
     ClaimPhase,
@@ -147,28 +147,14 @@ class Preparer:
             rec = self._plan(namespace, name, uid)
             if not rec.devices:
                 return []
-            # Take the claim: atomically, since the other driver instance may be planning
-            # the same claim right now (the intent is not synced: the first token syncs it).
-            with self.store.edit(durable=False) as txn:
-                if claim_of(txn, uid) is None:
-                    txn.put(f"claim/{uid}", Record(rec))
-                    taken = True
-                else:
-                    taken = False
-            if not taken:
+            if not self._take(rec):
                 done = self._existing(uid)
                 if done is not None:
                     return done
                 raise PrepareError(f"ResourceClaim {namespace}/{name} changed; retry", "busy")
             try:
                 self._acquire_all(rec)
-                rec.phase, rec.owner = ClaimPhase.PREPARED, ""
-                # The spec and the phase under one lock (see above). PREPARED needs no sync
-                # of its own: a crash before it reaches the disk is a reboot, after which
-                # every claim of the old boot is released anyway.
-                with self.store.edit(durable=False) as txn:
-                    self._write_cdi(rec)
-                    txn.put(f"claim/{uid}", Record(rec.clone()))
+                self._finish(rec)
             except Exception:
                 self._abandon(rec, "the prepare failed", lost=False)
                 raise
@@ -182,6 +168,59 @@ class Preparer:
             )
             self._publish_status(rec)
             return self._result(rec)
+
+    def acquire(self, namespace: str, name: str, uid: str) -> ClaimRecord | None:
+        """Acquire a claim's devices before its pod is bound (:mod:`.binding`): the same plan
+        and acquire as :meth:`prepare`, recorded in phase ``acquired`` without a CDI spec.
+
+        Returns the record (also when already acquired or prepared), or None when the claim
+        has none of our devices or the other driver instance holds it. A failure gives back
+        what was acquired (owed releases) and raises :class:`PrepareError`."""
+        with self._lock_for(uid):
+            held = self.store.get(uid)
+            if held is not None and held.phase in (ClaimPhase.ACQUIRED, ClaimPhase.PREPARED):
+                if self.status is not None and self.status.needs(uid):
+                    self._publish_status(held)  # a restart: write the condition again
+                return held
+            if held is not None:
+                self._refuse_if_busy(held)
+                self._abandon(held, "the driver stopped")
+            rec = self._plan(namespace, name, uid)
+            if not rec.devices or not self._take(rec):
+                return None
+            rec.acquired_before_bind = True
+            try:
+                self._acquire_all(rec)
+                rec.phase, rec.owner = ClaimPhase.ACQUIRED, ""
+                self.store.put(rec)
+            except Exception:
+                self._abandon(rec, "the acquire before binding failed", lost=False)
+                raise
+            log.info(
+                "claim acquired before binding",
+                extra={
+                    "claim": f"{namespace}/{name}",
+                    "uid": uid,
+                    "devices": ",".join(d.device for d in rec.devices),
+                },
+            )
+            self._publish_status(rec)
+            return rec
+
+    def give_back(self, uid: str, why: str) -> bool:
+        """Release a claim acquired before binding whose pod will not come (the claim was
+        deleted, deallocated or placed elsewhere): its sessions become owed releases.
+        Prepared claims are left to the kubelet's unprepare. True if something was given."""
+        with self._lock_for(uid):
+            rec = self.store.get(uid)
+            if rec is None or rec.phase is not ClaimPhase.ACQUIRED:
+                return False
+            self._abandon(rec, why, lost=False)
+            if self.status is not None:
+                self.status.forget(uid)
+        with self._guard:
+            self._locks.pop(uid, None)
+        return True
 
     def unprepare(self, namespace: str, name: str, uid: str) -> None:
         with self._lock_for(uid):
@@ -253,8 +292,44 @@ class Preparer:
             if self.status is not None and self.status.needs(uid):
                 self._publish_status(rec)  # a restart, or an earlier write given up
             return self._result(rec)
+        if rec.phase is ClaimPhase.ACQUIRED:
+            return self._prepare_acquired(rec)
         self._abandon(rec, "the driver stopped")
         return None
+
+    def _prepare_acquired(self, rec: ClaimRecord) -> list[PreparedDevice] | None:
+        """A claim acquired before binding: only the CDI spec is left to write, if the
+        allocation is still the one acquired (else it is given back: None, prepare anew)."""
+        now = self._plan(rec.namespace, rec.name, rec.uid)
+        if [(d.pool, d.device) for d in now.devices] != [(d.pool, d.device) for d in rec.devices]:
+            self._abandon(rec, "the claim was allocated other devices", lost=False)
+            return None
+        try:
+            self._finish(rec)
+        except Exception:
+            self._abandon(rec, "the prepare failed", lost=False)
+            raise
+        log.info("claim prepared (acquired before binding)", extra={"uid": rec.uid})
+        self._publish_status(rec)
+        return self._result(rec)
+
+    def _take(self, rec: ClaimRecord) -> bool:
+        """Record the claim as ours before the first acquire: atomically, since the other
+        driver instance may be planning it right now (not synced: the first token syncs it)."""
+        with self.store.edit(durable=False) as txn:
+            if claim_of(txn, rec.uid) is not None:
+                return False
+            txn.put(f"claim/{rec.uid}", Record(rec))
+            return True
+
+    def _finish(self, rec: ClaimRecord) -> None:
+        """Acquired: write the CDI spec and phase PREPARED under one lock (see the module
+        docstring). PREPARED needs no sync of its own: a crash before it reaches the disk is
+        a reboot, after which every claim of the old boot is released anyway."""
+        rec.phase, rec.owner = ClaimPhase.PREPARED, ""
+        with self.store.edit(durable=False) as txn:
+            self._write_cdi(rec)
+            txn.put(f"claim/{rec.uid}", Record(rec.clone()))
 
     def _refuse_if_busy(self, rec: ClaimRecord) -> None:
         owner = rec.owner
@@ -497,21 +572,28 @@ class Preparer:
                 )
                 continue
             with self._guard:
-                pending = self._queue_seen.pop((rec.uid, dev.device), None)
-            entries.append(
-                device_status(
-                    driver=self.driver,
-                    pool=dev.pool,
-                    device=dev.device,
-                    backend=grant.backend,
-                    token=dev.token,
-                    acquired_at=dev.acquired_at or time.time(),
-                    node=self.node,
-                    pending_jobs=pending,
-                    share_id=dev.share_id,
-                    lanes=dev.lanes,
-                )
+                pending = self._queue_seen.get((rec.uid, dev.device))
+                if rec.phase is ClaimPhase.PREPARED:
+                    self._queue_seen.pop((rec.uid, dev.device), None)
+            entry = device_status(
+                driver=self.driver,
+                pool=dev.pool,
+                device=dev.device,
+                backend=grant.backend,
+                token=dev.token,
+                acquired_at=dev.acquired_at or time.time(),
+                node=self.node,
+                pending_jobs=pending,
+                share_id=dev.share_id,
+                lanes=dev.lanes,
             )
+            if rec.acquired_before_bind:
+                # The binding condition the scheduler waits for; kept after the prepare (an
+                # apply without it would remove it), and alone before (not Ready yet).
+                held = acquired_condition(self.driver, entry["conditions"][0])
+                ready = entry["conditions"] if rec.phase is ClaimPhase.PREPARED else []
+                entry["conditions"] = [*ready, held]
+            entries.append(entry)
         if entries:
             self.status.publish(rec.namespace, rec.name, rec.uid, entries)
 

@@ -24,6 +24,7 @@ from qpu_k8s.resourceslices.policy import DeviceModel, UnhealthyMode, lane_devic
 from qpu_k8s.resourceslices.publish import PublishResult, SlicePublisher
 
 from . import metrics
+from .binding import acquires_before_bind
 from .calibration import Calibration
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,22 @@ class NodeSlices:
         mode: UnhealthyMode,
         resync_seconds: float,
         model: DeviceModel = DeviceModel.LANES,
+        binding_default: bool | None = None,
     ) -> None:
+        """``binding_default``: the driver's acquire-before-bind default for backends that do
+        not choose; None when no claim watcher runs (no device may then wait for one)."""
         self.registry = registry
         self.calibration = calibration
         self.publisher = publisher
         self.mode = mode
         self.model = model
         self.resync_seconds = resync_seconds
+        self.binding_default = binding_default
         self.last_publish: PublishResult | None = None
         self._dirty = threading.Event()
+        # Reconciles started and finished, for settle().
+        self._rounds = threading.Condition()
+        self._started = self._finished = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -73,6 +81,8 @@ class NodeSlices:
                 driver=self.publisher.driver,
                 mode=self.mode,
                 model=self.model,
+                acquire_before_bind=self.binding_default is not None
+                and acquires_before_bind(state.backend, self.binding_default),
             )
             log.debug("devices of backend", extra={"backend": name, "usable": usable})
         return out
@@ -89,6 +99,15 @@ class NodeSlices:
     def changed(self) -> None:
         """Reconcile soon (something the devices depend on changed)."""
         self._dirty.set()
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until a reconcile that started after this call has ended (what a caller
+        just learnt, e.g. a failed backend's probe, is then in the slice, or the write
+        failed); False at the deadline."""
+        with self._rounds:
+            target = self._started + 1
+            self._dirty.set()
+            return self._rounds.wait_for(lambda: self._finished >= target, timeout)
 
     def start(self) -> None:
         for target, name in ((self._loop, "dra-slices"), (self._watch, "dra-slice-watch")):
@@ -112,6 +131,9 @@ class NodeSlices:
             if self._stop.is_set():
                 return
             self._dirty.clear()
+            with self._rounds:
+                self._started += 1
+                round_ = self._started
             try:
                 self.publish()
                 backoff = 0.5
@@ -121,6 +143,10 @@ class NodeSlices:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 self._dirty.set()
+            finally:
+                with self._rounds:
+                    self._finished = round_
+                    self._rounds.notify_all()
 
     def _watch(self) -> None:
         publisher = self.publisher

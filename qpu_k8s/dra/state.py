@@ -51,7 +51,10 @@ from qpu_k8s.node.releases import Backoff, Debt
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "dra.journal"
-JOURNAL_VERSION = 1
+# 2: claims in phase ``acquired`` (acquire before bind). Version 1 files are read and
+# rewritten as 2; a version 1 driver refuses a version 2 file rather than misread it.
+JOURNAL_VERSION = 2
+_READS = (1,)
 # The whole-file checkpoint of versions before the journal (migrated at start).
 LEGACY_CHECKPOINT = "dra-checkpoint.json"
 OWNERS_DIR = "owners"
@@ -61,6 +64,9 @@ _OWNER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 class ClaimPhase(StrEnum):
     # Written before the first acquire: a crash here may leave acquisitions to release.
     PREPARING = "preparing"
+    # Acquired before the pod was bound (binding conditions): tokens, no CDI spec yet; the
+    # claim watcher (:mod:`.binding`) owns it until NodePrepareResources writes the spec.
+    ACQUIRED = "acquired"
     PREPARED = "prepared"
     # Written before the first release: its CDI spec is gone and must not come back.
     UNPREPARING = "unpreparing"
@@ -100,6 +106,9 @@ class ClaimRecord(_Model):
     boot_id: str = ""
     # The instance working on it while PREPARING/UNPREPARING.
     owner: str = ""
+    # Acquired by the claim watcher before the pod was bound (its status carries the
+    # binding condition).
+    acquired_before_bind: bool = False
 
     def clone(self) -> ClaimRecord:
         """A deep copy: the preparer changes its record in place, the journal's must not
@@ -184,7 +193,11 @@ class StateStore:
         self.instance = instance if _OWNER_RE.fullmatch(instance) else secrets.token_hex(6)
         self.backoff = backoff or Backoff()
         self.journal: Journal[Record] = Journal(
-            state_dir / CHECKPOINT_NAME, Record, version=JOURNAL_VERSION, watch=self._count
+            state_dir / CHECKPOINT_NAME,
+            Record,
+            version=JOURNAL_VERSION,
+            reads=_READS,
+            watch=self._count,
         )
         self.prepared = 0  # claims in phase PREPARED, kept as records change
         self._owner_fd: int | None = None

@@ -80,12 +80,15 @@ class SharedCapacity:
 @dataclass(frozen=True)
 class Device:
     """One published device: a name unique in its pool (a DNS label), attributes, taints;
-    with ``capacity``, one device many claims share (``allowMultipleAllocations``)."""
+    with ``capacity``, one device many claims share (``allowMultipleAllocations``); and the
+    binding conditions its pod waits for (acquire before bind)."""
 
     name: str
     attributes: Mapping[str, AttributeValue]
     taints: tuple[DeviceTaint, ...] = ()
     capacity: Mapping[str, SharedCapacity] = field(default_factory=dict)
+    binding_conditions: tuple[str, ...] = ()
+    binding_failure_conditions: tuple[str, ...] = ()
 
     def to_api(self) -> dict[str, Any]:
         check_attributes(self.attributes, len(self.capacity))
@@ -95,6 +98,9 @@ class Device:
             out["allowMultipleAllocations"] = True
         if self.taints:
             out["taints"] = [t.to_api() for t in self.taints]
+        if self.binding_conditions:
+            out["bindingConditions"] = list(self.binding_conditions)
+            out["bindingFailureConditions"] = list(self.binding_failure_conditions)
         return out
 
 

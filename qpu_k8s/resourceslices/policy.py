@@ -55,6 +55,12 @@ def unhealthy_taint(driver: str, why: str) -> DeviceTaint:
     return DeviceTaint(f"{driver}/unhealthy", value or "unknown", "NoSchedule")
 
 
+def binding_conditions(driver: str) -> tuple[str, str]:
+    """Acquire before bind: the device condition the scheduler waits for before it binds
+    the pod, and the one that makes it drop the allocation and place the claim again."""
+    return f"{driver}/acquired", f"{driver}/acquire-failed"
+
+
 def lane_devices(
     backend: QuantumBackend,
     attributes: Mapping[str, AttributeValue] | None,
@@ -64,20 +70,31 @@ def lane_devices(
     driver: str,
     mode: UnhealthyMode,
     model: DeviceModel = DeviceModel.LANES,
+    acquire_before_bind: bool = False,
 ) -> list[Device]:
     """The devices of ``backend``: ``attributes`` (any lane's; None: no ``target()`` answer
     yet), ``usable`` and, when not, ``why`` (the probe state) decide per the policy;
-    ``model`` says whether a lane is a device or a unit of the QPU device's capacity."""
+    ``model`` says whether a lane is a device or a unit of the QPU device's capacity; with
+    ``acquire_before_bind`` they carry the binding conditions."""
     if attributes is None:
         usable, why = False, why if not usable else "not-calibrated"
     if not usable and mode is UnhealthyMode.WITHDRAW:
         return []
     taints = () if usable else (unhealthy_taint(driver, why),)
     base = {k: v for k, v in (attributes or {}).items() if k != "lane"}
+    acquired, failed = binding_conditions(driver)
+    waits: tuple[str, ...] = (acquired,) if acquire_before_bind else ()
+    fails: tuple[str, ...] = (failed,) if acquire_before_bind else ()
     if model is DeviceModel.CAPACITY:
         lanes = {CAPACITY_LANES: SharedCapacity(backend.spec.lanes)}
-        return [Device(backend.name, base, taints, lanes)]
+        return [Device(backend.name, base, taints, lanes, waits, fails)]
     return [
-        Device(device_id(backend.name, lane), {**base, "lane": lane}, taints)
+        Device(
+            device_id(backend.name, lane),
+            {**base, "lane": lane},
+            taints,
+            binding_conditions=waits,
+            binding_failure_conditions=fails,
+        )
         for lane in range(backend.spec.lanes)
     ]

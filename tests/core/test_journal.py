@@ -101,6 +101,33 @@ def test_garbage_and_a_wrong_version_are_quarantined(tmp_path: Path) -> None:
             p.unlink()
 
 
+def test_an_older_version_is_read_and_rewritten_and_its_writer_then_refuses(
+    tmp_path: Path,
+) -> None:
+    """A rolling update: the new version reads the old file and rewrites it under its own
+    version; the old process still running fails its next transaction (it finds a header it
+    refuses) rather than misread records it does not know."""
+    path = tmp_path / "s.journal"
+    old = opened(path)
+    with old.transaction() as txn:
+        txn.put("a", Rec(token="t-a"))
+    new: Journal[Rec] = Journal(path, Rec, version=2, reads=(1,))
+    assert new.open().quarantined is None
+    assert new.snapshot() == {"a": Rec(token="t-a")}
+    assert json.loads(path.read_text().splitlines()[0])["version"] == 2
+    with new.transaction() as txn:
+        txn.put("b", Rec(token="t-b"))
+    with (
+        pytest.raises(journal_mod.JournalCorrupt, match="version 2, expected 1"),
+        old.transaction(),
+    ):
+        pass
+    new.close()
+    again: Journal[Rec] = Journal(path, Rec, version=2, reads=(1,))
+    again.open()
+    assert set(again.snapshot()) == {"a", "b"}
+
+
 def test_a_record_that_fails_validation_is_corruption(tmp_path: Path) -> None:
     path = tmp_path / "s.journal"
     ops = [["a", {"token": 5}]]

@@ -25,6 +25,7 @@ from qpu_k8s.dra.registration import SERVICES
 from qpu_k8s.dra.slicesync import NodeSlices
 from qpu_k8s.dra.state import (
     CHECKPOINT_NAME,
+    JOURNAL_VERSION,
     ClaimPhase,
     ClaimRecord,
     DeviceRecord,
@@ -276,7 +277,7 @@ def test_new_boot_id_releases_stale_acquisitions_and_cdi(
         assert second.cdi.claims() == set()
         assert second.store is not None
         assert second.store.claims() == []
-        saved = read_snapshot(node_env.root / "state" / CHECKPOINT_NAME, Record)
+        saved = read_snapshot(node_env.root / "state" / CHECKPOINT_NAME, Record, JOURNAL_VERSION)
         # The old boot's claim dropped, its release paid (what is known of backends stays).
         assert [k for k in saved if not k.startswith("known/")] == []
     finally:

@@ -87,6 +87,17 @@ def test_values_schema_rejects_with_readable_message(
     assert message in proc.stderr, proc.stderr
 
 
+def test_acquire_before_bind_needs_the_claim_status_writer(helm_bin: Path) -> None:
+    """The binding condition is written in status.devices: without the writer every pod on
+    an opted-in QPU would wait unbound until the scheduler's timeout."""
+    proc = packaging.helm(
+        "template", "t", str(packaging.CHART), "--api-versions", "resource.k8s.io/v1",
+        "--set", "dra.acquireBeforeBind=true", "--set", "dra.claimStatus.enabled=false",
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "dra.acquireBeforeBind needs dra.claimStatus.enabled=true" in proc.stderr
+
+
 def test_values_yaml_documents_every_schema_key() -> None:
     """values.yaml and values.schema.json describe the same tree (no undocumented key)."""
     values = yaml.safe_load((packaging.CHART / "values.yaml").read_text())

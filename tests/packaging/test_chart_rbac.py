@@ -180,6 +180,15 @@ USES: dict[tuple[str, str, str, str], Use] = {
         "NodePrepareResources reads the claim's allocation",
         (("dra/claims.py", r"get_namespaced_custom_object"),),
     ),
+    ("dra", "resource.k8s.io", "resourceclaims", "list"): Use(
+        "acquire before bind: the claim watcher relists every claim (no field selector exists "
+        "for an allocation's pool)",
+        (("dra/binding.py", r"custom\.list_cluster_custom_object\(\s*GROUP"),),
+    ),
+    ("dra", "resource.k8s.io", "resourceclaims", "watch"): Use(
+        "acquire before bind: the claim watcher follows claims allocated to the node's pool",
+        (("dra/binding.py", r"watch\.Watch\("), ("dra/agent.py", r"ClaimWatcher\(")),
+    ),
     ("dra", "resource.k8s.io", "resourceclaims/status", "patch"): Use(
         "the claim status writer applies status.devices after a prepare",
         (("dra/claims.py", r"patch_namespaced_custom_object_status"),),

@@ -119,4 +119,7 @@ imagePullSecrets:
 {{- if and .Values.dra.enabled (not (.Capabilities.APIVersions.Has "resource.k8s.io/v1")) }}
 {{- fail "dra.enabled needs Kubernetes 1.34+ (resource.k8s.io/v1 is not served by this cluster): upgrade, or set dra.enabled=false and use the device plugin (devicePlugin.enabled=true)" }}
 {{- end }}
+{{- if and .Values.dra.acquireBeforeBind (not .Values.dra.claimStatus.enabled) }}
+{{- fail "dra.acquireBeforeBind needs dra.claimStatus.enabled=true (the driver writes the binding condition in the claim's status.devices): enable it, or set dra.acquireBeforeBind=false" }}
+{{- end }}
 {{- end }}
