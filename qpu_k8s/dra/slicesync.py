@@ -58,10 +58,11 @@ class NodeSlices:
                 continue  # the operator publishes it cluster-wide
             usable = state.usable
             why = "error" if state.error else state.health.status
+            reason = "" if state.error else state.health.reason
             if state.health.status == "unknown" and state.error is None:
                 last = self.calibration.last_health(state)  # not probed since a restart
                 if last is not None:
-                    usable, why = last
+                    (usable, why), reason = last, ""
             out += lane_devices(
                 state.backend,
                 self.calibration.attributes(state),
@@ -69,6 +70,7 @@ class NodeSlices:
                 why=why,
                 driver=self.publisher.driver,
                 mode=self.mode,
+                reason=reason,
             )
             log.debug("devices of backend", extra={"backend": name, "usable": usable})
         return out
