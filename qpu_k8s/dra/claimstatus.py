@@ -6,7 +6,9 @@ pool, device, a ``Ready`` condition, and ``data`` with backend, QRMI resource id
 the session (its id, or only a fingerprint where the token is a bearer secret: see
 :attr:`qpu_k8s.core.vendors.VendorProfile.token_is_public_id`), session mode and max TTL,
 the backend's pending jobs as last probed before the acquire, and when it was acquired.
-``kubectl describe resourceclaim`` shows it; nothing in it is a credential.
+``kubectl describe resourceclaim`` shows it; nothing in it is a credential. A device
+allocated with admin access holds nothing: its entry says ``adminAccess`` and no session
+(:func:`admin_device_status`).
 
 Why a background writer: the status is for people and tools, the prepare is what the pod
 waits for. A status write that fails (apiserver away, RBAC missing) must neither fail nor
@@ -130,6 +132,39 @@ def device_status(
             }
         ],
         "data": data,
+    }
+
+
+def admin_device_status(
+    *, driver: str, pool: str, device: str, backend: QuantumBackend, node: str, at: float
+) -> dict[str, Any]:
+    """The ``AllocatedDeviceStatus`` of a device allocated with admin access: the pod
+    reads the QPU's metadata and status; nothing was acquired, no lane is taken."""
+    spec = backend.spec
+    return {
+        "driver": driver,
+        "pool": pool,
+        "device": device,
+        "conditions": [
+            {
+                "type": READY,
+                "status": "True",
+                "reason": "AdminAccess",
+                "message": (
+                    f"admin access to {spec.resource_id} ({spec.type.value}) on node {node}: "
+                    "metadata and status only, no session acquired, no lane taken"
+                ),
+                "lastTransitionTime": rfc3339(at),
+            }
+        ],
+        "data": {
+            "backend": backend.name,
+            "resourceId": spec.resource_id,
+            "resourceType": spec.type.value,
+            "node": node,
+            "adminAccess": True,
+            "holdsSession": False,
+        },
     }
 
 

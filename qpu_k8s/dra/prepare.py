@@ -34,6 +34,13 @@ prepare.
 Per-claim parameters (:mod:`.params`) may set the IBM session mode and max TTL, and name a
 Secret in the claim's namespace whose credentials replace the backend's (the paper's
 per-user credentials); such a device gets its own QRMI client, cached per claim.
+
+A device allocated with ``adminAccess: true`` (a monitoring or calibration pod in a
+namespace labelled ``resource.kubernetes.io/admin-access: "true"``) is not acquired: the
+scheduler does not count it against the device's availability, so it must hold no lane.
+Its container gets the read-only admin environment
+(:func:`qpu_k8s.core.envcontract.render_admin`: metadata and status, no token, no
+credential) and its claim status says so (:func:`.claimstatus.admin_device_status`).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from typing import Any
 
 from qpu_k8s.core import errors
 from qpu_k8s.core.credentials import StaticCredentials, resolve_credentials
-from qpu_k8s.core.envcontract import EnvContractError, Grant, render
+from qpu_k8s.core.envcontract import AdminView, EnvContractError, Grant, render, render_admin
 from qpu_k8s.core.faultpoints import crash_point
 from qpu_k8s.core.model import AccessMode, QuantumBackend, SecretRef, split_device_id
 from qpu_k8s.core.qrmi_client import ClientFactory, QuantumResourceClient
@@ -58,7 +65,7 @@ from qpu_k8s.resourceslices.build import shared_pool_name
 from . import metrics
 from .cdi import CdiWriter
 from .claims import ClaimNotFoundError, ClaimSource
-from .claimstatus import ClaimStatusPublisher, device_status
+from .claimstatus import ClaimStatusPublisher, admin_device_status, device_status, rfc3339
 from .params import Effective, InvalidParametersError, effective_parameters
 from .state import (
     ClaimPhase,
@@ -301,7 +308,8 @@ class Preparer:
                 params = effective_parameters(configs, request, self.driver, base)
             except InvalidParametersError as err:
                 raise PrepareError(f"ResourceClaim {namespace}/{name}: {err}", "params") from None
-            backend = self._backend_for(device)
+            admin = bool(r.get("adminAccess"))
+            backend = self._backend_for(device, admin=admin)
             expected = (
                 shared_pool_name(backend.name)
                 if backend.spec.access is AccessMode.SHARED
@@ -333,6 +341,7 @@ class Preparer:
                     credentials_secret=params.credentials_secret,
                     session_mode=params.session_mode,
                     session_max_ttl_seconds=params.session_max_ttl_seconds,
+                    admin_access=admin,
                 )
             )
         return ClaimRecord(
@@ -344,7 +353,9 @@ class Preparer:
             owner=self.store.instance,
         )
 
-    def _backend_for(self, device: str) -> QuantumBackend:
+    def _backend_for(self, device: str, *, admin: bool = False) -> QuantumBackend:
+        """The configured backend of ``device``; a backend in error (bad config, missing
+        credentials) serves admin access only: there is nothing to acquire."""
         try:
             backend_name, lane = split_device_id(device)
         except ValueError as err:
@@ -355,7 +366,7 @@ class Preparer:
                 f"device {device}: backend {backend_name!r} is not configured on this node",
                 "backend",
             )
-        if state.error:
+        if state.error and not admin:
             raise PrepareError(f"device {device}: {state.error}", "backend")
         if lane >= state.backend.spec.lanes:
             raise PrepareError(
@@ -455,6 +466,9 @@ class Preparer:
             return
         entries = []
         for dev in rec.devices:
+            if dev.admin_access:
+                entries += self._admin_status(dev)
+                continue
             if dev.token is None:
                 continue
             try:
@@ -482,10 +496,27 @@ class Preparer:
         if entries:
             self.status.publish(rec.namespace, rec.name, rec.uid, entries)
 
+    def _admin_status(self, dev: DeviceRecord) -> list[dict[str, Any]]:
+        state = self.registry.get(dev.backend)
+        if state is None:
+            return []  # gone from the config meanwhile: no entry, as for acquired devices
+        status = admin_device_status(
+            driver=self.driver,
+            pool=dev.pool,
+            device=dev.device,
+            backend=state.backend,
+            node=self.node,
+            at=time.time(),
+        )
+        return [status]
+
     # -- acquire / release ------------------------------------------------------------------
     def _acquire_all(self, rec: ClaimRecord) -> None:
-        """Acquire device by device, each token recorded (synced) as the vendor returns it."""
+        """Acquire device by device, each token recorded (synced) as the vendor returns it;
+        admin-access devices are not acquired."""
         for dev in rec.devices:
+            if dev.admin_access:
+                continue
             client, grant = self._client(rec, dev)
             state = self.registry.get(dev.backend)
             with self._guard:
@@ -550,7 +581,10 @@ class Preparer:
         """
         if rec.phase is not ClaimPhase.PREPARING:
             return
-        dev = next((d for d in rec.devices if d.token is None and not d.released), None)
+        dev = next(
+            (d for d in rec.devices if d.token is None and not d.released and not d.admin_access),
+            None,
+        )
         if dev is None:
             return
         state = self.registry.get(dev.backend)
@@ -622,16 +656,40 @@ class Preparer:
     # -- CDI --------------------------------------------------------------------------------
     def _write_cdi(self, rec: ClaimRecord) -> None:
         grants: list[Grant] = []
+        views: list[AdminView] = []
         for dev in rec.devices:
+            if dev.admin_access:
+                views.append(self._admin_view(dev))
+                continue
             if dev.token is None:
                 raise PrepareError(f"device {dev.device} was never acquired", "state")
             _, grant = self._client(rec, dev)
             grants.append(Grant(grant.backend, dev.token, grant.credentials))
         try:
-            env = render(grants)
+            env = render(grants).env if grants else {}
+            if views:
+                env.update(render_admin(views).env)
         except EnvContractError as err:
             raise PrepareError(f"claim {rec.namespace}/{rec.name}: {err}", "env") from None
-        rec.cdi_device_id = self.cdi.write(rec.uid, env.env)
+        rec.cdi_device_id = self.cdi.write(rec.uid, env)
+
+    def _admin_view(self, dev: DeviceRecord) -> AdminView:
+        """What an admin-access device shows: the backend and the node's last probe."""
+        state = self.registry.get(dev.backend)
+        if state is None:
+            raise PrepareError(
+                f"backend {dev.backend!r} is no longer configured on this node", "backend"
+            )
+        health = state.health
+        probed = health.status != "unknown"
+        return AdminView(
+            backend=state.backend,
+            device=dev.device,
+            status=health.status,
+            reason=state.error or health.reason,
+            pending_jobs=health.pending_jobs,
+            checked_at=rfc3339(health.checked_at) if probed else "",
+        )
 
     def _result(self, rec: ClaimRecord) -> list[PreparedDevice]:
         cdi_id = rec.cdi_device_id or self.cdi.device_id(rec.uid)

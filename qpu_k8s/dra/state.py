@@ -84,6 +84,8 @@ class DeviceRecord(_Model):
     credentials_secret: str | None = None
     session_mode: str | None = None
     session_max_ttl_seconds: int | None = None
+    # Allocated with adminAccess: never acquired, the pod only reads metadata and status.
+    admin_access: bool = False
 
 
 class ClaimRecord(_Model):
