@@ -115,24 +115,28 @@ def device_status(
     if pending_jobs is not None:
         data["pendingJobsAtAcquire"] = pending_jobs
     what = "a session" if vendor.session_based else "access"
+    reason = "SessionAcquired" if vendor.session_based else "Acquired"
+    message = (
+        f"{spec.resource_id} ({spec.type.value}) holds {what} for this claim, "
+        f"acquired on node {node}"
+    )
+    return _entry(driver, pool, device, _ready(reason, message, acquired_at), data)
+
+
+def _ready(reason: str, message: str, at: float) -> dict[str, Any]:
     return {
-        "driver": driver,
-        "pool": pool,
-        "device": device,
-        "conditions": [
-            {
-                "type": READY,
-                "status": "True",
-                "reason": "SessionAcquired" if vendor.session_based else "Acquired",
-                "message": (
-                    f"{spec.resource_id} ({spec.type.value}) holds {what} for this claim, "
-                    f"acquired on node {node}"
-                ),
-                "lastTransitionTime": rfc3339(acquired_at),
-            }
-        ],
-        "data": data,
+        "type": READY,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": rfc3339(at),
     }
+
+
+def _entry(
+    driver: str, pool: str, device: str, ready: dict[str, Any], data: dict[str, Any]
+) -> dict[str, Any]:
+    return {"driver": driver, "pool": pool, "device": device, "conditions": [ready], "data": data}
 
 
 def admin_device_status(
@@ -141,31 +145,19 @@ def admin_device_status(
     """The ``AllocatedDeviceStatus`` of a device allocated with admin access: the pod
     reads the QPU's metadata and status; nothing was acquired, no lane is taken."""
     spec = backend.spec
-    return {
-        "driver": driver,
-        "pool": pool,
-        "device": device,
-        "conditions": [
-            {
-                "type": READY,
-                "status": "True",
-                "reason": "AdminAccess",
-                "message": (
-                    f"admin access to {spec.resource_id} ({spec.type.value}) on node {node}: "
-                    "metadata and status only, no session acquired, no lane taken"
-                ),
-                "lastTransitionTime": rfc3339(at),
-            }
-        ],
-        "data": {
-            "backend": backend.name,
-            "resourceId": spec.resource_id,
-            "resourceType": spec.type.value,
-            "node": node,
-            "adminAccess": True,
-            "holdsSession": False,
-        },
+    message = (
+        f"admin access to {spec.resource_id} ({spec.type.value}) on node {node}: "
+        "metadata and status only, no session acquired, no lane taken"
+    )
+    data = {
+        "backend": backend.name,
+        "resourceId": spec.resource_id,
+        "resourceType": spec.type.value,
+        "node": node,
+        "adminAccess": True,
+        "holdsSession": False,
     }
+    return _entry(driver, pool, device, _ready("AdminAccess", message, at), data)
 
 
 @dataclass

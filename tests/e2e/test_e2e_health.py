@@ -24,6 +24,20 @@ TORINO_LANES = {f"{TORINO}-lane-0", f"{TORINO}-lane-1"}
 ATTR = 'device.attributes["qpu.quantum.example.com"]'
 
 
+def wait_unschedulable(lc: LocalCluster, ns: str, pod: str) -> None:
+    """Wait for the scheduler's FailedScheduling event on ``pod`` (it found no device)."""
+    wait_until(
+        lambda: any(
+            e["reason"] == "FailedScheduling"
+            for e in lc.kubectl_json(
+                "-n", ns, "get", "events", "--field-selector", f"involvedObject.name={pod}"
+            )["items"]
+        ),
+        60,
+        f"the scheduler to report pod {pod} unschedulable",
+    )
+
+
 def test_offline_backend_is_withdrawn_and_new_claims_go_elsewhere(
     local_cluster: LocalCluster, release: rel.Release, ns: str, emulator: rel.AdminClient
 ) -> None:
@@ -62,16 +76,7 @@ def test_offline_backend_is_withdrawn_and_new_claims_go_elsewhere(
             "fake_manila"
         )
         # Only the offline backend matches: no allocation, the pod waits unschedulable.
-        wait_until(
-            lambda: any(
-                e["reason"] == "FailedScheduling"
-                for e in local_cluster.kubectl_json(
-                    "-n", ns, "get", "events", "--field-selector", "involvedObject.name=heron"
-                )["items"]
-            ),
-            60,
-            "the scheduler to report the heron pod unschedulable",
-        )
+        wait_unschedulable(local_cluster, ns, "heron")
         assert rel.pod_phase(local_cluster, ns, "heron")["phase"] == "Pending"
         heron = local_cluster.kubectl_json("-n", ns, "get", "resourceclaim", "heron")
         assert not heron.get("status", {}).get("allocation")
@@ -177,16 +182,7 @@ def test_offline_backend_tainted_only_a_tolerating_claim_gets_it(
         # The scheduler allocates a tainted device only to the claim that tolerates it.
         device = wait_until(lambda: allocated("tolerant"), 60, "the tolerant claim allocated")
         assert device in TORINO_LANES
-        wait_until(
-            lambda: any(
-                e["reason"] == "FailedScheduling"
-                for e in local_cluster.kubectl_json(
-                    "-n", ns, "get", "events", "--field-selector", "involvedObject.name=plain"
-                )["items"]
-            ),
-            60,
-            "the intolerant pod reported unschedulable",
-        )
+        wait_unschedulable(local_cluster, ns, "plain")
         assert allocated("plain") is None
     finally:
         emulator.set_online("fake_torino", True)
@@ -255,16 +251,7 @@ def test_paused_backend_tainted_with_the_vendors_reason_until_resumed(
         )
         rel.wait_pod(lc, ns, "tolerant")
         assert rel.printed_env(lc, ns, "tolerant")["QRMI_JOB_QPU_RESOURCES"] == "fake_torino"
-        wait_until(
-            lambda: any(
-                e["reason"] == "FailedScheduling"
-                for e in lc.kubectl_json(
-                    "-n", ns, "get", "events", "--field-selector", "involvedObject.name=plain"
-                )["items"]
-            ),
-            60,
-            "the intolerant pod reported unschedulable",
-        )
+        wait_unschedulable(lc, ns, "plain")
         plain = lc.kubectl_json("-n", ns, "get", "resourceclaim", "plain")
         assert not plain.get("status", {}).get("allocation")
         # The kubelet shows the full reason on the pod that holds the paused device.
