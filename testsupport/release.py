@@ -69,6 +69,10 @@ class AdminClient(EmulatorClient):
     def session(self, session_id: str) -> dict[str, Any] | None:
         return next((s for s in self.sessions() if s["id"] == session_id), None)
 
+    def open_ids(self, backend: str | None = None) -> set[str]:
+        """The ids of the sessions open now (of ``backend``, or all)."""
+        return {s["id"] for s in self.sessions(backend, open_only=True)}
+
 
 @dataclass
 class Release:
@@ -389,6 +393,8 @@ done
 echo ENV-DONE
 """
 STAY = "trap 'exit 0' TERM; while :; do sleep 1; done"
+# ENV_SCRIPT, also printing the read-only admin-access variables (QPU_ADMIN_*, {id}_QPU_*).
+ADMIN_ENV_SCRIPT = ENV_SCRIPT.replace("^(QRMI_|", "^(QPU_ADMIN_|[A-Za-z0-9_]+_QPU_|QRMI_|")
 
 
 def pod(

@@ -13,10 +13,26 @@ non-secret variables are also set under that alias, so shell scripts can read th
 Credentials (``{id}_QRMI_IBM_QCS_IAM_APIKEY`` etc.) are part of the contract because
 ``QRMIService()`` needs them; each agent chooses the path that carries them (see README:
 device-plugin Allocate envs, DRA CDI spec) and never writes them anywhere else.
+
+Admin access (a DRA request with ``adminAccess: true``, for monitoring and calibration
+pods) acquires nothing, so it gets a separate, read-only environment
+(:func:`render_admin`): the QPU's identity, metadata and status as last probed, and no
+token, no credential and none of the variables above, so ``QRMIService()`` in such a pod
+finds no resource and cannot submit jobs. Its names:
+
+* ``QPU_ADMIN_ACCESS=true``; ``QPU_ADMIN_RESOURCES`` / ``QPU_ADMIN_TYPES``: the resource
+  ids and QRMI types, joined like ``QRMI_JOB_QPU_RESOURCES``;
+* per resource id (and its shell alias): ``{id}_QPU_BACKEND`` (the QuantumBackend, whose
+  status the operator keeps current: ``kubectl get quantumbackend NAME``),
+  ``{id}_QPU_DEVICE`` (the DRA device), ``{id}_QPU_STATUS`` / ``{id}_QPU_STATUS_REASON``
+  / ``{id}_QPU_PENDING_JOBS`` / ``{id}_QPU_CHECKED_AT`` (the node's last probe when the pod
+  started), and ``{id}_QPU_METADATA``: all of it as JSON, plus the backend's non-secret
+  ``config`` (endpoints: where the vendor's status API is).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,3 +126,55 @@ def render(
                     env[key] = value
                     secrets.add(key)
     return JobEnv(env, frozenset(secrets))
+
+
+ADMIN_FLAG = "QPU_ADMIN_ACCESS"
+
+
+@dataclass(frozen=True)
+class AdminView:
+    """One device a pod holds with admin access: the backend and its last probe."""
+
+    backend: QuantumBackend
+    device: str
+    status: str
+    reason: str = ""
+    pending_jobs: int | None = None
+    checked_at: str = ""  # RFC 3339; empty: never probed
+
+
+def render_admin(views: Sequence[AdminView], *, delimiter: str = DEFAULT_DELIMITER) -> JobEnv:
+    """The read-only environment of admin-access devices (see the module docstring)."""
+    check([v.backend for v in views], delimiter=delimiter)
+    env = {
+        ADMIN_FLAG: "true",
+        "QPU_ADMIN_RESOURCES": delimiter.join(v.backend.spec.resource_id for v in views),
+        "QPU_ADMIN_TYPES": delimiter.join(v.backend.spec.type.value for v in views),
+    }
+    for v in views:
+        spec = v.backend.spec
+        fields = {
+            "BACKEND": v.backend.name,
+            "DEVICE": v.device,
+            "STATUS": v.status,
+            "STATUS_REASON": v.reason,
+            "PENDING_JOBS": "" if v.pending_jobs is None else str(v.pending_jobs),
+            "CHECKED_AT": v.checked_at,
+        }
+        metadata = {
+            "backend": v.backend.name,
+            "device": v.device,
+            "resourceId": spec.resource_id,
+            "resourceType": spec.type.value,
+            "access": spec.access.value,
+            "lanes": spec.lanes,
+            "config": dict(spec.config),
+            "status": v.status,
+            "statusReason": v.reason,
+            "pendingJobs": v.pending_jobs,
+            "checkedAt": v.checked_at,
+        }
+        fields["METADATA"] = json.dumps(metadata, sort_keys=True)
+        for prefix in dict.fromkeys((spec.resource_id, shell_name(spec.resource_id))):
+            env.update({f"{prefix}_QPU_{key}": value for key, value in fields.items()})
+    return JobEnv(env, frozenset())

@@ -116,7 +116,14 @@ class QuantumBackendSpec(_Model):
             "QRMI_JOB_QPU_RESOURCES.",
         ),
     ]
-    type: Annotated[ResourceType, Field(description="QRMI resource type.")]
+    type: Annotated[
+        ResourceType,
+        Field(
+            description="QRMI resource type. qiskit-runtime-service is deprecated (IBM's "
+            "transition ended 2026-11-21): use ibm-quantum-compute-service with QRMI_IBM_QCS_* "
+            "keys."
+        ),
+    ]
     config: Annotated[
         dict[str, str],
         Field(

@@ -6,7 +6,9 @@ pool, device, a ``Ready`` condition, and ``data`` with backend, QRMI resource id
 the session (its id, or only a fingerprint where the token is a bearer secret: see
 :attr:`qpu_k8s.core.vendors.VendorProfile.token_is_public_id`), session mode and max TTL,
 the backend's pending jobs as last probed before the acquire, and when it was acquired.
-``kubectl describe resourceclaim`` shows it; nothing in it is a credential.
+``kubectl describe resourceclaim`` shows it; nothing in it is a credential. A device
+allocated with admin access holds nothing: its entry says ``adminAccess`` and no session
+(:func:`admin_device_status`).
 
 Why a background writer: the status is for people and tools, the prepare is what the pod
 waits for. A status write that fails (apiserver away, RBAC missing) must neither fail nor
@@ -118,25 +120,60 @@ def device_status(
     if lanes is not None:
         data["lanes"] = lanes
     what = "a session" if vendor.session_based else "access"
+    reason = "SessionAcquired" if vendor.session_based else "Acquired"
+    message = (
+        f"{spec.resource_id} ({spec.type.value}) holds {what} for this claim, "
+        f"acquired on node {node}"
+    )
+    return _entry(
+        driver, pool, device, _ready(reason, message, acquired_at), data, share_id=share_id
+    )
+
+
+def _ready(reason: str, message: str, at: float) -> dict[str, Any]:
+    return {
+        "type": READY,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": rfc3339(at),
+    }
+
+
+def _entry(
+    driver: str,
+    pool: str,
+    device: str,
+    ready: dict[str, Any],
+    data: dict[str, Any],
+    *,
+    share_id: str | None = None,
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"driver": driver, "pool": pool, "device": device}
     if share_id:
         entry["shareID"] = share_id  # the apiserver keys entries by it for shared devices
-    return {
-        **entry,
-        "conditions": [
-            {
-                "type": READY,
-                "status": "True",
-                "reason": "SessionAcquired" if vendor.session_based else "Acquired",
-                "message": (
-                    f"{spec.resource_id} ({spec.type.value}) holds {what} for this claim, "
-                    f"acquired on node {node}"
-                ),
-                "lastTransitionTime": rfc3339(acquired_at),
-            }
-        ],
-        "data": data,
+    return {**entry, "conditions": [ready], "data": data}
+
+
+def admin_device_status(
+    *, driver: str, pool: str, device: str, backend: QuantumBackend, node: str, at: float
+) -> dict[str, Any]:
+    """The ``AllocatedDeviceStatus`` of a device allocated with admin access: the pod
+    reads the QPU's metadata and status; nothing was acquired, no lane is taken."""
+    spec = backend.spec
+    message = (
+        f"admin access to {spec.resource_id} ({spec.type.value}) on node {node}: "
+        "metadata and status only, no session acquired, no lane taken"
+    )
+    data = {
+        "backend": backend.name,
+        "resourceId": spec.resource_id,
+        "resourceType": spec.type.value,
+        "node": node,
+        "adminAccess": True,
+        "holdsSession": False,
     }
+    return _entry(driver, pool, device, _ready("AdminAccess", message, at), data)
 
 
 def acquired_condition(driver: str, ready: dict[str, Any]) -> dict[str, Any]:

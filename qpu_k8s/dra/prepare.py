@@ -41,6 +41,13 @@ prepared on its own (its own session), answered with its share. A claim holding 
 device's lanes is exclusive and opens the vendor's exclusive session mode (IBM
 ``dedicated``), one holding fewer its shared mode (IBM ``batch``), unless the claim's
 parameters name a mode.
+
+A device allocated with ``adminAccess: true`` (a monitoring or calibration pod in a
+namespace labelled ``resource.kubernetes.io/admin-access: "true"``) is not acquired: the
+scheduler does not count it against the device's availability, so it must hold no lane.
+Its container gets the read-only admin environment
+(:func:`qpu_k8s.core.envcontract.render_admin`: metadata and status, no token, no
+credential) and its claim status says so (:func:`.claimstatus.admin_device_status`).
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ from typing import Any
 
 from qpu_k8s.core import errors
 from qpu_k8s.core.credentials import StaticCredentials, resolve_credentials
-from qpu_k8s.core.envcontract import EnvContractError, Grant, render
+from qpu_k8s.core.envcontract import AdminView, EnvContractError, Grant, render, render_admin
 from qpu_k8s.core.faultpoints import crash_point
 from qpu_k8s.core.model import AccessMode, QuantumBackend, SecretRef, split_device_id
 from qpu_k8s.core.qrmi_client import ClientFactory, QuantumResourceClient
@@ -67,7 +74,13 @@ from qpu_k8s.resourceslices.policy import CAPACITY_LANES
 from . import metrics
 from .cdi import CdiWriter
 from .claims import ClaimNotFoundError, ClaimSource
-from .claimstatus import ClaimStatusPublisher, acquired_condition, device_status
+from .claimstatus import (
+    ClaimStatusPublisher,
+    acquired_condition,
+    admin_device_status,
+    device_status,
+    rfc3339,
+)
 from .params import Effective, InvalidParametersError, effective_parameters
 from .state import (
     ClaimPhase,
@@ -392,7 +405,8 @@ class Preparer:
                 params = effective_parameters(configs, request, self.driver, base)
             except InvalidParametersError as err:
                 raise PrepareError(f"ResourceClaim {namespace}/{name}: {err}", "params") from None
-            backend = self._backend_for(device)
+            admin = bool(r.get("adminAccess"))
+            backend = self._backend_for(device, admin=admin)
             expected = (
                 shared_pool_name(backend.name)
                 if backend.spec.access is AccessMode.SHARED
@@ -432,6 +446,7 @@ class Preparer:
                     session_max_ttl_seconds=params.session_max_ttl_seconds,
                     share_id=share_id,
                     lanes=lanes,
+                    admin_access=admin,
                 )
             )
         return ClaimRecord(
@@ -443,12 +458,14 @@ class Preparer:
             owner=self.store.instance,
         )
 
-    def _backend_for(self, device: str) -> QuantumBackend:
-        """The backend of a device: a QPU device is named after its backend (checked first,
-        so a backend whose own name ends in ``-lane-<n>`` is found), a lane device not."""
+    def _backend_for(self, device: str, *, admin: bool = False) -> QuantumBackend:
+        """The configured backend of ``device``: a QPU device is named after its backend
+        (checked first, so a backend whose own name ends in ``-lane-<n>`` is found), a lane
+        device not. A backend in error (bad config, missing credentials) serves admin access
+        only: there is nothing to acquire."""
         whole = self.registry.get(device)
         if whole is not None:
-            if whole.error:
+            if whole.error and not admin:
                 raise PrepareError(f"device {device}: {whole.error}", "backend")
             return whole.backend
         try:
@@ -461,7 +478,7 @@ class Preparer:
                 f"device {device}: backend {backend_name!r} is not configured on this node",
                 "backend",
             )
-        if state.error:
+        if state.error and not admin:
             raise PrepareError(f"device {device}: {state.error}", "backend")
         if lane >= state.backend.spec.lanes:
             raise PrepareError(
@@ -561,6 +578,9 @@ class Preparer:
             return
         entries = []
         for dev in rec.devices:
+            if dev.admin_access:
+                entries += self._admin_status(dev)
+                continue
             if dev.token is None:
                 continue
             try:
@@ -597,10 +617,27 @@ class Preparer:
         if entries:
             self.status.publish(rec.namespace, rec.name, rec.uid, entries)
 
+    def _admin_status(self, dev: DeviceRecord) -> list[dict[str, Any]]:
+        state = self.registry.get(dev.backend)
+        if state is None:
+            return []  # gone from the config meanwhile: no entry, as for acquired devices
+        status = admin_device_status(
+            driver=self.driver,
+            pool=dev.pool,
+            device=dev.device,
+            backend=state.backend,
+            node=self.node,
+            at=time.time(),
+        )
+        return [status]
+
     # -- acquire / release ------------------------------------------------------------------
     def _acquire_all(self, rec: ClaimRecord) -> None:
-        """Acquire device by device, each token recorded (synced) as the vendor returns it."""
+        """Acquire device by device, each token recorded (synced) as the vendor returns it;
+        admin-access devices are not acquired."""
         for dev in rec.devices:
+            if dev.admin_access:
+                continue
             client, grant = self._client(rec, dev)
             state = self.registry.get(dev.backend)
             with self._guard:
@@ -665,7 +702,10 @@ class Preparer:
         """
         if rec.phase is not ClaimPhase.PREPARING:
             return
-        dev = next((d for d in rec.devices if d.token is None and not d.released), None)
+        dev = next(
+            (d for d in rec.devices if d.token is None and not d.released and not d.admin_access),
+            None,
+        )
         if dev is None:
             return
         state = self.registry.get(dev.backend)
@@ -739,16 +779,40 @@ class Preparer:
     # -- CDI --------------------------------------------------------------------------------
     def _write_cdi(self, rec: ClaimRecord) -> None:
         grants: list[Grant] = []
+        views: list[AdminView] = []
         for dev in rec.devices:
+            if dev.admin_access:
+                views.append(self._admin_view(dev))
+                continue
             if dev.token is None:
                 raise PrepareError(f"device {dev.device} was never acquired", "state")
             _, grant = self._client(rec, dev)
             grants.append(Grant(grant.backend, dev.token, grant.credentials))
         try:
-            env = render(grants)
+            env = render(grants).env if grants else {}
+            if views:
+                env.update(render_admin(views).env)
         except EnvContractError as err:
             raise PrepareError(f"claim {rec.namespace}/{rec.name}: {err}", "env") from None
-        rec.cdi_device_id = self.cdi.write(rec.uid, env.env)
+        rec.cdi_device_id = self.cdi.write(rec.uid, env)
+
+    def _admin_view(self, dev: DeviceRecord) -> AdminView:
+        """What an admin-access device shows: the backend and the node's last probe."""
+        state = self.registry.get(dev.backend)
+        if state is None:
+            raise PrepareError(
+                f"backend {dev.backend!r} is no longer configured on this node", "backend"
+            )
+        health = state.health
+        probed = health.status != "unknown"
+        return AdminView(
+            backend=state.backend,
+            device=dev.device,
+            status=health.status,
+            reason=state.error or health.reason,
+            pending_jobs=health.pending_jobs,
+            checked_at=rfc3339(health.checked_at) if probed else "",
+        )
 
     def _result(self, rec: ClaimRecord) -> list[PreparedDevice]:
         cdi_id = rec.cdi_device_id or self.cdi.device_id(rec.uid)

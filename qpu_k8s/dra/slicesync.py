@@ -69,10 +69,11 @@ class NodeSlices:
                 continue  # the operator publishes it cluster-wide
             usable = state.usable
             why = "error" if state.error else state.health.status
+            reason = "" if state.error else state.health.reason
             if state.health.status == "unknown" and state.error is None:
                 last = self.calibration.last_health(state)  # not probed since a restart
                 if last is not None:
-                    usable, why = last
+                    (usable, why), reason = last, ""
             out += lane_devices(
                 state.backend,
                 self.calibration.attributes(state),
@@ -83,6 +84,7 @@ class NodeSlices:
                 model=self.model,
                 acquire_before_bind=self.binding_default is not None
                 and acquires_before_bind(state.backend, self.binding_default),
+                reason=reason,
             )
             log.debug("devices of backend", extra={"backend": name, "usable": usable})
         return out

@@ -93,6 +93,8 @@ class DeviceRecord(_Model):
     # Consumable capacity (one device per QPU): the allocation's share and lanes it holds.
     share_id: str | None = None
     lanes: int | None = None
+    # Allocated with adminAccess: never acquired, the pod only reads metadata and status.
+    admin_access: bool = False
 
 
 class ClaimRecord(_Model):

@@ -82,30 +82,56 @@ async def delete_faults(request: web.Request) -> web.Response:
     return web.json_response({"removed": removed})
 
 
-async def set_online(request: web.Request) -> web.Response:
-    """``{"online": false, "reason": "...", "paused": false}`` flips a backend's health."""
-    ctx = ctx_of(request)
+def _backend_name(request: web.Request) -> str:
     name = request.match_info["name"]
     if name not in catalog.names():
         raise VendorError(404, str(catalog.UnknownBackendError(name)))
+    return name
+
+
+def _take_down(request: web.Request, name: str, reason: str, *, paused: bool) -> None:
+    fault = {"kind": "offline", "backend": name, "reason": reason, "paused": paused}
+    ctx_of(request).faults.set(Fault.from_dict(fault))
+
+
+async def set_online(request: web.Request) -> web.Response:
+    """``{"online": false, "reason": "...", "paused": false}`` flips a backend's health."""
+    name = _backend_name(request)
     body: Any = await read_json(request)
     online = body.get("online") if isinstance(body, dict) else None
     if not isinstance(online, bool):
         raise VendorError(400, "field 'online' must be true or false")
     if online:
-        ctx.faults.clear(FaultKind.OFFLINE, name)
+        ctx_of(request).faults.clear(FaultKind.OFFLINE, name)
     else:
-        ctx.faults.set(
-            Fault.from_dict(
-                {
-                    "kind": "offline",
-                    "backend": name,
-                    "reason": str(body.get("reason", "")),
-                    "paused": bool(body.get("paused", False)),
-                }
-            )
-        )
+        reason, paused = str(body.get("reason", "")), bool(body.get("paused", False))
+        _take_down(request, name, reason, paused=paused)
     return web.json_response({"backend": name, "online": online})
+
+
+async def pause(request: web.Request) -> web.Response:
+    """``{"reason": "..."}``: the vendor pauses the backend (maintenance, calibration).
+
+    Each API then says so as the vendor does: IBM's device list ``status`` ``{"name":
+    "paused", "reason"}`` (what qrmi's ``status()`` reads) and ``/backends/{name}/status``
+    ``state: false, status: "paused", message`` (qiskit-ibm-runtime's ``operational`` /
+    ``status_msg``); Pasqal's device ``status: "MAINTENANCE"``, ``availability:
+    "INACTIVE"``. New jobs are refused until ``resume``.
+    """
+    name = _backend_name(request)
+    body: Any = await read_json(request)
+    reason = body.get("reason", "") if isinstance(body, dict) else None
+    if not isinstance(reason, str):
+        raise VendorError(400, "field 'reason' must be a string (the vendor's words)")
+    _take_down(request, name, reason, paused=True)
+    return web.json_response({"backend": name, "paused": True, "reason": reason})
+
+
+async def resume(request: web.Request) -> web.Response:
+    """End a pause (or an offline spell): the backend reports online again."""
+    name = _backend_name(request)
+    ctx_of(request).faults.clear(FaultKind.OFFLINE, name)
+    return web.json_response({"backend": name, "paused": False})
 
 
 async def reset(request: web.Request) -> web.Response:
@@ -138,6 +164,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/faults", post_fault)
     r.add_delete(f"{PREFIX}/faults", delete_faults)
     r.add_post(f"{PREFIX}/backends/{{name}}/online", set_online)
+    r.add_post(f"{PREFIX}/backends/{{name}}/pause", pause)
+    r.add_post(f"{PREFIX}/backends/{{name}}/resume", resume)
     r.add_post(f"{PREFIX}/reset", reset)
     r.add_get(f"{PREFIX}/catalog", get_catalog)
     r.add_get(f"{PREFIX}/requests", get_requests)

@@ -210,5 +210,12 @@ class EmulatorClient(ConfigHelpers):
             {"online": online, "reason": reason, "paused": paused},
         )
 
+    def pause(self, backend: str, reason: str) -> None:
+        """The vendor pauses ``backend`` with ``reason`` (see :func:`.admin.pause`)."""
+        self._call("POST", f"/backends/{backend}/pause", {"reason": reason})
+
+    def resume(self, backend: str) -> None:
+        self._call("POST", f"/backends/{backend}/resume")
+
     def reset(self) -> None:
         self._call("POST", "/reset")

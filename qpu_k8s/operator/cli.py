@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--unhealthy",
         "withdraw",
         "slices of a shared QPU that is not Ready: withdraw its devices, or taint them "
-        "(NoSchedule; needs the DRADeviceTaints feature)",
+        "(NoSchedule; device taints are on by default from Kubernetes 1.36, GA in 1.37)",
     )
     add_flag(
         parser,

@@ -22,7 +22,11 @@ selectors like ``device.attributes[...].qubits >= 100`` evaluate). Otherwise:
   it, and a claim is never allocated a device it cannot use;
 * ``taint``: its devices stay, with a ``NoSchedule`` DeviceTaint
   ``<driver>/unhealthy=<why>`` that shows the reason (GA in 1.37; with the DRADeviceTaints
-  feature off the apiserver drops the field, leaving the device allocatable).
+  feature off the apiserver drops the field, leaving the device allocatable). A backend the
+  vendor reports *paused* (maintenance, calibration: it comes back by itself) gets
+  ``<driver>/paused=<the vendor's reason>`` instead, the reason as a label value (at most
+  63 characters, the taint value's limit); the full reason is in the health stream's
+  message and the QuantumBackend's ``BackendPaused`` condition.
 
 Either way a claim already prepared keeps its acquisition: health gates new allocations.
 """
@@ -49,10 +53,19 @@ class UnhealthyMode(StrEnum):
     TAINT = "taint"
 
 
-def unhealthy_taint(driver: str, why: str) -> DeviceTaint:
-    """The taint an unpublishable device carries in ``taint`` mode (value: why, a label)."""
-    value = "".join(c if c.isalnum() or c in "-_." else "-" for c in why)[:63].strip("-_.")
-    return DeviceTaint(f"{driver}/unhealthy", value or "unknown", "NoSchedule")
+def label_value(text: str) -> str:
+    """``text`` as a label value (a taint value must be one): other characters become
+    ``-``, cut to 63 characters, starting and ending alphanumeric; may be empty."""
+    value = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "-" for c in text)
+    return value[:63].strip("-_.")
+
+
+def unhealthy_taint(driver: str, why: str, reason: str = "") -> DeviceTaint:
+    """The taint an unpublishable device carries in ``taint`` mode: ``<driver>/paused=
+    <reason>`` when the vendor paused the backend, else ``<driver>/unhealthy=<why>``."""
+    if why == "paused":
+        return DeviceTaint(f"{driver}/paused", label_value(reason) or "paused", "NoSchedule")
+    return DeviceTaint(f"{driver}/unhealthy", label_value(why) or "unknown", "NoSchedule")
 
 
 def binding_conditions(driver: str) -> tuple[str, str]:
@@ -71,16 +84,17 @@ def lane_devices(
     mode: UnhealthyMode,
     model: DeviceModel = DeviceModel.LANES,
     acquire_before_bind: bool = False,
+    reason: str = "",
 ) -> list[Device]:
     """The devices of ``backend``: ``attributes`` (any lane's; None: no ``target()`` answer
-    yet), ``usable`` and, when not, ``why`` (the probe state) decide per the policy;
-    ``model`` says whether a lane is a device or a unit of the QPU device's capacity; with
-    ``acquire_before_bind`` they carry the binding conditions."""
+    yet), ``usable`` and, when not, ``why`` (the probe state) and ``reason`` (the vendor's
+    words) decide per the policy; ``model`` says whether a lane is a device or a unit of the
+    QPU device's capacity; with ``acquire_before_bind`` they carry the binding conditions."""
     if attributes is None:
         usable, why = False, why if not usable else "not-calibrated"
     if not usable and mode is UnhealthyMode.WITHDRAW:
         return []
-    taints = () if usable else (unhealthy_taint(driver, why),)
+    taints = () if usable else (unhealthy_taint(driver, why, reason),)
     base = {k: v for k, v in (attributes or {}).items() if k != "lane"}
     acquired, failed = binding_conditions(driver)
     waits: tuple[str, ...] = (acquired,) if acquire_before_bind else ()

@@ -55,6 +55,33 @@ def test_validate(
     assert "spec.lanes" in capsys.readouterr().err
 
 
+def test_validate_warns_about_the_deprecated_runtime_service_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = ("ENDPOINT", "IAM_ENDPOINT", "SERVICE_CRN")
+    cr = {
+        "apiVersion": "quantum.example.com/v1alpha1",
+        "kind": "QuantumBackend",
+        "metadata": {"name": "legacy"},
+        "spec": {
+            "resourceId": "ibm_torino",
+            "type": "qiskit-runtime-service",
+            "config": {f"QRMI_IBM_QRS_{k}": f"https://example.com/{k}" for k in keys},
+            "credentialsSecretRef": {"name": "ibm", "namespace": "qpu-system"},
+        },
+    }
+    path = tmp_path / "legacy.yaml"
+    path.write_text(yaml.safe_dump(cr))
+    assert main(["validate", str(path)]) == 0  # still valid: a warning, not an error
+    out = capsys.readouterr()
+    assert "QuantumBackend legacy ok" in out.out
+    assert "warning: QuantumBackend legacy: spec.type qiskit-runtime-service is deprecated" in (
+        out.err
+    )
+    assert "2026-11-21" in out.err
+    assert "Use spec.type ibm-quantum-compute-service" in out.err
+
+
 def test_podenv_masks_credentials() -> None:
     env = {
         "QRMI_JOB_QPU_RESOURCES": "ibm_torino",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,11 +21,13 @@ from qpu_k8s.core.vendors import token_fingerprint
 from qpu_k8s.dra.agent import DraDriver
 from qpu_k8s.dra.claims import status_write_error
 from qpu_k8s.dra.claimstatus import StatusWriteError, device_status
-from qpu_k8s.fakekubelet import FakeDRAKubelet
+from qpu_k8s.fakekubelet import ClaimRef, FakeDRAKubelet
 from testsupport.dra import (
+    NS,
     DraNode,
     StaticClaims,
     StatusRecorder,
+    allocated_claim,
     ibm_model,
     params_config,
     pasqal_model,
@@ -281,3 +284,55 @@ def test_status_write_failures_are_told_apart() -> None:
     for transient in (500, 503, 429):
         got = status_write_error(_api_error(transient, {"message": "later"}))
         assert (got.kind, got.permanent) == ("unavailable", False)
+
+
+def test_admin_access_acquires_nothing_and_reads_metadata_only(
+    node_env: DraNode,
+    claims: StaticClaims,
+    agent: DraDriver,
+    kubelet: FakeDRAKubelet,
+    recorder: StatusRecorder,
+) -> None:
+    """``adminAccess: true`` on a result: no session, the read-only admin env, status says
+    so; a normal request of the same claim on another backend is acquired as usual."""
+    kubelet.wait_for_registration(DRIVER)
+    uid = str(uuid.uuid4())
+    claim = allocated_claim(
+        NS,
+        "monitor",
+        uid,
+        [("watch", "ibm-torino-lane-0"), ("run", "pasqal-fresnel-lane-0")],
+        node_env.node,
+    )
+    claim["status"]["allocation"]["devices"]["results"][0]["adminAccess"] = True
+    claims.put_claim(claim)
+    ref = ClaimRef(NS, uid, "monitor")
+    assert kubelet.node_prepare_resources([ref])[ref.uid].error == ""
+    assert node_env.emu.state.sessions("fake_torino") == []  # nothing acquired
+    env = agent.cdi.read_env(ref.uid)
+    assert env["QPU_ADMIN_ACCESS"] == "true"
+    assert (env["QPU_ADMIN_RESOURCES"], env["QPU_ADMIN_TYPES"]) == (
+        "fake_torino",
+        "ibm-quantum-compute-service",
+    )
+    assert env["fake_torino_QPU_BACKEND"] == "ibm-torino"
+    assert env["fake_torino_QPU_DEVICE"] == "ibm-torino-lane-0"
+    assert env["fake_torino_QPU_STATUS"] == "online"
+    metadata = json.loads(env["fake_torino_QPU_METADATA"])
+    assert metadata["resourceType"] == "ibm-quantum-compute-service"
+    assert metadata["config"]["QRMI_IBM_QCS_ENDPOINT"].startswith("http://127.0.0.1:")
+    # No token, no credential for the admin device: only the normal request's contract.
+    assert not [k for k in env if k.startswith("fake_torino_QRMI_")]
+    assert env["QRMI_JOB_QPU_RESOURCES"] == "FRESNEL"
+    assert env["FRESNEL_QRMI_JOB_ACQUISITION_TOKEN"]
+    assert not [s for s in SECRETS if any(s in v for k, v in env.items() if "_QPU_" in k)]
+    admin, normal = recorder.wait_written(ref.uid)
+    assert admin["device"] == "ibm-torino-lane-0"
+    assert admin["conditions"][0]["reason"] == "AdminAccess"
+    assert admin["data"]["adminAccess"] is True
+    assert admin["data"]["holdsSession"] is False
+    assert not {"sessionId", "sessionFingerprint", "acquiredAt"} & set(admin["data"])
+    assert normal["conditions"][0]["reason"] == "Acquired"
+    assert kubelet.node_unprepare_resources([ref]) == {ref.uid: ""}
+    assert node_env.emu.state.sessions("fake_torino") == []
+    assert not agent.cdi.exists(ref.uid)

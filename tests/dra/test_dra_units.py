@@ -126,6 +126,17 @@ def test_health_status_and_taint_values() -> None:
         "effect": "NoSchedule",
     }
     assert unhealthy_taint(DRIVER, "weird status!").value == "weird-status"
+    # Paused: the key says so, the value carries the vendor's reason as a label value.
+    assert unhealthy_taint(DRIVER, "paused", "Cryostat warm-up (ETA 2h)").to_api() == {
+        "key": f"{DRIVER}/paused",
+        "value": "Cryostat-warm-up--ETA-2h",
+        "effect": "NoSchedule",
+    }
+    long = unhealthy_taint(DRIVER, "paused", "maintenance: " + "x" * 100 + " é").value
+    assert len(long) == 63
+    assert long.startswith("maintenance--x")
+    assert unhealthy_taint(DRIVER, "paused", "...").value == "paused"
+    assert unhealthy_taint(DRIVER, "offline", "ignored").value == "offline"
 
 
 def test_socket_names_are_per_instance() -> None:

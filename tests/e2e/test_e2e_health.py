@@ -24,6 +24,20 @@ TORINO_LANES = {f"{TORINO}-lane-0", f"{TORINO}-lane-1"}
 ATTR = 'device.attributes["qpu.quantum.example.com"]'
 
 
+def wait_unschedulable(lc: LocalCluster, ns: str, pod: str) -> None:
+    """Wait for the scheduler's FailedScheduling event on ``pod`` (it found no device)."""
+    wait_until(
+        lambda: any(
+            e["reason"] == "FailedScheduling"
+            for e in lc.kubectl_json(
+                "-n", ns, "get", "events", "--field-selector", f"involvedObject.name={pod}"
+            )["items"]
+        ),
+        60,
+        f"the scheduler to report pod {pod} unschedulable",
+    )
+
+
 def test_offline_backend_is_withdrawn_and_new_claims_go_elsewhere(
     local_cluster: LocalCluster, release: rel.Release, ns: str, emulator: rel.AdminClient
 ) -> None:
@@ -62,16 +76,7 @@ def test_offline_backend_is_withdrawn_and_new_claims_go_elsewhere(
             "fake_manila"
         )
         # Only the offline backend matches: no allocation, the pod waits unschedulable.
-        wait_until(
-            lambda: any(
-                e["reason"] == "FailedScheduling"
-                for e in local_cluster.kubectl_json(
-                    "-n", ns, "get", "events", "--field-selector", "involvedObject.name=heron"
-                )["items"]
-            ),
-            60,
-            "the scheduler to report the heron pod unschedulable",
-        )
+        wait_unschedulable(local_cluster, ns, "heron")
         assert rel.pod_phase(local_cluster, ns, "heron")["phase"] == "Pending"
         heron = local_cluster.kubectl_json("-n", ns, "get", "resourceclaim", "heron")
         assert not heron.get("status", {}).get("allocation")
@@ -177,16 +182,7 @@ def test_offline_backend_tainted_only_a_tolerating_claim_gets_it(
         # The scheduler allocates a tainted device only to the claim that tolerates it.
         device = wait_until(lambda: allocated("tolerant"), 60, "the tolerant claim allocated")
         assert device in TORINO_LANES
-        wait_until(
-            lambda: any(
-                e["reason"] == "FailedScheduling"
-                for e in local_cluster.kubectl_json(
-                    "-n", ns, "get", "events", "--field-selector", "involvedObject.name=plain"
-                )["items"]
-            ),
-            60,
-            "the intolerant pod reported unschedulable",
-        )
+        wait_unschedulable(local_cluster, ns, "plain")
         assert allocated("plain") is None
     finally:
         emulator.set_online("fake_torino", True)
@@ -194,3 +190,82 @@ def test_offline_backend_tainted_only_a_tolerating_claim_gets_it(
         wait_until(lambda lane=lane: not taints(release, lane), 60, f"the taint on {lane} gone")
     rel.wait_pod(local_cluster, ns, "plain", timeout=120)
     rel.wait_pod(local_cluster, ns, "tolerant", timeout=120)
+
+
+PAUSE_REASON = (
+    "cryostat warm-up after a helium refill; back online around 14:00 UTC per the vendor status "
+    "page"
+)
+
+
+def health_messages(lc: LocalCluster, ns: str, pod: str) -> list[tuple[str, str]]:
+    """The (health, message) the kubelet put in the pod's status from our health stream."""
+    statuses = rel.pod_phase(lc, ns, pod).get("containerStatuses") or []
+    return [
+        (r.get("health", ""), r.get("message", ""))
+        for s in statuses
+        for a in s.get("allocatedResourcesStatus") or []
+        for r in a.get("resources") or []
+    ]
+
+
+@pytest.mark.usefixtures("taint_mode")
+def test_paused_backend_tainted_with_the_vendors_reason_until_resumed(
+    local_cluster: LocalCluster, release: rel.Release, ns: str, emulator: rel.AdminClient
+) -> None:
+    """The vendor pauses the QPU (maintenance): its devices carry ``<driver>/paused=<reason>``
+    (the reason cut to a label value; in full on the QuantumBackend and in the pod's device
+    health), a plain claim waits, a claim tolerating it runs; resumed, the taint goes."""
+    lc = local_cluster
+    heron = f'{ATTR}.resourceId == "fake_torino"'
+    paused = {"key": f"{rel.DRIVER}/paused", "operator": "Exists", "effect": "NoSchedule"}
+    before = emulator.open_ids()
+    emulator.pause("fake_torino", PAUSE_REASON)
+    try:
+        value = "cryostat-warm-up-after-a-helium-refill--back-online-around-14-0"  # 63
+        for lane in sorted(TORINO_LANES):
+            wait_until(
+                lambda lane=lane: (
+                    [(t["key"], t.get("value")) for t in taints(release, lane)]
+                    == [(f"{rel.DRIVER}/paused", value)]
+                ),
+                60,
+                f"a 'paused' taint with the vendor's reason on {lane}",
+            )
+        assert taints(release, f"{TORINO}-lane-0")[0]["effect"] == "NoSchedule"
+        wait_until(
+            lambda: release.condition(TORINO).get("reason") == "BackendPaused",
+            60,
+            "the operator to report BackendPaused",
+        )
+        assert PAUSE_REASON in release.condition(TORINO)["message"]
+        lc.apply(
+            [
+                rel.claim("plain", heron),
+                rel.claim("tolerant", heron, [paused]),
+                rel.pod("plain", claims={"qpu": {"resourceClaimName": "plain"}}),
+                rel.pod("tolerant", claims={"qpu": {"resourceClaimName": "tolerant"}}),
+            ],
+            "-n",
+            ns,
+        )
+        rel.wait_pod(lc, ns, "tolerant")
+        assert rel.printed_env(lc, ns, "tolerant")["QRMI_JOB_QPU_RESOURCES"] == "fake_torino"
+        wait_unschedulable(lc, ns, "plain")
+        plain = lc.kubectl_json("-n", ns, "get", "resourceclaim", "plain")
+        assert not plain.get("status", {}).get("allocation")
+        # The kubelet shows the full reason on the pod that holds the paused device.
+        got = wait_until(
+            lambda: [m for m in health_messages(lc, ns, "tolerant") if PAUSE_REASON in m[1]],
+            60,
+            "the device health with the vendor's reason in the tolerant pod's status",
+        )
+        print(f"tolerant pod device health: {got}")
+    finally:
+        emulator.resume("fake_torino")
+    for lane in sorted(TORINO_LANES):
+        wait_until(lambda lane=lane: not taints(release, lane), 60, f"the taint on {lane} gone")
+    rel.wait_pod(lc, ns, "plain", timeout=120)
+    for name in ("plain", "tolerant"):
+        lc.kubectl("-n", ns, "delete", "pod", name, "--wait=true", "--timeout=60s")
+    wait_until(lambda: not emulator.open_ids() - before, 60, "every session released")

@@ -97,3 +97,39 @@ def test_client_side_executor_primitives(emu: Emulator, service: Any) -> None:
         zz = float(evs.result()[0].data.evs)
     assert zz > 0.8
     assert {j.program for j in emu.state.jobs()} == {"executor"}
+
+
+def test_pause_knob_as_each_vendor_client_sees_it(emu: Emulator, service: Any) -> None:
+    """The admin API's pause/resume, read by qiskit-ibm-runtime, qrmi and Pasqal's API."""
+    import json
+    import urllib.request
+
+    import qrmi
+
+    from qpu_k8s.emulator.client import EmulatorClient
+    from testsupport.emulator import qrmi_resource
+
+    admin = EmulatorClient(emu.url, emu.config)
+    admin.pause("fake_torino", "cryostat warm-up, back at 14:00 UTC")
+    admin.pause("FRESNEL", "laser recalibration")
+    try:
+        status = service.backend("fake_torino").status()
+        assert (status.operational, status.status_msg) == (False, "paused")
+        st = qrmi_resource(emu, "fake_torino").status()
+        assert st.status == qrmi.ResourceStatusCode.Paused
+        assert st.status_reason == "cryostat warm-up, back at 14:00 UTC"
+        assert qrmi_resource(emu, "FRESNEL").status().status != qrmi.ResourceStatusCode.Online
+        url = f"{emu.url}/core-fast/api/v1/devices?device_type=FRESNEL"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            (device,) = json.loads(resp.read())["data"]
+        assert (device["status"], device["availability"]) == ("MAINTENANCE", "INACTIVE")
+        assert device["status_reason"] == "laser recalibration"
+        with pytest.raises(RuntimeError, match="'reason' must be a string"):
+            admin._call("POST", "/backends/fake_torino/pause", {"reason": 7})
+        with pytest.raises(RuntimeError, match="404"):
+            admin.pause("fake_nowhere", "x")
+    finally:
+        admin.resume("fake_torino")
+        admin.resume("FRESNEL")
+    assert service.backend("fake_torino").status().operational
+    assert qrmi_resource(emu, "FRESNEL").status().status == qrmi.ResourceStatusCode.Online
