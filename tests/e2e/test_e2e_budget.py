@@ -100,7 +100,7 @@ def test_a_spent_budget_refuses_new_qpu_requests_until_its_period_resets(
     released = parse(record["spec"]["releasedAt"])
     # The period began just before the first release and ends 45 s from now: one session
     # allowed, and it is used.
-    start = released - timedelta(seconds=1)
+    start = (released - timedelta(seconds=1)).replace(microsecond=0)  # RFC 3339 in seconds
     length = int((datetime.now(UTC) - start).total_seconds()) + 45
     lc.apply(
         [budget({"sessions": 1, "periodSeconds": length, "periodStart": stamp(start)})], "-n", ns
