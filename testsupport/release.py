@@ -18,7 +18,7 @@ import contextlib
 import json
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +175,22 @@ class Release:
     def devices(self, **where: str) -> dict[str, dict[str, Any]]:
         """Published device name -> device (attributes, taints), of our driver."""
         return {d["name"]: d for s in self.slices(**where) for d in s["spec"].get("devices") or []}
+
+    def upgrade(
+        self,
+        *,
+        values: Mapping[str, str] | None = None,
+        json_values: Mapping[str, Any] | None = None,
+        timeout: float = 300,
+    ) -> None:
+        """``helm upgrade --reuse-values`` of this release with ``values`` (``--set``) and
+        ``json_values`` (``--set-json``), waited for: how a test switches one setting."""
+        args = ["upgrade", self.name, str(CHART), "-n", self.namespace, "--reuse-values"]
+        for key, value in (values or {}).items():
+            args += ["--set", f"{key}={value}"]
+        for key, obj in (json_values or {}).items():
+            args += ["--set-json", f"{key}={json.dumps(obj)}"]
+        self.lc.helm(*args, "--wait", "--timeout", f"{int(timeout)}s", timeout=timeout + 60)
 
 
 def force_delete_backends(lc: LocalCluster, names: Sequence[str]) -> None:

@@ -157,19 +157,7 @@ def without_device_plugin(local_cluster: LocalCluster, release: rel.Release) -> 
     is served by DRA through the DeviceClass), and put back afterwards."""
 
     def upgrade(enabled: bool) -> None:
-        local_cluster.helm(
-            "upgrade",
-            release.name,
-            str(rel.CHART),
-            "-n",
-            release.namespace,
-            "--reuse-values",
-            "--set",
-            f"devicePlugin.enabled={str(enabled).lower()}",
-            "--wait",
-            "--timeout",
-            "300s",
-        )
+        release.upgrade(values={"devicePlugin.enabled": str(enabled).lower()})
 
     upgrade(False)
     try:

@@ -24,13 +24,10 @@ TORINO_CEL = f'device.attributes["{rel.DRIVER}"].resourceId == "fake_torino"'
 QPU_DEVICES = {"emulator-manila", "emulator-fresnel", TORINO, "e2e-emu-free"}
 
 
-def set_model(lc: LocalCluster, release: rel.Release, model: str, devices: set[str]) -> None:
+def set_model(release: rel.Release, model: str, devices: set[str]) -> None:
     """``helm upgrade --reuse-values`` with ``dra.deviceModel``; wait for the driver's and
     the operator's slices to publish exactly ``devices``."""
-    lc.helm(
-        "upgrade", release.name, str(rel.CHART), "-n", release.namespace, "--reuse-values",
-        "--set", f"dra.deviceModel={model}", "--wait", "--timeout", "300s",
-    )  # fmt: skip
+    release.upgrade(values={"dra.deviceModel": model})
     wait_until(
         lambda: set(release.devices()) == devices,
         180,
@@ -41,11 +38,11 @@ def set_model(lc: LocalCluster, release: rel.Release, model: str, devices: set[s
 
 @pytest.fixture
 def capacity_model(local_cluster: LocalCluster, release: rel.Release) -> Iterator[None]:
-    set_model(local_cluster, release, "capacity", QPU_DEVICES)
+    set_model(release, "capacity", QPU_DEVICES)
     try:
         yield
     finally:
-        set_model(local_cluster, release, "lanes", ALL_LANES)
+        set_model(release, "lanes", ALL_LANES)
 
 
 def allocation(lc: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:

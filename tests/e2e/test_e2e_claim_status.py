@@ -130,11 +130,7 @@ def test_a_refused_status_write_fails_nothing_and_leaks_nothing(
     before = {s["id"] for s in emulator.sessions(open_only=True)}
 
     def shared_pools(on: bool) -> None:
-        lc.helm(
-            "upgrade", release.name, str(rel.CHART), "-n", release.namespace, "--reuse-values",
-            "--set", f"dra.claimStatus.sharedPools={str(on).lower()}",
-            "--wait", "--timeout", "120s",
-        )  # fmt: skip
+        release.upgrade(values={"dra.claimStatus.sharedPools": str(on).lower()}, timeout=120)
 
     def forbidden() -> float:
         text = release.metrics("dra", 9402)

@@ -207,11 +207,7 @@ def test_claim_parameters_session_mode_and_a_secret_in_the_claims_namespace(
     name = doc["metadata"]["name"]
 
     def allow(namespaces: list[str]) -> None:
-        local_cluster.helm(
-            "upgrade", release.name, str(rel.CHART), "-n", release.namespace, "--reuse-values",
-            "--set-json", f"dra.claimCredentials.namespaces={json.dumps(namespaces)}",
-            "--wait", "--timeout", "120s",
-        )  # fmt: skip
+        release.upgrade(json_values={"dra.claimCredentials.namespaces": namespaces}, timeout=120)
 
     allow([ns])
     try:

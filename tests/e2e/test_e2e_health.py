@@ -6,7 +6,6 @@ waits until it is back."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,10 +94,7 @@ def test_offline_backend_is_withdrawn_and_new_claims_go_elsewhere(
 
 def upgrade(lc: LocalCluster, release: rel.Release, extra_args: list[str]) -> None:
     """``helm upgrade --reuse-values`` with ``dra.extraArgs`` (JSON: an empty list resets)."""
-    lc.helm(
-        "upgrade", release.name, str(rel.CHART), "-n", release.namespace, "--reuse-values",
-        "--set-json", f"dra.extraArgs={json.dumps(extra_args)}", "--wait", "--timeout", "300s",
-    )  # fmt: skip
+    release.upgrade(json_values={"dra.extraArgs": extra_args})
     lc.kubectl(
         "-n", release.namespace, "rollout", "status", f"daemonset/{release.fullname}-dra",
         "--timeout=180s",

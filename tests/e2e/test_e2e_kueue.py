@@ -285,19 +285,7 @@ def checked_queue(kueue: LocalCluster, release: rel.Release) -> Iterator[str]:
     lc = kueue
 
     def operator_check(enabled: bool) -> None:
-        lc.helm(
-            "upgrade",
-            release.name,
-            str(rel.CHART),
-            "-n",
-            release.namespace,
-            "--reuse-values",
-            "--set",
-            f"operator.kueueAdmissionCheck={str(enabled).lower()}",
-            "--wait",
-            "--timeout",
-            "300s",
-        )
+        release.upgrade(values={"operator.kueueAdmissionCheck": str(enabled).lower()})
         wanted = "on" if enabled else None
 
         def rolled() -> bool:
