@@ -352,6 +352,10 @@ def _session(helm_bin: Path | None) -> Iterator[LocalCluster]:
         if changed:
             load_images()
     else:
+        # A cluster that is not ready but left processes or mounts behind is what a session
+        # killed before its down.sh leaves (a CI timeout, a lost machine session). We hold the
+        # machine's lock, so nobody uses it: clear it, as up.sh asks, instead of failing on it.
+        down()
         up()
     try:
         yield LocalCluster(kubeconfig_path(), kubectl_path(), helm_bin)
