@@ -11,7 +11,7 @@ from typing import Any
 
 from qpu_k8s.core.budget import BUDGET_NAME, BudgetSpec, BudgetStatus
 from qpu_k8s.core.names import BUDGET_KIND, BUDGET_PLURAL
-from qpu_k8s.operator.crd import Rule, _structural, _text, definition
+from qpu_k8s.operator.crd import Rule, _text, definition, model_schema, object_schema
 
 SINGULAR = "quantumbudget"
 SHORT_NAMES = ["qbudget"]
@@ -45,34 +45,22 @@ def spec_rules() -> list[Rule]:
     ]
 
 
-def _schema_of(model: type[Any]) -> dict[str, Any]:
-    raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _structural(raw, raw.get("$defs", {}))
-
-
 def openapi_schema() -> dict[str, Any]:
-    spec = _schema_of(BudgetSpec)
+    spec = model_schema(BudgetSpec)
     spec["x-kubernetes-validations"] = [r.to_api() for r in spec_rules()]
-    status = _schema_of(BudgetStatus)
+    status = model_schema(BudgetStatus)
     status.pop("required", None)  # only the operator writes status, field by field
-    return {
-        "type": "object",
-        "description": _text(
+    return object_schema(
+        _text(
             "How much QPU the namespace may use per period (one per namespace, named "
             f"{BUDGET_NAME}, written by cluster admins). The operator keeps status from the "
             "QuantumUsage records; while status.spent is true, new QPU pods and claims in the "
             "namespace are refused at admission with status.message."
         ),
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
-        "x-kubernetes-validations": [r.to_api() for r in root_rules()],
-    }
+        spec,
+        status,
+        root_rules(),
+    )
 
 
 def printer_columns() -> list[dict[str, Any]]:

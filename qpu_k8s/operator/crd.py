@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from qpu_k8s.core.model import (
     CONFIG_KEY_RE,
@@ -150,14 +151,43 @@ def _resolve(node: Mapping[str, Any], defs: Mapping[str, Any]) -> dict[str, Any]
     return dict(node)
 
 
-def _from_model(model: type[QuantumBackendSpec] | type[BackendStatus]) -> dict[str, Any]:
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A pydantic model's JSON schema as a structural OpenAPI v3 schema (every CRD's spec
+    and status come from their models this way)."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return _structural(raw, raw.get("$defs", {}))
 
 
+def object_schema(
+    description: str,
+    spec: dict[str, Any],
+    status: dict[str, Any] | None = None,
+    rules: list[Rule] | None = None,
+) -> dict[str, Any]:
+    """The ``openAPIV3Schema`` of one of our kinds: metadata, the ``spec`` (required), an
+    optional ``status``, and CEL rules on the whole object (``self.metadata.name``...)."""
+    properties: dict[str, Any] = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": spec,
+    }
+    if status is not None:
+        properties["status"] = status
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "properties": properties,
+    }
+    if rules is not None:
+        root["x-kubernetes-validations"] = [r.to_api() for r in rules]
+    return root
+
+
 def spec_schema() -> dict[str, Any]:
     """The ``spec`` schema: the model's, plus patterns and map bounds, plus CEL rules."""
-    s = _from_model(QuantumBackendSpec)
+    s = model_schema(QuantumBackendSpec)
     props = s["properties"]
     props["resourceId"]["pattern"] = _anchored(RESOURCE_ID_RE)
     props["credentialsSecretRef"]["properties"]["name"]["pattern"] = _SECRET_NAME
@@ -183,7 +213,7 @@ def _drop_defaults(node: Any) -> Any:
 def status_schema() -> dict[str, Any]:
     """The ``status`` schema. No defaults: only the operator writes status, and a 1.20
     apiserver rejects an empty-string default (it arrives as null)."""
-    s: dict[str, Any] = _drop_defaults(_from_model(BackendStatus))
+    s: dict[str, Any] = _drop_defaults(model_schema(BackendStatus))
     conds = s["properties"]["conditions"]
     conds["x-kubernetes-list-type"] = "map"
     conds["x-kubernetes-list-map-keys"] = ["type"]
@@ -300,22 +330,14 @@ def _attach_rules(spec: dict[str, Any], rules: Sequence[Rule]) -> None:
 
 def openapi_schema() -> dict[str, Any]:
     """The whole object's ``openAPIV3Schema``."""
-    root: dict[str, Any] = {
-        "type": "object",
-        "description": _text(QuantumBackend.__doc__ or KIND)
+    return object_schema(
+        _text(QuantumBackend.__doc__ or KIND)
         + " The QRMI resource id, type and non-secret config are in spec; credentials stay "
         "in the Secret named by spec.credentialsSecretRef.",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec_schema(),
-            "status": status_schema(),
-        },
-    }
-    root["x-kubernetes-validations"] = [r.to_api() for r in validation_rules() if r.scope == "root"]
-    return root
+        spec_schema(),
+        status_schema(),
+        [r for r in validation_rules() if r.scope == "root"],
+    )
 
 
 def printer_columns() -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from qpu_k8s.core.names import API_GROUP, USAGE_KIND, USAGE_PLURAL
 from qpu_k8s.core.usage import UsageSpec
-from qpu_k8s.operator.crd import Rule, _structural, _text, definition
+from qpu_k8s.operator.crd import Rule, _text, definition, model_schema, object_schema
 
 SINGULAR = "quantumusage"
 SHORT_NAMES = ["qu"]
@@ -68,26 +68,18 @@ def vendor_rules() -> list[Rule]:
 
 
 def spec_schema() -> dict[str, Any]:
-    raw = UsageSpec.model_json_schema(by_alias=True, mode="validation")
-    s = _structural(raw, raw.get("$defs", {}))
+    s = model_schema(UsageSpec)
     s["x-kubernetes-validations"] = [r.to_api() for r in spec_rules()]
     s["properties"]["vendor"]["x-kubernetes-validations"] = [r.to_api() for r in vendor_rules()]
     return s
 
 
 def openapi_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": _text(UsageSpec.__doc__ or USAGE_KIND)
+    return object_schema(
+        _text(UsageSpec.__doc__ or USAGE_KIND)
         + " Lives in the qpu-k8s namespace; spec.namespace names the workload's.",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec_schema(),
-        },
-    }
+        spec_schema(),
+    )
 
 
 def printer_columns() -> list[dict[str, Any]]:
