@@ -48,7 +48,7 @@ from qpu_k8s.operator.reconcile import (
 )
 from qpu_k8s.operator.scheduler import ProbeScheduler, clock
 from qpu_k8s.operator.secrets import SecretReader
-from qpu_k8s.operator.status import BackendStatus
+from qpu_k8s.operator.status import BackendStatus, ConditionType
 from qpu_k8s.operator.sync import SyncLoop
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ class Controller:
             return None
         if is_ready(e.status):
             return True, ""
-        ready = next((c for c in e.status.conditions if c.type == "Ready"), None)
+        ready = e.status.condition(ConditionType.READY)
         if ready is None:
             return False, "not probed yet"
         return False, f"{ready.reason}: {ready.message}" if ready.message else ready.reason
