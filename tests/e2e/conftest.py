@@ -4,6 +4,7 @@ before it is deleted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -114,29 +115,34 @@ def scan_namespace(lc: LocalCluster, namespace: str, secrets: list[str]) -> list
     return found
 
 
-@pytest.fixture
-def ns(
-    local_cluster: LocalCluster, release: rel.Release, request: pytest.FixtureRequest
-) -> Iterator[str]:
-    """A namespace for one test. Before it is deleted, its pods (specs, status), events,
-    claims and every container's log are scanned for the credential values in use; it is
-    deleted and waited for, so the next test finds every lane free."""
-    name = f"e2e-{_slug(request.node.name)}-{uuid.uuid4().hex[:4]}"
-    local_cluster.kubectl("create", "namespace", name)
+@contextlib.contextmanager
+def scanned_namespace(lc: LocalCluster, release: rel.Release, name: str) -> Iterator[str]:
+    """Namespace ``name`` with its default ServiceAccount for the block. Before it is
+    deleted, its pods (specs, status), events, claims and every container's log are scanned
+    for the credential values in use; it is deleted and waited for, so the next test finds
+    every lane free."""
+    lc.kubectl("create", "namespace", name)
     wait_until(
         lambda: (
-            local_cluster.kubectl(
-                "-n", name, "get", "serviceaccount", "default", check=False
-            ).returncode
-            == 0
+            lc.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0
         ),
         60,
         f"the default ServiceAccount of {name}",
     )
     yield name
-    leaks = scan_namespace(local_cluster, name, release.credential_values())
-    local_cluster.kubectl("delete", "namespace", name, "--timeout=240s", check=False, timeout=260)
+    leaks = scan_namespace(lc, name, release.credential_values())
+    lc.kubectl("delete", "namespace", name, "--timeout=240s", check=False, timeout=260)
     assert not leaks, f"credential values found in namespace {name}: {leaks}"
+
+
+@pytest.fixture
+def ns(
+    local_cluster: LocalCluster, release: rel.Release, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A namespace for one test (:func:`scanned_namespace`: scanned, then deleted)."""
+    name = f"e2e-{_slug(request.node.name)}-{uuid.uuid4().hex[:4]}"
+    with scanned_namespace(local_cluster, release, name):
+        yield name
 
 
 @pytest.fixture

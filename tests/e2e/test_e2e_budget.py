@@ -8,6 +8,8 @@ touching it. Malformed budgets are refused by the apiserver with the field named
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 from testsupport import release as rel
 from testsupport.cluster import LocalCluster, wait_until
 
-from .conftest import ALL_LANES
+from .conftest import ALL_LANES, scanned_namespace
 
 pytestmark = pytest.mark.cluster
 ATTR = 'device.attributes["qpu.quantum.example.com"]'
@@ -73,18 +75,11 @@ def usage_records(lc: LocalCluster, release: rel.Release, ns: str) -> list[dict[
 
 
 @pytest.fixture
-def other_ns(local_cluster: LocalCluster) -> Any:
-    name = f"e2e-budget-other-{datetime.now(UTC).strftime('%H%M%S')}"
-    local_cluster.kubectl("create", "namespace", name)
-    wait_until(
-        lambda: (
-            local_cluster.kubectl("-n", name, "get", "sa", "default", check=False).returncode == 0
-        ),
-        60,
-        f"the default ServiceAccount of {name}",
-    )
-    yield name
-    local_cluster.kubectl("delete", "namespace", name, "--timeout=240s", check=False, timeout=260)
+def other_ns(local_cluster: LocalCluster, release: rel.Release) -> Iterator[str]:
+    """A second namespace, without a budget."""
+    name = f"e2e-budget-other-{uuid.uuid4().hex[:4]}"
+    with scanned_namespace(local_cluster, release, name):
+        yield name
 
 
 def test_a_spent_budget_refuses_new_qpu_requests_until_its_period_resets(
