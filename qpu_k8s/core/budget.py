@@ -27,6 +27,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from qpu_k8s.core.timestamps import parse_rfc3339
+
 BUDGET_NAME = "qpu-budget"
 
 
@@ -119,14 +121,6 @@ class BudgetStatus(_Model):
     updated_at: str = ""
 
 
-def rfc3339(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
 def current_period(
     spec: BudgetSpec, now: datetime, created: datetime | None = None
 ) -> tuple[datetime, datetime]:
@@ -134,7 +128,7 @@ def current_period(
     ``periodStart``, else from when the budget was ``created``."""
     now = now.astimezone(UTC)
     if spec.period_seconds is not None:
-        origin = parse_time(spec.period_start) if spec.period_start else (created or now)
+        origin = parse_rfc3339(spec.period_start) if spec.period_start else (created or now)
         length = timedelta(seconds=spec.period_seconds)
         n = max(0, (now - origin) // length)
         start = origin + n * length

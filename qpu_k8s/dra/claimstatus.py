@@ -34,12 +34,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from prometheus_client import Counter
 
 from qpu_k8s.core.model import QuantumBackend
+from qpu_k8s.core.timestamps import rfc3339
 from qpu_k8s.core.vendors import profile, token_fingerprint
 from qpu_k8s.node.releases import Backoff
 from qpu_k8s.resourceslices.policy import binding_conditions
@@ -72,10 +72,6 @@ class StatusWriter(Protocol):
         devices: list[dict[str, Any]],
         field_manager: str,
     ) -> None: ...
-
-
-def rfc3339(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def device_status(

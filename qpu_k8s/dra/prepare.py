@@ -64,6 +64,7 @@ from qpu_k8s.core.envcontract import AdminView, EnvContractError, Grant, render,
 from qpu_k8s.core.faultpoints import crash_point
 from qpu_k8s.core.model import AccessMode, QuantumBackend, SecretRef, split_device_id
 from qpu_k8s.core.qrmi_client import ClientFactory, QuantumResourceClient
+from qpu_k8s.core.timestamps import rfc3339
 from qpu_k8s.core.vendors import profile
 from qpu_k8s.dra.usage import UsageSink
 from qpu_k8s.node.registry import BackendRegistry
@@ -79,7 +80,6 @@ from .claimstatus import (
     acquired_condition,
     admin_device_status,
     device_status,
-    rfc3339,
 )
 from .params import Effective, InvalidParametersError, effective_parameters
 from .state import (

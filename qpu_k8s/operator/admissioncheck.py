@@ -30,10 +30,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from qpu_k8s.core.names import API_GROUP, RESOURCE_NAME
+from qpu_k8s.core.timestamps import rfc3339
 from qpu_k8s.operator.kube import KUEUE_GROUP, KUEUE_VERSION
 
 CONTROLLER_NAME = f"{API_GROUP}/backend-online"
@@ -65,10 +65,6 @@ class Write:
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def flavor_backends(flavor: Mapping[str, Any]) -> tuple[str, ...]:
@@ -148,7 +144,7 @@ def workload_apply(workload: Mapping[str, Any], check: str, verdict: Verdict) ->
     meta = _meta(workload)
     state, _, since = _current(workload, check)
     if state != verdict.state or not since:
-        since = _now()
+        since = rfc3339()
     body = {
         "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
         "kind": "Workload",
@@ -182,7 +178,7 @@ def check_active_apply(check: Mapping[str, Any]) -> Write:
                     "reason": "Active",
                     "message": "the qpu-k8s operator decides this check from QuantumBackend "
                     "readiness",
-                    "lastTransitionTime": _now(),
+                    "lastTransitionTime": rfc3339(),
                     "observedGeneration": int(meta.get("generation") or 0),
                 }
             ]

@@ -33,9 +33,8 @@ from qpu_k8s.core.budget import (
     UnknownUsage,
     Used,
     current_period,
-    parse_time,
-    rfc3339,
 )
+from qpu_k8s.core.timestamps import parse_rfc3339, rfc3339
 from qpu_k8s.operator import metrics as m
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ def tally(records: Iterable[Mapping[str, Any]], start: datetime, end: datetime) 
         released = (r.get("spec") or {}).get("releasedAt")
         if not released:
             continue
-        at = parse_time(str(released))
+        at = parse_rfc3339(str(released))
         if start <= at < end:
             seconds += qpu_seconds_of(r)
             sessions += 1
@@ -230,7 +229,9 @@ class BudgetKeeper:
             records, error = None, f"{type(err).__name__}: {err}"
         meta = body.get("metadata") or {}
         generation = meta.get("generation")
-        created = parse_time(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None
+        created = (
+            parse_rfc3339(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None
+        )
         now = self.clock()
         status = evaluate(
             ns,
@@ -241,7 +242,7 @@ class BudgetKeeper:
             created=created,
             error=error,
         )
-        resets = parse_time(status.resets_at)
+        resets = parse_rfc3339(status.resets_at)
         if self._reset_at.get(ns) != resets:
             self._reset_at[ns] = resets
             heapq.heappush(self._resets, (resets, ns))

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
+from qpu_k8s.core.timestamps import rfc3339
 from qpu_k8s.operator.status import Condition, ConditionStatus, ConditionType
 
 ORDER = (ConditionType.READY, ConditionType.ACCESSIBLE, ConditionType.DEGRADED)
-
-
-def rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,14 @@ from qpu_k8s.core.model import AccessMode, InvalidBackendError
 from qpu_k8s.core.model import QuantumBackend as Backend
 from qpu_k8s.core.names import API_GROUP, API_VERSION, DRIVER_NAME, KIND
 from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
+from qpu_k8s.core.timestamps import parse_rfc3339, rfc3339
 from qpu_k8s.core.usage import NAMESPACE_LABEL as USAGE_NAMESPACE_LABEL
 from qpu_k8s.operator import configmap
 from qpu_k8s.operator import metrics as m
 from qpu_k8s.operator import shared_claims as sc
 from qpu_k8s.operator.admissioncheck import FIELD_MANAGER, AdmissionGate, Write
 from qpu_k8s.operator.budgets import BudgetKeeper
-from qpu_k8s.operator.conditions import EventSpec, rfc3339, transitions
+from qpu_k8s.operator.conditions import EventSpec, transitions
 from qpu_k8s.operator.kube import ApiStatusError, Kube
 from qpu_k8s.operator.probe import ClientCache, run_probe
 from qpu_k8s.operator.reconcile import (
@@ -389,7 +390,7 @@ class Controller:
         if e.backend is None or not e.status.last_probe_time:
             return now
         try:
-            last = datetime.fromisoformat(e.status.last_probe_time.replace("Z", "+00:00"))
+            last = parse_rfc3339(e.status.last_probe_time)
         except ValueError:
             return now
         age = (datetime.now(UTC) - last).total_seconds()

@@ -17,9 +17,10 @@ from typing import Any
 from qpu_k8s.core.credentials import redact
 from qpu_k8s.core.model import QuantumBackend
 from qpu_k8s.core.qrmi_client import Health
+from qpu_k8s.core.timestamps import rfc3339
 from qpu_k8s.core.values import AttributeValue
 from qpu_k8s.core.vendors import profile
-from qpu_k8s.operator.conditions import Want, merge, rfc3339
+from qpu_k8s.operator.conditions import Want, merge
 from qpu_k8s.operator.status import BackendStatus, ConditionStatus, ConditionType
 from qpu_k8s.resourceslices.attributes import InvalidAttributesError, device_attributes
 
