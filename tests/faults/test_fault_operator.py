@@ -262,7 +262,15 @@ def test_apiserver_unreachable_operator_catches_up_without_duplicates(
 
         # No object twice: one ConfigMap, one pool (at most one slice each) per backend.
         assert len(cluster.config_maps()) == 1
-        pools = cluster.slices()
+        # A backend's status is written before its slice is published (Controller._apply):
+        # the pool of the backend that came back online may land just after its condition.
+        shared = {f"shared/{n}" for n in expected}
+
+        def every_pool() -> dict[str, list[str]] | None:
+            found = cluster.slices()
+            return found if set(found) == shared else None
+
+        pools = wait_for(every_pool, 30, "one pool per backend after the partition")
         assert all(len(v) == 1 for v in pools.values()), pools
         assert not any(names[1] in p for p in pools), pools
         assert len(pools) == len(expected)
