@@ -120,18 +120,22 @@ def scanned_namespace(lc: LocalCluster, release: rel.Release, name: str) -> Iter
     """Namespace ``name`` with its default ServiceAccount for the block. Before it is
     deleted, its pods (specs, status), events, claims and every container's log are scanned
     for the credential values in use; it is deleted and waited for, so the next test finds
-    every lane free."""
+    every lane free, also when the block raised (its pods would hold lanes from the tests
+    after it)."""
     lc.kubectl("create", "namespace", name)
-    wait_until(
-        lambda: (
-            lc.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0
-        ),
-        60,
-        f"the default ServiceAccount of {name}",
-    )
-    yield name
-    leaks = scan_namespace(lc, name, release.credential_values())
-    lc.kubectl("delete", "namespace", name, "--timeout=240s", check=False, timeout=260)
+    try:
+        wait_until(
+            lambda: (
+                lc.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode
+                == 0
+            ),
+            60,
+            f"the default ServiceAccount of {name}",
+        )
+        yield name
+    finally:
+        leaks = scan_namespace(lc, name, release.credential_values())
+        lc.kubectl("delete", "namespace", name, "--timeout=240s", check=False, timeout=260)
     assert not leaks, f"credential values found in namespace {name}: {leaks}"
 
 
