@@ -34,6 +34,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from benchmarks.memory_bench import chart_env
 from benchmarks.report import Target, targets
 from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
 from qpu_k8s.emulator.server import Emulator, running_emulator
@@ -230,6 +232,29 @@ def _metric(metrics_port: int, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
 
 
+def _api_requests() -> Counter[str]:
+    """The apiserver's own request counts by verb and resource (``apiserver_request_total``).
+
+    Every client is counted, so the difference over the reconcile phase is the operator's
+    requests plus the benchmark's creates and whatever the cluster's controllers did.
+    """
+    text = subprocess.run(
+        [str(cluster.kubectl_path()), "--kubeconfig", str(cluster.kubeconfig_path()),
+         "get", "--raw", "/metrics"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    out: Counter[str] = Counter()
+    for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$", text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("verb") in ("WATCH", "CONNECT"):
+            continue
+        what = labels.get("resource", "") + (
+            f"/{labels['subresource']}" if labels.get("subresource") else ""
+        )
+        out[f"{labels.get('verb')} {what}"] += int(float(m.group(2)))
+    return out
+
+
 def _probes(metrics_port: int) -> float:
     return _metric(metrics_port, "qpu_k8s_operator_probes_total")
 
@@ -305,9 +330,18 @@ def run(args: argparse.Namespace) -> int:
                     "--log-level",
                     "warning",
                 ]
-                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                if os.environ.get("QPU_BENCH_WRAP"):
+                    cmd[1:3] = [os.environ["QPU_BENCH_WRAP"]]
+                if args.profile:
+                    cmd[1:3] = ["-m", "cProfile", "-o", str(args.profile), "-m", "qpu_k8s.cli"]
+                env = {**os.environ, **chart_env("operator")}
+                results["env"] = chart_env("operator")
+                proc = subprocess.Popen(
+                    cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+                )
                 _wait(lambda: _ready(metrics_port), 60, "operator metrics endpoint", 0.2)
                 idle_rss = _proc(proc.pid)[1]
+                requests0 = _api_requests()
                 t0 = time.perf_counter()
                 results["create"] = objs.create(
                     [_body(n, _spec(emu, i, args.interval), run_id) for i, n in enumerate(names)],
@@ -320,6 +354,10 @@ def run(args: argparse.Namespace) -> int:
                     1.0,
                 )
                 results["reconciled"] = time.perf_counter() - t0
+                results["requests"] = _api_requests() - requests0
+                results["probe_mean"] = _metric(
+                    metrics_port, "qpu_k8s_operator_probe_duration_seconds_sum"
+                ) / max(1.0, _metric(metrics_port, "qpu_k8s_operator_probe_duration_seconds_count"))
                 if args.dra:
                     _wait(
                         lambda: (
@@ -413,11 +451,16 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         ),
         ("delete N (finalizers) -> none left", f"{r['delete']:.1f} s", ""),
     ]
+    rows.append(("  probe (health + target), mean", f"{r['probe_mean']:.3f} s",
+                 f"--probe-concurrency {args.concurrency}"))  # fmt: skip
+    for what, count in r["requests"].most_common():
+        if count >= n // 10:
+            rows.append((f"  API: {what}", f"{count}", f"{count / n:.2f} per backend"))
     width = max(len(a) for a, _, _ in rows)
     print(
         f"\noperator benchmark: {n} QuantumBackends, real 1.37 apiserver, emulator backends, "
         f"dra={'on' if args.dra else 'off'}, status-refresh={args.status_refresh:g} s, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs; environment from the chart: {r.get('env')}"
     )
     for a, b, c in rows:
         print(f"  {a:<{width}}  {b:>22}  {c}")
@@ -459,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=int, default=60, help="probeIntervalSeconds of each backend")
     p.add_argument("--concurrency", type=int, default=16, help="operator --probe-concurrency")
     p.add_argument("--dra", action="store_true", help="also publish cluster-wide slices")
+    p.add_argument("--profile", type=Path, help="run the operator under cProfile, stats to FILE")
     p.add_argument(
         "--status-refresh",
         type=float,

@@ -397,9 +397,16 @@ def load_backend_config(path: Path) -> BackendConfig:
     return parse_backend_config(raw.decode("utf-8", errors="replace"), str(path))
 
 
+# libyaml's safe loader and dumper when PyYAML was built with it (the wheels are): the same
+# documents and text as the pure-Python ones, 5x faster. With 1000 backends the config is
+# ~0.7 MB, rendered by the operator on every change and parsed by each node agent.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def parse_backend_config(text: str, source: str = "config") -> BackendConfig:
     try:
-        data = yaml.safe_load(text) if text.strip() else {}
+        data = yaml.load(text, Loader=_YAML_LOADER) if text.strip() else {}  # noqa: S506 (safe)
     except yaml.YAMLError as err:
         raise InvalidBackendError(source, [("(file)", f"not valid YAML/JSON: {err}")]) from None
     if data is None:
@@ -417,4 +424,4 @@ def dump_backend_config(backends: Iterable[QuantumBackend]) -> str:
     doc = {
         "backends": [b.model_dump(mode="json", by_alias=True, exclude_none=True) for b in backends]
     }
-    return yaml.safe_dump(doc, sort_keys=True)
+    return yaml.dump(doc, Dumper=_YAML_DUMPER, sort_keys=True)

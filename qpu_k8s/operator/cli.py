@@ -176,4 +176,8 @@ def run(args: argparse.Namespace) -> int:
     from qpu_k8s.core import logs
 
     logs.setup(args.log_level, args.log_format)
+    if logging.getLogger().level > logging.DEBUG:
+        # Kopf logs each event handler's success at info ("Handler 'backend' succeeded."):
+        # a line per status write of every backend. Its warnings and errors stay.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     return asyncio.run(_main(args))

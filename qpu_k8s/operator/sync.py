@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from qpu_k8s.operator import metrics as m
@@ -29,6 +30,7 @@ class SyncLoop:
         self.resync = resync
         self.last_error: str | None = None
         self.passes = 0
+        self.last_seconds = 0.0  # how long the last successful pass took
         self._requested = 0
         self._done = 0
         # Loop-independent until first used (3.10+): safe to make before the loop runs.
@@ -58,8 +60,12 @@ class SyncLoop:
         while True:
             await wait_for_event(self._event, self.resync)
             self._event.clear()
-            await asyncio.sleep(self.debounce)  # coalesce a burst of changes
+            # Coalesce a burst of changes. A pass lists and renders every backend (with 1000,
+            # a few tenths of a second of the event loop), so the pause is at least twice
+            # the last pass: a long burst of creations costs a third of the loop, not all.
+            await asyncio.sleep(max(self.debounce, 2 * self.last_seconds))
             ticket = self._requested
+            started = time.perf_counter()
             try:
                 await self._sync()
             except ApiStatusError as err:
@@ -71,6 +77,7 @@ class SyncLoop:
                 backoff = min(backoff * 2, 30.0)
                 self._event.set()
                 continue
+            self.last_seconds = time.perf_counter() - started
             backoff = 1.0
             self.last_error = None
             self.passes += 1

@@ -6,6 +6,8 @@ the emulator are used by ``test_operator_probe_emulator.py`` and the API tier.
 
 from __future__ import annotations
 
+import copy
+
 import asyncio
 import threading
 from datetime import timedelta
@@ -358,14 +360,15 @@ def test_handlers_as_functions_and_apiserver_outage_is_a_retry() -> None:
     ctl, _ = make(kube, clients, dra=True)
     reg = build_registry(ctl)
     fns = {h.id: h.fn for h in reg._changing.get_all_handlers()}
-    assert {"create", "update/spec", "resume", "delete"} <= fns.keys(), fns.keys()
-    watching = {h.id for h in reg._watching.get_all_handlers()}
-    assert {"namespace", "claim"} <= watching
+    # Only the deletion is kopf's (its finalizer); backends are watched by an event handler.
+    assert set(fns) == {"delete"}, fns.keys()
+    watching = {h.id: h.fn for h in reg._watching.get_all_handlers()}
+    assert {"backend", "namespace", "claim"} <= watching.keys()
 
     async def scenario() -> None:
         await ctl.start()
         try:
-            await fns["create"](body=body)
+            await watching["backend"](body=body, type="ADDED")
             await until(lambda: "status" in kube.backends["emu"])
             kube.down = True
             with pytest.raises(kopf.TemporaryError):
@@ -427,3 +430,41 @@ def test_backend_selector_filter() -> None:
     assert selector_filter("a=b,c") == {"a": "b", "c": kopf.PRESENT}
     with pytest.raises(ValueError, match="only k=v"):
         selector_filter("a!=b")
+
+
+def test_backend_events_reschedule_only_for_a_new_spec() -> None:
+    """The operator's own status writes come back as watch events: they must not trigger a
+    probe (a loop), while a new generation is probed at once and a deleting backend is left
+    to the deletion handler."""
+    kube, clients = FakeKube(), FakeClients()
+    kube.add_secret(NS, "pasqal-creds", {"QRMI_PASQAL_CLOUD_AUTH_TOKEN": TOKEN})
+    body = add(kube, "emu", {**SPEC, "probeIntervalSeconds": 600})
+    ctl, _ = make(kube, clients)
+    handler = {h.id: h.fn for h in build_registry(ctl)._watching.get_all_handlers()}["backend"]
+
+    async def scenario() -> None:
+        await ctl.start()
+        try:
+            await handler(body=body, type="ADDED")
+            await until(lambda: "status" in kube.backends["emu"])
+            await until(lambda: ctl.entries["emu"].due - clock() > 500)
+            probes = len(clients.by_name["emu"].calls)
+            # The status write's own event: nothing to do.
+            await handler(body=kube.backends["emu"], type="MODIFIED")
+            assert ctl.entries["emu"].due - clock() > 500
+            # A deleting backend is the finalizer's.
+            deleting = copy.deepcopy(kube.backends["emu"])
+            deleting["metadata"]["generation"] = 5
+            deleting["metadata"]["deletionTimestamp"] = "2026-12-05T00:00:00Z"
+            await handler(body=deleting, type="MODIFIED")
+            assert ctl.entries["emu"].generation == 1
+            # A new spec: probed at once.
+            changed = copy.deepcopy(kube.backends["emu"])
+            changed["metadata"]["generation"] = 2
+            await handler(body=changed, type="MODIFIED")
+            await until(lambda: len(clients.by_name["emu"].calls) > probes)
+            assert ctl.entries["emu"].generation == 2
+        finally:
+            await ctl.stop()
+
+    run(scenario())

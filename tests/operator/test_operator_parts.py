@@ -7,14 +7,18 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
+import kopf
 import kubernetes_validate
 import pytest
 import yaml
+from aiohttp import web
 
 from qpu_k8s.core.credentials import REDACTOR, redact
 from qpu_k8s.core.model import parse_backend, parse_backend_config
 from qpu_k8s.operator import configmap
 from qpu_k8s.operator import shared_claims as sc
+from qpu_k8s.operator.handlers import MAX_CONNECTIONS, limited_session
 from qpu_k8s.operator.kube import ApiStatusError
 from qpu_k8s.operator.reconcile import SecretProblem, SecretReason
 from qpu_k8s.operator.secrets import SecretReader, decode
@@ -320,3 +324,51 @@ def test_cli_flags_have_env_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (args.node_config_map, args.namespace) == ("from-env", "qpu-env")
     assert (args.probe_timeout, args.unhealthy, args.dra) == (3.0, "taint", "auto")
     assert args.liveness_address == "http://0.0.0.0:8080/healthz"
+
+
+def test_kopf_session_keeps_to_its_connection_limit() -> None:
+    """100 concurrent requests through the operator's kopf session reach a local server over
+    at most MAX_CONNECTIONS connections, carrying the login's bearer token."""
+
+    async def scenario() -> tuple[int, set[str]]:
+        peers: set[object] = set()
+        auth: set[str] = set()
+        gate, reached = asyncio.Event(), asyncio.Event()
+
+        async def handle(request: web.Request) -> web.Response:
+            peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+            auth.add(request.headers.get("Authorization", ""))
+            if len(peers) >= MAX_CONNECTIONS:
+                reached.set()
+            await gate.wait()  # hold every request open so connections cannot be reused
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_get("/", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        info = kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}", scheme="Bearer", token="t0k")
+        ctx = limited_session(info)
+        session: aiohttp.ClientSession = ctx.aiohttp_session
+        try:
+
+            async def one() -> None:
+                async with session.get(f"{ctx.server}/") as resp:
+                    await resp.read()
+
+            calls = [asyncio.create_task(one()) for _ in range(100)]
+            await asyncio.wait_for(reached.wait(), 10)
+            opened = len(peers)
+            gate.set()
+            await asyncio.gather(*calls)
+        finally:
+            await session.close()
+            await runner.cleanup()
+        return max(opened, len(peers)), auth
+
+    opened, auth = asyncio.run(scenario())
+    assert opened == MAX_CONNECTIONS, opened
+    assert auth == {"Bearer t0k"}
