@@ -330,8 +330,6 @@ def run(args: argparse.Namespace) -> int:
                     "--log-level",
                     "warning",
                 ]
-                if os.environ.get("QPU_BENCH_WRAP"):
-                    cmd[1:3] = [os.environ["QPU_BENCH_WRAP"]]
                 if args.profile:
                     cmd[1:3] = ["-m", "cProfile", "-o", str(args.profile), "-m", "qpu_k8s.cli"]
                 env = {**os.environ, **chart_env("operator")}
