@@ -6,9 +6,8 @@ the emulator are used by ``test_operator_probe_emulator.py`` and the API tier.
 
 from __future__ import annotations
 
-import copy
-
 import asyncio
+import copy
 import threading
 from datetime import timedelta
 from typing import Any
