@@ -345,6 +345,26 @@ def backends(lc: LocalCluster, docs: Sequence[dict[str, Any]]) -> Iterator[list[
             f"QuantumBackends {names} deleted",
             every=1.0,
         )
+        # The node agents drop a backend's devices only once the kubelet has refreshed their
+        # ConfigMap volume (up to a minute or two after): until then the next test's claims
+        # could still be allocated one of them.
+        wait_until(
+            lambda: not _published(lc, names),
+            240,
+            f"the devices of {names} gone from every ResourceSlice",
+            every=1.0,
+        )
+
+
+def _published(lc: LocalCluster, backends: Sequence[str]) -> list[str]:
+    """Devices of ``backends`` (named ``<backend>`` or ``<backend>-lane-N``) in any slice."""
+    slices = lc.kubectl_json("get", "resourceslices").get("items") or []
+    return [
+        d["name"]
+        for s in slices
+        for d in s["spec"].get("devices") or []
+        if any(d["name"] == b or d["name"].startswith(f"{b}-lane-") for b in backends)
+    ]
 
 
 # -- claims ----------------------------------------------------------------------------------
