@@ -53,8 +53,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "dra.journal"
 # 2: claims in phase ``acquired`` (acquire before bind). Version 1 files are read and
 # rewritten as 2; a version 1 driver refuses a version 2 file rather than misread it.
-JOURNAL_VERSION = 2
-_READS = (1,)
+# 3: batches in the journal's native encoding (checksum over the bytes as written; each
+# of a prepare's three appends encodes its record several times faster), which a version
+# 2 driver could not check; versions 1 and 2 are read and rewritten as 3.
+JOURNAL_VERSION = 3
+_READS = (1, 2)
 # The whole-file checkpoint of versions before the journal (migrated at start).
 LEGACY_CHECKPOINT = "dra-checkpoint.json"
 OWNERS_DIR = "owners"
@@ -200,6 +203,7 @@ class StateStore:
             version=JOURNAL_VERSION,
             reads=_READS,
             watch=self._count,
+            native=True,
         )
         self.prepared = 0  # claims in phase PREPARED, kept as records change
         self._owner_fd: int | None = None

@@ -207,3 +207,33 @@ def test_files_are_private(tmp_path: Path) -> None:
     with j.transaction() as txn:
         txn.put("a", Rec(token="t"))
     assert os.stat(tmp_path / "s.journal").st_mode & 0o077 == 0
+
+
+def test_a_native_journal_upgrades_a_canonical_one_and_checks_what_it_wrote(
+    tmp_path: Path,
+) -> None:
+    """The native encoding (the DRA journal's hot path) reads an older canonical file,
+    rewrites it natively, keeps every record across a reopen, and its checksum still
+    catches a changed byte inside a record (it covers the bytes as written)."""
+    path = tmp_path / "s.journal"
+    old = opened(path)
+    with old.transaction() as txn:
+        txn.put("a", Rec(token="t-a", n=1))
+    old.close()
+    new: Journal[Rec] = Journal(path, Rec, version=2, reads=(1,), native=True)
+    assert new.open().quarantined is None
+    with new.transaction() as txn:
+        txn.put("b", Rec(token="t-b", n=2))
+        txn.delete("a")
+    with new.transaction() as txn:
+        txn.put("c", Rec(token='quote"and\\slash', n=3))
+    new.close()
+    lines = path.read_bytes().splitlines()
+    assert all(b'"token":"' in line or b"null" in line for line in lines[1:])
+    again: Journal[Rec] = Journal(path, Rec, version=2, native=True)
+    again.open()
+    assert again.snapshot() == {"b": Rec(token="t-b", n=2), "c": Rec(token='quote"and\\slash', n=3)}
+    again.close()
+    path.write_bytes(path.read_bytes().replace(b'"t-b"', b'"t-X"'))
+    damaged: Journal[Rec] = Journal(path, Rec, version=2, native=True)
+    assert damaged.open().quarantined is not None

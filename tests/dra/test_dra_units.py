@@ -9,13 +9,22 @@ from pathlib import Path
 
 import pytest
 
+from qpu_k8s.core import journal
 from qpu_k8s.core.qrmi_client import Health
 from qpu_k8s.core.vendors import ResourceType, profile
 from qpu_k8s.dra.cdi import CdiWriter
 from qpu_k8s.dra.health import DeviceHealth, DeviceHealthStatus, health_board, status_of
 from qpu_k8s.dra.params import effective_parameters
 from qpu_k8s.dra.registration import instance_id, socket_paths
-from qpu_k8s.dra.state import CHECKPOINT_NAME, ClaimRecord, DeviceRecord, StateStore
+from qpu_k8s.dra.state import (
+    CHECKPOINT_NAME,
+    JOURNAL_VERSION,
+    ClaimPhase,
+    ClaimRecord,
+    DeviceRecord,
+    Record,
+    StateStore,
+)
 from qpu_k8s.resourceslices.policy import unhealthy_taint
 from testsupport.dra import params_config
 from testsupport.names import DRIVER
@@ -90,6 +99,34 @@ def test_checkpoint_round_trip_boot_change_and_corruption(tmp_path: Path) -> Non
     broken.load()
     assert broken.claims() == []
     assert len(list(tmp_path.glob(f"{CHECKPOINT_NAME}.corrupt-*"))) == 1
+
+
+def test_a_version_2_journal_keeps_its_claims_and_is_rewritten_as_3(tmp_path: Path) -> None:
+    """An upgrade from the driver before the native encoding: its canonical file (tokens
+    held by prepared claims) must be read, not quarantined, and rewritten natively."""
+    rec = ClaimRecord(
+        uid="u",
+        namespace="ns",
+        name="c",
+        boot_id="boot-1",
+        phase=ClaimPhase.PREPARED,
+        devices=[DeviceRecord(request="r", pool="p", device="d-lane-0", backend="d", token="t")],
+    )
+    (tmp_path / CHECKPOINT_NAME).write_bytes(
+        json.dumps({"journal": "dra", "version": 2}).encode()
+        + b"\n"
+        + journal._line([["claim/u", Record(rec).model_dump(mode="json")]])
+    )
+    store = StateStore(tmp_path, "boot-1")
+    assert store.load().quarantined is None
+    assert store.get("u") == rec
+    store.close()
+    head, body = (tmp_path / CHECKPOINT_NAME).read_bytes().splitlines()
+    assert json.loads(head)["version"] == JOURNAL_VERSION == 3
+    assert body != journal._line([["claim/u", Record(rec).model_dump(mode="json")]]).rstrip()
+    again = StateStore(tmp_path, "boot-1")
+    again.load()
+    assert again.get("u") == rec
 
 
 def test_health_broadcaster_fans_out_changes_only() -> None:
