@@ -14,7 +14,7 @@ import yaml
 
 from qpu_k8s.core.journal import read_snapshot
 from qpu_k8s.deviceplugin.agent import DevicePlugin, DevicePluginConfig
-from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Acquisition
+from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, JOURNAL_VERSION, Acquisition
 from qpu_k8s.fakekubelet import DeviceState, FakePodResourcesServer
 from testsupport.emulator import write_secret
 from testsupport.processes import AgentProcess
@@ -67,7 +67,7 @@ class Layout:
 
     def acquisitions(self) -> list[Acquisition]:
         """What the plugin's journal holds on disk, oldest first."""
-        held = read_snapshot(self.checkpoint, Acquisition)
+        held = read_snapshot(self.checkpoint, Acquisition, JOURNAL_VERSION)
         return sorted(held.values(), key=lambda a: a.created_at)
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from qpu_k8s.core import journal
 from qpu_k8s.core.checkpoint import CheckpointFile
 from qpu_k8s.deviceplugin import metrics
 from qpu_k8s.deviceplugin.state import (
+    JOURNAL_VERSION,
     LEGACY_CHECKPOINT,
     AcqState,
     Acquisition,
@@ -225,6 +228,34 @@ def test_the_checkpoint_of_an_earlier_version_is_migrated(tmp_path: Path) -> Non
     led = ledger(tmp_path)
     assert led.snapshot() == [held]
     assert not (tmp_path / LEGACY_CHECKPOINT).exists()
+    assert ledger(tmp_path).snapshot() == [held]
+
+
+def test_a_version_1_journal_keeps_its_tokens_and_is_rewritten_as_2(tmp_path: Path) -> None:
+    """An upgrade from the plugin before the native encoding: its canonical file must be
+    read, not quarantined (the tokens it holds would leak), and rewritten natively."""
+    held = Acquisition(
+        id="a1",
+        backend="qpu",
+        resource_id="qpu",
+        devices=("qpu-lane-0",),
+        request=("qpu-lane-0",),
+        state=AcqState.BOUND,
+        token="session-from-v1",
+        created_at=T0,
+        holder=POD_A,
+    )
+    path = tmp_path / "acq.journal"
+    path.write_bytes(
+        json.dumps({"journal": "acq", "version": 1}).encode()
+        + b"\n"
+        + journal._line([["a1", held.model_dump(mode="json")]])
+    )
+    assert ledger(tmp_path).snapshot() == [held]
+    head, body = path.read_bytes().splitlines()
+    assert json.loads(head)["version"] == JOURNAL_VERSION == 2
+    assert body + b"\n" == journal._framed(journal._native_ops([("a1", held)]))
+    assert not list(tmp_path.glob("acq.journal.corrupt-*"))
     assert ledger(tmp_path).snapshot() == [held]
 
 
