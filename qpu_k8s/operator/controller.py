@@ -216,24 +216,24 @@ class Controller:
         }
 
     # -- what kopf tells us ---------------------------------------------------------------
-    def observe(self, body: Mapping[str, Any], trigger: str = "") -> Entry:
-        """A QuantumBackend was created, changed or seen at start-up: (re)validate, schedule.
+    def observe(self, body: Mapping[str, Any]) -> Entry:
+        """A watch event of a QuantumBackend: (re)validate and schedule it if it is new to
+        us or changed.
 
-        With no ``trigger`` (every watch event of a backend) it is inferred: a backend not
-        known yet is a ``create`` (no status) or a ``resume`` (one written before); a new
-        generation or uid is an ``update``; anything else (the operator's own status writes)
-        changes nothing.
+        What happened is read from the object: a backend not known yet was created (no
+        status) or is seen again at start-up (``resume``: a status written before); a new
+        generation or uid is an ``update``; anything else (the operator's own status
+        writes) changes nothing.
         """
         meta = body.get("metadata") or {}
         name = str(meta.get("name"))
         e = self.entries.get(name)
-        if not trigger:
-            if e is None:
-                trigger = "resume" if body.get("status") else "create"
-            elif meta.get("generation") != e.generation or str(meta.get("uid", "")) != e.uid:
-                trigger = "update"
-            else:
-                return e
+        if e is None:
+            trigger = "resume" if body.get("status") else "create"
+        elif meta.get("generation") != e.generation or str(meta.get("uid", "")) != e.uid:
+            trigger = "update"
+        else:
+            return e
         if e is None:
             e = Entry(name=name, status=BackendStatus.from_api(body.get("status")))
             self.entries[name] = e

@@ -64,7 +64,7 @@ def test_create_probes_writes_status_events_and_node_config() -> None:
         ctl, _ = make(kube, clients)
         await ctl.start()
         try:
-            ctl.observe(body, "create")
+            ctl.observe(body)
             await until(
                 lambda: ready_condition(kube.backends["emu"].get("status")).get("status") == "True"
             )
@@ -94,7 +94,7 @@ def test_missing_secret_is_a_condition_then_recovers_when_created() -> None:
         ctl, _ = make(kube, clients, secret_retry=0.05)
         await ctl.start()
         try:
-            ctl.observe(body, "create")
+            ctl.observe(body)
             await until(
                 lambda: (
                     ready_condition(kube.backends["emu"].get("status")).get("reason")
@@ -135,8 +135,8 @@ def test_vendor_hang_becomes_probe_timeout_without_blocking_other_backends() -> 
         ctl, _ = make(kube, clients)
         await ctl.start()
         try:
-            ctl.observe(stuck, "create")
-            ctl.observe(fine, "create")
+            ctl.observe(stuck)
+            ctl.observe(fine)
             await until(
                 lambda: ready_condition(kube.backends["fine"].get("status")).get("status") == "True"
             )
@@ -181,7 +181,7 @@ def test_probe_concurrency_is_bounded() -> None:
         await ctl.start()
         try:
             for b in bodies:
-                ctl.observe(b, "create")
+                ctl.observe(b)
             await until(lambda: running[0] == 3, what="3 probes in flight")
             gate.set()
             await until(
@@ -206,7 +206,7 @@ def test_invalid_spec_is_reported_not_probed_and_kept_out_of_node_config() -> No
         ctl, _ = make(kube, clients)
         await ctl.start()
         try:
-            ctl.observe(bad, "create")
+            ctl.observe(bad)
             await until(
                 lambda: (
                     ready_condition(kube.backends["bad"].get("status")).get("reason")
@@ -232,7 +232,7 @@ def test_resume_keeps_the_probe_rhythm_stored_in_status() -> None:
         ctl, _ = make(kube, clients)
         await ctl.start()
         try:
-            ctl.observe(body, "create")
+            ctl.observe(body)
             await until(lambda: "status" in kube.backends["emu"])
         finally:
             await ctl.stop()
@@ -241,18 +241,24 @@ def test_resume_keeps_the_probe_rhythm_stored_in_status() -> None:
         ctl2, _ = make(kube, clients)
         await ctl2.start()
         try:
-            e = ctl2.observe(kube.backends["emu"], "resume")
+            e = ctl2.observe(kube.backends["emu"])
             assert e.due - clock() > 500
             assert e.status.condition("Ready") is not None  # type: ignore[arg-type]
-            # A spec change (new generation) seen at resume is probed at once.
+        finally:
+            await ctl2.stop()
+        # Another start, after a spec change made while no operator ran (a new generation,
+        # the status of the old one): probed at once.
+        ctl3, _ = make(kube, clients)
+        await ctl3.start()
+        try:
             changed = {
                 **kube.backends["emu"],
                 "metadata": {**kube.backends["emu"]["metadata"], "generation": 2},
             }
-            e = ctl2.observe(changed, "resume")
+            e = ctl3.observe(changed)
             assert e.due <= clock()
         finally:
-            await ctl2.stop()
+            await ctl3.stop()
 
     run(scenario())
 
@@ -268,7 +274,7 @@ def test_shared_claims_follow_namespace_labels_and_count_reservations() -> None:
         ctl, slices = make(kube, clients, dra=True)
         await ctl.start()
         try:
-            ctl.observe(body, "create")
+            ctl.observe(body)
             await until(lambda: ("team-a", "qpu-emu") in kube.claims, what="shared claim")
             assert slices is not None
             await until(lambda: slices.published.get("emu") == 2, what="slice")
@@ -304,7 +310,7 @@ def test_finalizer_order_slices_claims_then_node_config() -> None:
         ctl, _ = make(kube, clients, dra=True, deletion_grace=60)
         await ctl.start()
         try:
-            ctl.observe(body, "create")
+            ctl.observe(body)
             await until(lambda: ("team-a", "qpu-emu") in kube.claims)
             await until(
                 lambda: "emu" in kube.config_maps.get(CM, {}).get("data", {}).get(DATA_KEY, "")
@@ -342,7 +348,7 @@ def test_finalizer_gives_up_waiting_after_the_grace_period() -> None:
         ctl, _ = make(kube, clients, dra=True, deletion_grace=10)
         await ctl.start()
         try:
-            ctl.observe(body, "create")
+            ctl.observe(body)
             kube.backends["emu"]["metadata"]["deletionTimestamp"] = "x"
             await ctl.finalize(kube.backends["emu"], runtime=11.0)
         finally:
@@ -392,16 +398,18 @@ def test_status_write_failures_are_retried_on_the_next_probe() -> None:
         await ctl.start()
         try:
             kube.down = True
-            ctl.observe(body, "create")
+            ctl.observe(body)
             await until(
                 lambda: (
                     ctl.entries["emu"].status.state is not None or ctl.sync.last_error is not None
                 )
             )
             kube.down = False
-            ctl.observe(body, "update")
+            # No new event: the next probe (every 5 s) writes the status again.
             await until(
-                lambda: ready_condition(kube.backends["emu"].get("status")).get("status") == "True"
+                lambda: ready_condition(kube.backends["emu"].get("status")).get("status") == "True",
+                within=15,
+                what="the status written by the next probe",
             )
         finally:
             await ctl.stop()

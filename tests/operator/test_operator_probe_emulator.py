@@ -69,7 +69,7 @@ def test_emulated_backends_probe_to_the_right_conditions(emu: Emulator) -> None:
         await ctl.start()
         try:
             for body in bodies.values():
-                ctl.observe(body, "create")
+                ctl.observe(body)
 
             def reasons() -> dict[str, str]:
                 return {
@@ -122,7 +122,7 @@ def test_slow_vendor_within_the_deadline_is_ready_and_latency_is_reported(emu: E
         ctl = Controller(OperatorConfig(namespace=NS, debounce=0.01, probe_timeout=3), kube)  # type: ignore[arg-type]
         await ctl.start()
         try:
-            ctl.observe(body, "create")
+            ctl.observe(body)
             await until(lambda: "status" in kube.backends["slow"], within=15)
         finally:
             await ctl.stop()
