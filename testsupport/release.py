@@ -312,8 +312,10 @@ def backend_doc(
 
 
 @contextlib.contextmanager
-def backends(lc: LocalCluster, docs: Sequence[dict[str, Any]]) -> Iterator[list[str]]:
-    """Apply QuantumBackends, wait until Ready; delete them (through the operator) after."""
+def backends(release: Release, docs: Sequence[dict[str, Any]]) -> Iterator[list[str]]:
+    """Apply QuantumBackends, wait until Ready; delete them (through the operator) after,
+    and wait until no ResourceSlice of ours offers their devices any more."""
+    lc = release.lc
     names = [d["metadata"]["name"] for d in docs]
     lc.apply(docs)
     try:
@@ -345,26 +347,23 @@ def backends(lc: LocalCluster, docs: Sequence[dict[str, Any]]) -> Iterator[list[
             f"QuantumBackends {names} deleted",
             every=1.0,
         )
+
         # The node agents drop a backend's devices only once the kubelet has refreshed their
         # ConfigMap volume (up to a minute or two after): until then the next test's claims
         # could still be allocated one of them.
+        def offered() -> list[str]:
+            return [
+                d
+                for d in release.devices()
+                if any(d == n or d.startswith(f"{n}-lane-") for n in names)
+            ]
+
         wait_until(
-            lambda: not _published(lc, names),
+            lambda: not offered(),
             240,
             f"the devices of {names} gone from every ResourceSlice",
             every=1.0,
         )
-
-
-def _published(lc: LocalCluster, backends: Sequence[str]) -> list[str]:
-    """Devices of ``backends`` (named ``<backend>`` or ``<backend>-lane-N``) in any slice."""
-    slices = lc.kubectl_json("get", "resourceslices").get("items") or []
-    return [
-        d["name"]
-        for s in slices
-        for d in s["spec"].get("devices") or []
-        if any(d["name"] == b or d["name"].startswith(f"{b}-lane-") for b in backends)
-    ]
 
 
 # -- claims ----------------------------------------------------------------------------------

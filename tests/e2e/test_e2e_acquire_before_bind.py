@@ -111,7 +111,7 @@ def seen(local_cluster: LocalCluster, ns: str) -> Iterator[Seen]:
 
 
 @pytest.fixture(scope="module")
-def opted_in(local_cluster: LocalCluster, release: rel.Release) -> Iterator[list[str]]:
+def opted_in(release: rel.Release) -> Iterator[list[str]]:
     """Two node-bound backends with ``acquireBeforeBind: true``, published by the node's
     driver with the binding conditions."""
     docs = []
@@ -119,7 +119,7 @@ def opted_in(local_cluster: LocalCluster, release: rel.Release) -> Iterator[list
         doc = rel.backend_doc(release, name, rid, node_bound=True, probe_seconds=600)
         doc["spec"]["acquireBeforeBind"] = True
         docs.append(doc)
-    with rel.backends(local_cluster, docs) as names:
+    with rel.backends(release, docs) as names:
         wait_until(
             lambda: all(
                 release.devices(node=NODE).get(f"{n}-lane-0", {}).get("bindingConditions")
