@@ -32,31 +32,18 @@ from typing import Any
 
 import yaml
 
+from benchmarks.chartenv import chart_env
 from benchmarks.report import Target, heading, table, targets
 from qpu_k8s.core.names import RESOURCE_NAME
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
-from testsupport import REPO, packaging
+from testsupport import REPO
 from testsupport.nodeapi import NodeApi
 
 NODE = "bench-node"
 LABELS = {"bench": "yes"}
 LIMIT_MIB = 80.0
 CALIBRATED = "q-0000"  # the fake_torino backend
-
-
-def chart_env(component: str) -> dict[str, str]:
-    """What the chart (default values) sets in an agent's environment that shapes its
-    runtime: the allocator's and the interpreter's settings."""
-    for obj in packaging.workloads(packaging.objects(packaging.render(include_crds=False))):
-        if packaging.component(obj) == component:
-            env = obj["spec"]["template"]["spec"]["containers"][0].get("env") or []
-            return {
-                e["name"]: str(e["value"])
-                for e in env
-                if "value" in e and e["name"].startswith(("MALLOC_", "PYTHON", "TOKIO_"))
-            }
-    raise LookupError(f"the chart renders no {component} workload")
 
 
 def _backends(emu: Emulator, n: int) -> list[dict[str, Any]]:

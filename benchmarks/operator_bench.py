@@ -43,7 +43,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from benchmarks.memory_bench import chart_env
+from benchmarks.chartenv import chart_env
 from benchmarks.report import Target, targets
 from qpu_k8s.core.names import API_GROUP, API_VERSION, PLURAL
 from qpu_k8s.emulator.server import Emulator, running_emulator
@@ -332,8 +332,8 @@ def run(args: argparse.Namespace) -> int:
                 ]
                 if args.profile:
                     cmd[1:3] = ["-m", "cProfile", "-o", str(args.profile), "-m", "qpu_k8s.cli"]
-                env = {**os.environ, **chart_env("operator")}
                 results["env"] = chart_env("operator")
+                env = {**os.environ, **results["env"]}
                 proc = subprocess.Popen(
                     cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
                 )
