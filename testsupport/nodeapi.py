@@ -4,11 +4,13 @@ What the node agents read and write: their Node (``/api/v1/nodes/<name>``), the 
 pods (``/api/v1/pods``: list and watch; the device plugin's ``NodePods``) and, with
 ``slices=True``, the DRA driver's ResourceSlices (``/apis/resource.k8s.io/v1/
 resourceslices``: list, watch, create, replace, delete, and the ``/apis`` discovery that
-picks the version). Objects carry resource versions, a watch streams events as they
-happen, so a benchmark or a test changes a pod with :meth:`NodeApi.put_pod` and the real
-Kubernetes client sees it at once. Any other POST is stored in :attr:`NodeApi.created`
-(usage records, Events), or refused with :attr:`NodeApi.refuse_creates`. Selectors are
-ignored (only the agent under test writes); anything else is 404.
+picks the version), and ConfigMaps put by the test (``/api/v1/namespaces/<ns>/
+configmaps``: list and watch; the agents' ``ConfigFeed``). Objects carry resource
+versions, a watch streams events as they happen, so a benchmark or a test changes a pod
+with :meth:`NodeApi.put_pod` and the real Kubernetes client sees it at once. Any other
+POST is stored in :attr:`NodeApi.created` (usage records, Events), or refused with
+:attr:`NodeApi.refuse_creates`. Selectors are ignored (only the agent under test writes);
+anything else is 404.
 """
 
 from __future__ import annotations
@@ -79,6 +81,14 @@ class NodeApi:
     def delete_pod(self, namespace: str, name: str) -> None:
         self._delete(PODS, f"{namespace}/{name}")
 
+    def put_config_map(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
+        """Create or replace a ConfigMap; watchers of its namespace's collection are told."""
+        obj = {"metadata": {"namespace": namespace, "name": name}, "data": dict(data)}
+        self._put(_config_maps(namespace), name, obj)
+
+    def delete_config_map(self, namespace: str, name: str) -> None:
+        self._delete(_config_maps(namespace), name)
+
     def slices(self) -> list[dict[str, Any]]:
         with self._cond:
             return list(self._objects[SLICES].values())
@@ -86,6 +96,7 @@ class NodeApi:
     # -- the store ----------------------------------------------------------------------------
     def _put(self, collection: str, key: str, obj: dict[str, Any]) -> dict[str, Any]:
         with self._cond:
+            self._objects.setdefault(collection, {})
             kind = "MODIFIED" if key in self._objects[collection] else "ADDED"
             self._version += 1
             obj["metadata"]["resourceVersion"] = str(self._version)
@@ -96,7 +107,7 @@ class NodeApi:
 
     def _delete(self, collection: str, key: str) -> dict[str, Any] | None:
         with self._cond:
-            obj = self._objects[collection].pop(key, None)
+            obj = self._objects.get(collection, {}).pop(key, None)
             if obj is not None:
                 self._version += 1
                 self._events.append((self._version, collection, "DELETED", obj))
@@ -109,7 +120,7 @@ class NodeApi:
                 "kind": "List",
                 "apiVersion": "v1",
                 "metadata": {"resourceVersion": str(self._version)},
-                "items": list(self._objects[collection].values()),
+                "items": list(self._objects.get(collection, {}).values()),
             }
 
     def _watch(self, collection: str, since: int, seconds: float) -> Iterator[bytes]:
@@ -194,6 +205,10 @@ class NodeApi:
         self._server.server_close()
 
 
+def _config_maps(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/configmaps"
+
+
 def _status(code: int, reason: str) -> dict[str, Any]:
     return {"kind": "Status", "apiVersion": "v1", "code": code, "reason": reason}
 
@@ -226,7 +241,13 @@ def _handler(api: NodeApi) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             path = url.path.rstrip("/")
-            collection = path if path == PODS or (api.serves_slices and path == SLICES) else ""
+            collection = (
+                path
+                if path == PODS
+                or (api.serves_slices and path == SLICES)
+                or (path.startswith("/api/v1/namespaces/") and path.endswith("/configmaps"))
+                else ""
+            )
             if path == f"/api/v1/nodes/{api.node}":
                 self._send(200, api._node())
             elif path == "/apis" and api.serves_slices:

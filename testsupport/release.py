@@ -348,9 +348,8 @@ def backends(release: Release, docs: Sequence[dict[str, Any]]) -> Iterator[list[
             every=1.0,
         )
 
-        # The node agents drop a backend's devices only once the kubelet has refreshed their
-        # ConfigMap volume (up to a minute or two after): until then the next test's claims
-        # could still be allocated one of them.
+        # The node agents drop a backend's devices once they see the operator's ConfigMap
+        # change: until then the next test's claims could still be allocated one of them.
         def offered() -> list[str]:
             return [
                 d
@@ -360,7 +359,7 @@ def backends(release: Release, docs: Sequence[dict[str, Any]]) -> Iterator[list[
 
         wait_until(
             lambda: not offered(),
-            240,
+            60,
             f"the devices of {names} gone from every ResourceSlice",
             every=1.0,
         )

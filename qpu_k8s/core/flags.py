@@ -42,3 +42,13 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 def path_or_none(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def namespaced_name(flag: str, value: str | None) -> tuple[str, str] | None:
+    """``NAMESPACE/NAME`` as a pair; None when empty. A malformed value names the flag."""
+    if not value:
+        return None
+    namespace, sep, name = value.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise ValueError(f"{flag}: {value!r}; use NAMESPACE/NAME (or '' for none)")
+    return namespace, name

@@ -391,10 +391,15 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 def load_backend_config(path: Path) -> BackendConfig:
     """Read and validate the node agents' backend config (YAML or JSON)."""
-    raw = path.read_bytes()
+    return parse_backend_config_bytes(path.read_bytes(), str(path))
+
+
+def parse_backend_config_bytes(raw: bytes, source: str) -> BackendConfig:
+    """Validate the node agents' backend config as read from ``source`` (a file, or the
+    ConfigMap as the apiserver has it)."""
     if len(raw) > MAX_CONFIG_BYTES:
-        raise InvalidBackendError(str(path), [("(file)", f"larger than {MAX_CONFIG_BYTES} bytes")])
-    return parse_backend_config(raw.decode("utf-8", errors="replace"), str(path))
+        raise InvalidBackendError(source, [("(file)", f"larger than {MAX_CONFIG_BYTES} bytes")])
+    return parse_backend_config(raw.decode("utf-8", errors="replace"), source)
 
 
 # libyaml's safe loader and dumper when PyYAML was built with it (the wheels are): the same

@@ -26,3 +26,7 @@ USAGE_PLURAL = "quantumusages"
 # How much QPU a namespace may use per period (one per namespace, named qpu-budget).
 BUDGET_KIND = "QuantumBudget"
 BUDGET_PLURAL = "quantumbudgets"
+
+# The key of the node agents' config in the operator's ConfigMap (and its file name where
+# the agents mount it).
+NODE_CONFIG_KEY = "backends.yaml"

@@ -28,6 +28,7 @@ from qpu_k8s.deviceplugin.podresources import PodResourcesClient, Reconciler
 from qpu_k8s.deviceplugin.registration import KubeletRegistrar
 from qpu_k8s.deviceplugin.server import DevicePluginServicer
 from qpu_k8s.deviceplugin.state import CHECKPOINT_NAME, Ledger
+from qpu_k8s.node.configfeed import ConfigFeed
 from qpu_k8s.node.labels import NodeLabels, read_node
 from qpu_k8s.node.pods import NodePods
 from qpu_k8s.node.registry import BackendRegistry
@@ -45,6 +46,8 @@ class DevicePluginConfig:
     pod_resources_socket: Path
     state_dir: Path
     config: Path
+    # The operator's ConfigMap (namespace, name), followed through the apiserver.
+    config_map: tuple[str, str] | None = None
     credentials_dir: Path | None = None
     resource_name: str = RESOURCE_NAME
     node_name: str = ""
@@ -138,6 +141,7 @@ class DevicePlugin:
             include_shared=cfg.include_shared,
             client_factory=client_factory or qrmi_client_factory(cfg.call_timeouts()),
             reload_interval=cfg.config_reload_interval,
+            feed=ConfigFeed(api, *cfg.config_map) if api and cfg.config_map else None,
         )
         self.board = DeviceBoard(self.registry)
         self.ledger = Ledger(cfg.state_dir / CHECKPOINT_NAME, release_grace=cfg.release_grace)

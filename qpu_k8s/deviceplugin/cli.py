@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qpu_k8s.core.flags import add_common, add_flag
+from qpu_k8s.core.flags import add_common, add_flag, namespaced_name
 from qpu_k8s.core.names import RESOURCE_NAME
 
 
@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "directory of the acquisitions checkpoint (must survive plugin restarts)",
     )
     add_flag(parser, "--config", "/etc/qpu-k8s/backends.yaml", "backend config file (reloaded)")
+    add_flag(
+        parser,
+        "--config-map",
+        "",
+        "the operator's ConfigMap as NAMESPACE/NAME, followed through the apiserver so a "
+        "change is seen at once; --config is read until it is listed ('' reads only --config)",
+    )
     add_flag(
         parser,
         "--credentials-dir",
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         labels = parse_labels(args.node_labels or "")
         include_shared = _bool("--include-shared", args.include_shared)
+        config_map = namespaced_name("--config-map", args.config_map)
     except (NodeLabelsError, ValueError) as err:
         print(f"qpu-k8s device-plugin: {err}", file=sys.stderr)
         return 2
@@ -117,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         pod_resources_socket=Path(args.pod_resources_socket),
         state_dir=Path(args.state_dir),
         config=Path(args.config),
+        config_map=config_map,
         credentials_dir=Path(args.credentials_dir) if args.credentials_dir else None,
         resource_name=args.resource_name,
         node_name=args.node_name or "",

@@ -34,6 +34,7 @@ from qpu_k8s.core.names import DRIVER_NAME
 from qpu_k8s.core.qrmi_client import CallTimeouts, ClientFactory, qrmi_client_factory
 from qpu_k8s.core.usage import Agent
 from qpu_k8s.dra.usage import UsageSink
+from qpu_k8s.node.configfeed import ConfigFeed
 from qpu_k8s.node.grpcserver import UnixServer
 from qpu_k8s.node.labels import NodeLabels, read_node
 from qpu_k8s.node.registry import BackendRegistry
@@ -73,6 +74,8 @@ class DraDriverConfig:
 
     node_name: str
     config_path: Path
+    # The operator's ConfigMap (namespace, name), followed through the apiserver.
+    config_map: tuple[str, str] | None = None
     plugins_dir: Path = Path("/var/lib/kubelet/plugins")
     registry_dir: Path = Path("/var/lib/kubelet/plugins_registry")
     cdi_dir: Path = Path("/var/run/cdi")
@@ -192,6 +195,7 @@ class DraDriver:
             # is prepared (acquired) here, on the node that runs the pod.
             include_shared=True,
             reload_interval=cfg.reload_interval,
+            feed=ConfigFeed(self.api, *cfg.config_map) if self.api and cfg.config_map else None,
         )
         self.store = StateStore(cfg.state_dir, boot_id, self.ident)
         self.store.load()

@@ -12,7 +12,7 @@ import argparse
 import socket
 from pathlib import Path
 
-from qpu_k8s.core.flags import add_common, add_flag, path_or_none
+from qpu_k8s.core.flags import add_common, add_flag, namespaced_name, path_or_none
 from qpu_k8s.core.names import DRIVER_NAME
 
 
@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--driver-name", DRIVER_NAME, "DRA driver name (also the device domain)")
     add_flag(parser, "--node-name", socket.gethostname(), "this node's name (the pool name)")
     add_flag(parser, "--config", "/etc/qpu-k8s/backends.yaml", "backend config file (ConfigMap)")
+    add_flag(
+        parser,
+        "--config-map",
+        "",
+        "the operator's ConfigMap as NAMESPACE/NAME, followed through the apiserver so a "
+        "change is seen at once; --config is read until it is listed ('' reads only --config)",
+    )
     add_flag(parser, "--credentials-dir", "/etc/qpu-k8s/credentials", "mounted credential Secrets")
     add_flag(parser, "--plugins-dir", "/var/lib/kubelet/plugins", "kubelet plugins directory")
     add_flag(
@@ -100,9 +107,14 @@ def _config(args: argparse.Namespace) -> object:
     before_bind = str(args.acquire_before_bind).strip().lower()
     if before_bind not in ("true", "false"):
         raise SystemExit(f"--acquire-before-bind: {args.acquire_before_bind!r}; use true or false")
+    try:
+        config_map = namespaced_name("--config-map", args.config_map)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     return DraDriverConfig(
         node_name=args.node_name,
         config_path=Path(args.config),
+        config_map=config_map,
         plugins_dir=Path(args.plugins_dir),
         registry_dir=Path(args.registry_dir),
         cdi_dir=Path(args.cdi_dir),

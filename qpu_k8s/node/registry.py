@@ -1,7 +1,8 @@
 """The node agents' view of their QuantumBackends: config reload, clients and live health.
 
 Both node agents (device plugin, DRA driver) need the same thing: the backends this node may
-use, read from the operator's ConfigMap (a mounted file, reloaded on change without a
+use, read from the operator's ConfigMap (followed through the apiserver where the agent
+can reach it, :mod:`.configfeed`, else the mounted file; reloaded on change without a
 restart), a QRMI client per backend with its credentials, and a health probe per backend on
 its own interval under a deadline. Subscribers are called on every change so the device
 plugin can push ListAndWatch and the DRA driver can republish its slices at once.
@@ -26,9 +27,17 @@ from qpu_k8s.core import memory
 from qpu_k8s.core.credentials import CredentialSource, resolve_credentials
 from qpu_k8s.core.errors import CredentialsError
 from qpu_k8s.core.metrics import PREFIX
-from qpu_k8s.core.model import AccessMode, InvalidBackendError, QuantumBackend, load_backend_config
+from qpu_k8s.core.model import (
+    AccessMode,
+    BackendConfig,
+    InvalidBackendError,
+    QuantumBackend,
+    load_backend_config,
+    parse_backend_config_bytes,
+)
 from qpu_k8s.core.qrmi_client import ClientFactory, Health, QuantumResourceClient
 from qpu_k8s.core.vendors import profile
+from qpu_k8s.node.configfeed import ConfigFeed
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +99,14 @@ class BackendRegistry:
         include_shared: bool = True,
         reload_interval: float = 2.0,
         probe_workers: int = 8,
+        feed: ConfigFeed | None = None,
     ) -> None:
+        """``feed``: the ConfigMap through the apiserver; ``config_path`` is read only until
+        its first listing (see :mod:`.configfeed`)."""
         self.config_path = config_path
+        self.feed = feed
+        if feed is not None:
+            feed.on_change = self.poke
         self.credentials = credentials
         self.node_labels = dict(node_labels or {})
         self.include_shared = include_shared
@@ -101,7 +116,9 @@ class BackendRegistry:
         self._states: dict[str, BackendState] = {}
         self._creds: dict[str, dict[str, str]] = {}
         self._subscribers: list[Callable[[], None]] = []
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: object = None
+        self._reloading = threading.Lock()
+        self._poked = threading.Event()
         self._loaded: list[QuantumBackend] | None = None
         self._queue: list[_Due] = []
         # Each backend's one scheduled probe: older heap entries for it are skipped.
@@ -132,6 +149,8 @@ class BackendRegistry:
             return dict(self._creds.get(name, {}))
 
     def start(self) -> None:
+        if self.feed is not None:
+            self.feed.start()
         self.reload()
         for target, name in ((self._probe_loop, "probe-scheduler"), (self._watch_loop, "config")):
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -140,22 +159,47 @@ class BackendRegistry:
 
     def stop(self) -> None:
         self._stop.set()
+        self._poked.set()
+        if self.feed is not None:
+            self.feed.stop()
         with self._wake:
             self._wake.notify_all()
         for t in self._threads:
             t.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def poke(self) -> None:
+        """Reload soon, on the config thread (the feed saw the ConfigMap change)."""
+        self._poked.set()
+
     def reload(self) -> bool:
-        """Re-read the config file (and Secrets) now; returns True when anything changed."""
+        """Re-read the config (and Secrets) now; returns True when anything changed."""
+        with self._reloading:  # the config thread, a label change, a test: one at a time
+            return self._reload()
+
+    def _read_config(self) -> tuple[object, Callable[[], BackendConfig | None]]:
+        """A stamp of the config's current version, and how to load that version."""
+        seen = self.feed.read() if self.feed is not None else None
+        if self.feed is not None and seen is not None:
+            version, raw = seen
+            source = self.feed.source
+            return (
+                "api",
+                version,
+            ), lambda: parse_backend_config_bytes(raw, source) if raw is not None else None
         try:
             st = os.stat(self.config_path)
-            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
-            stamp = None
+            return None, lambda: None
+        return (st.st_ino, st.st_mtime_ns, st.st_size), lambda: load_backend_config(
+            self.config_path
+        )
+
+    def _reload(self) -> bool:
+        stamp, load = self._read_config()
         if stamp != self._stamp or self._loaded is None:
             try:
-                cfg = load_backend_config(self.config_path) if stamp else None
+                cfg = load()
             except (InvalidBackendError, OSError) as err:
                 if self.config_error != str(err):
                     log.error(
@@ -305,7 +349,11 @@ class BackendRegistry:
             self._pool.submit(self._probe, due.name, due.generation)
 
     def _watch_loop(self) -> None:
-        while not self._stop.wait(self.reload_interval):
+        while not self._stop.is_set():
+            self._poked.wait(self.reload_interval)
+            self._poked.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.reload()
             except Exception:

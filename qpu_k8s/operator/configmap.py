@@ -1,10 +1,12 @@
 """The node agents' config: every usable QuantumBackend rendered into one ConfigMap.
 
-The device plugin and the DRA driver mount it as ``/etc/qpu-k8s/config/backends.yaml`` and
-reload it on change. It is rendered with :func:`qpu_k8s.core.model.dump_backend_config`, which
-only knows non-secret fields (credentials stay in the Secret named by each backend). A
-backend leaves the ConfigMap last when it is deleted: the node agents need its config to
-release what they acquired, so the finalizer removes it only after slices and claims.
+The device plugin and the DRA driver follow it through the apiserver
+(:mod:`qpu_k8s.node.configfeed`) and mount it as ``/etc/qpu-k8s/config/backends.yaml``,
+read until the apiserver first answers. It is rendered with
+:func:`qpu_k8s.core.model.dump_backend_config`, which only knows non-secret fields
+(credentials stay in the Secret named by each backend). A backend leaves the ConfigMap last
+when it is deleted: the node agents need its config to release what they acquired, so the
+finalizer removes it only after slices and claims.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from qpu_k8s.core.model import InvalidBackendError, QuantumBackend, dump_backend_config
+from qpu_k8s.core.names import NODE_CONFIG_KEY
 
 log = logging.getLogger(__name__)
 
-DATA_KEY = "backends.yaml"
+DATA_KEY = NODE_CONFIG_KEY
 MAX_BYTES = 1_000_000  # the apiserver refuses ConfigMaps over 1 MiB (data + metadata)
 HASH_ANNOTATION = "quantum.example.com/config-sha256"
 

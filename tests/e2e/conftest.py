@@ -55,8 +55,7 @@ def scan_cluster(lc: LocalCluster, release: rel.Release) -> list[str]:
 def release(local_cluster: LocalCluster) -> Iterator[rel.Release]:
     """``helm install`` of the chart (local images, emulator on), plus the session's
     backends; ready once the device plugin advertises every lane and the DRA driver has
-    published the node-bound ones (the node agents read the operator's ConfigMap through a
-    volume, which the kubelet refreshes about once a minute)."""
+    published the node-bound ones."""
     installed = rel.install(local_cluster)
     extra = [
         rel.backend_doc(installed, TORINO, "fake_torino", node_bound=True, lanes=2),

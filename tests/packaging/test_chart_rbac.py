@@ -229,6 +229,25 @@ USES: dict[tuple[str, str, str, str], Use] = {
         "per-claim credentials (QPUClaimParameters.credentialsSecretRef), opt-in",
         (("dra/claims.py", r"/api/v1/namespaces/.*/secrets/"),),
     ),
+    ("device-plugin", "", "configmaps", "list"): Use(
+        "the operator's node config, listed through the apiserver",
+        (("deviceplugin/agent.py", r"ConfigFeed\("), ("node/configfeed.py", r"self\.core\.get\(")),
+    ),
+    ("device-plugin", "", "configmaps", "watch"): Use(
+        "the operator's node config, followed for changes",
+        (
+            ("deviceplugin/agent.py", r"ConfigFeed\("),
+            ("node/configfeed.py", r"self\.core\.watch\("),
+        ),
+    ),
+    ("dra", "", "configmaps", "list"): Use(
+        "the operator's node config, listed through the apiserver",
+        (("dra/agent.py", r"ConfigFeed\("), ("node/configfeed.py", r"self\.core\.get\(")),
+    ),
+    ("dra", "", "configmaps", "watch"): Use(
+        "the operator's node config, followed for changes",
+        (("dra/agent.py", r"ConfigFeed\("), ("node/configfeed.py", r"self\.core\.watch\(")),
+    ),
     ("device-plugin", "", "pods", "list"): Use(
         "the node's pods, to release at once what an ended container held",
         (
