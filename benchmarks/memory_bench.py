@@ -7,7 +7,8 @@ Each agent runs as deployed: the ``qpu-k8s device-plugin`` and ``qpu-k8s dra-plu
 commands as their own processes, with the chart's environment (``MALLOC_ARENA_MAX``), only
 the light stack importable (:mod:`benchmarks.lightstack`), the real ``qrmi`` client against
 the local emulator, the fake kubelet, and a fake apiserver for their Node, pods and
-ResourceSlices (``testsupport.nodeapi``). The config holds ``N`` node-bound IBM backends;
+ResourceSlices and the operator's ConfigMap, which the agents follow as the chart has them
+(``testsupport.nodeapi``). The config holds ``N`` node-bound IBM backends;
 the first is ``fake_torino`` (133 qubits), whose ``target()`` the DRA driver turns into
 calibration attributes. Measured once every backend is served (the device plugin's devices
 all healthy at the kubelet; the DRA driver's slices hold every device and the calibration)
@@ -34,7 +35,7 @@ import yaml
 
 from benchmarks.chartenv import chart_env
 from benchmarks.report import Target, heading, table, targets
-from qpu_k8s.core.names import RESOURCE_NAME
+from qpu_k8s.core.names import NODE_CONFIG_KEY, RESOURCE_NAME
 from qpu_k8s.emulator import Emulator, running_emulator
 from qpu_k8s.fakekubelet import FakeDevicePluginKubelet, FakePodResourcesServer
 from testsupport import REPO
@@ -44,6 +45,7 @@ NODE = "bench-node"
 LABELS = {"bench": "yes"}
 LIMIT_MIB = 80.0
 CALIBRATED = "q-0000"  # the fake_torino backend
+CONFIG_MAP = ("qpu-system", "qpu-k8s-node-config")
 
 
 def _backends(emu: Emulator, n: int) -> list[dict[str, Any]]:
@@ -62,8 +64,12 @@ def _backends(emu: Emulator, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _layout(root: Path, emu: Emulator, n: int) -> None:
-    (root / "backends.yaml").write_text(yaml.safe_dump({"backends": _backends(emu, n)}))
+def _layout(root: Path, emu: Emulator, n: int, api: NodeApi) -> None:
+    """The agent's files, and the operator's ConfigMap (the same config) in ``api``: the
+    chart has the agents follow it through the apiserver and read the file until then."""
+    text = yaml.safe_dump({"backends": _backends(emu, n)})
+    (root / "backends.yaml").write_text(text)
+    api.put_config_map(CONFIG_MAP[0], CONFIG_MAP[1], {NODE_CONFIG_KEY: text})
     creds = root / "creds" / "ibm-creds"
     creds.mkdir(parents=True)
     for key, value in emu.ibm_credentials().items():
@@ -117,7 +123,7 @@ def device_plugin(emu: Emulator, n: int, env: dict[str, str], settle: float) -> 
         NodeApi(NODE, LABELS) as api,
     ):
         root = Path(tmp)
-        _layout(root, emu, n)
+        _layout(root, emu, n, api)
         (root / "dp").mkdir()
         argv = [
             "device-plugin",
@@ -125,6 +131,7 @@ def device_plugin(emu: Emulator, n: int, env: dict[str, str], settle: float) -> 
             "--pod-resources-socket", str(root / "pr.sock"),
             "--state-dir", str(root / "state"),
             "--config", str(root / "backends.yaml"),
+            "--config-map", "/".join(CONFIG_MAP),
             "--credentials-dir", str(root / "creds"),
             "--node-name", NODE,
             "--kubeconfig", str(api.kubeconfig(root / "kubeconfig")),
@@ -155,11 +162,12 @@ def dra_driver(emu: Emulator, n: int, env: dict[str, str], settle: float) -> dic
         NodeApi(NODE, LABELS, slices=True) as api,
     ):
         root = Path(tmp)
-        _layout(root, emu, n)
+        _layout(root, emu, n, api)
         argv = [
             "dra-plugin",
             "--node-name", NODE,
             "--config", str(root / "backends.yaml"),
+            "--config-map", "/".join(CONFIG_MAP),
             "--credentials-dir", str(root / "creds"),
             "--plugins-dir", str(root / "plugins"),
             "--registry-dir", str(root / "registry"),
