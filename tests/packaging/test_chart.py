@@ -356,6 +356,37 @@ def test_notes_name_files_that_exist(name: str, helm_bin: Path, tmp_path: Path) 
     assert not missing, f"NOTES.txt names files that do not exist: {missing}"
 
 
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({}, ["devices: one per lane", "acquire before bind: off"]),
+        (
+            {"dra": {"deviceModel": "capacity", "acquireBeforeBind": True}},
+            ["devices: one per QPU", "acquire before bind: on"],
+        ),
+    ],
+)
+def test_notes_say_how_dra_publishes_and_acquires(
+    values: dict[str, object], says: list[str], helm_bin: Path, tmp_path: Path
+) -> None:
+    """The DRA choices with a trade-off (1.36+ only, ~5 s per claim) are visible at install,
+    with the value that changes each."""
+    proc = packaging.helm(
+        "install",
+        "qpu-k8s",
+        str(packaging.CHART),
+        "-n",
+        packaging.NAMESPACE,
+        "--dry-run=client",
+        "-f",
+        str(_values_file(tmp_path, values)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = " ".join(proc.stdout.split("NOTES:", 1)[1].split())
+    for text in says:
+        assert text in notes, notes
+
+
 def test_helm_template_output_is_deterministic(helm_bin: Path) -> None:
     one = packaging.render({})
     two = packaging.render({})
