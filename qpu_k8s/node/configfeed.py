@@ -91,7 +91,8 @@ class ConfigFeed:
                 if self._stop.is_set():
                     return
                 log.warning(
-                    "node config watch restarting; the last copy seen stays in use",
+                    "node config watch restarting; meanwhile "
+                    + ("the last copy seen stays in use" if self.read() else "the file is read"),
                     extra={"configmap": f"{self.namespace}/{self.name}", "error": str(err)[:300]},
                 )
                 self._stop.wait(backoff)
