@@ -47,6 +47,12 @@ BACKEND_HEALTHY = Gauge(
 CONFIG_ERRORS = Gauge(
     PREFIX + "config_invalid", "1 while the backend config file on disk is invalid (old one kept)."
 )
+CONFIG_FROM_APISERVER = Gauge(
+    PREFIX + "config_from_apiserver",
+    "1 while the backends in use come from the apiserver's copy of the operator's ConfigMap; "
+    "0 while from the mounted file, which the kubelet refreshes about once a minute (no "
+    "apiserver answer yet, or no --config-map).",
+)
 
 NOT_PROBED = Health(False, "unknown", "not probed yet")
 # Seconds between two heap trims after probes (see qpu_k8s.core.memory).
@@ -180,6 +186,7 @@ class BackendRegistry:
     def _read_config(self) -> tuple[object, Callable[[], BackendConfig | None]]:
         """A stamp of the config's current version, and how to load that version."""
         seen = self.feed.read() if self.feed is not None else None
+        CONFIG_FROM_APISERVER.set(1 if seen is not None else 0)
         if self.feed is not None and seen is not None:
             version, raw = seen
             source = self.feed.source

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from qpu_k8s.core.flags import namespaced_name
 from qpu_k8s.core.kubeclient import api_client
@@ -56,6 +57,11 @@ def names(reg: BackendRegistry) -> list[str]:
     return sorted(reg.snapshot())
 
 
+def from_apiserver() -> float | None:
+    """What an admin sees: which copy of the config the agent is using."""
+    return REGISTRY.get_sample_value("qpu_k8s_config_from_apiserver")
+
+
 def test_a_deleted_backend_is_dropped_at_once_and_the_file_is_not_read_again(
     api: NodeApi, tmp_path: Path
 ) -> None:
@@ -92,8 +98,10 @@ def test_the_file_is_read_until_the_apiserver_answers_and_its_copy_outlives_it(
     reg.start()
     try:
         assert names(reg) == ["from-file"]
+        assert from_apiserver() == 0
         with api:
             wait_for(lambda: names(reg) == ["from-api"], 20, "the apiserver's copy")
+        assert from_apiserver() == 1
         # The apiserver gone again: the last copy seen stays, the file is not read back.
         reg.reload()
         assert names(reg) == ["from-api"]
