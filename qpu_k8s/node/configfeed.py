@@ -14,7 +14,6 @@ can only be as new as it or older, and while the watch is down the last copy see
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from kubernetes import client
 
 from qpu_k8s.core.kubeclient import CoreApi
 from qpu_k8s.core.names import NODE_CONFIG_KEY
+from qpu_k8s.node.follow import follow
 
 log = logging.getLogger(__name__)
 
@@ -81,49 +81,24 @@ class ConfigFeed:
         self._stop.set()
 
     def _loop(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                version = self._relist()
-                backoff = 0.5
-                self._follow(version)
-            except Exception as err:  # apiserver away, 410 Gone, RBAC missing...
-                if self._stop.is_set():
-                    return
-                log.warning(
-                    "node config watch restarting; meanwhile "
-                    + ("the last copy seen stays in use" if self.read() else "the file is read"),
-                    extra={"configmap": f"{self.namespace}/{self.name}", "error": str(err)[:300]},
-                )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-
-    def _relist(self) -> str:
-        body = self.core.get(
-            self.path, query={"fieldSelector": self._selector}, timeout=REQUEST_TIMEOUT
-        )
-        items = body.get("items") or []
-        self._take(items[0] if items else None)
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
-
-    def _follow(self, version: str) -> None:
-        events = self.core.watch(
+        follow(
+            self.core,
             self.path,
-            query={"fieldSelector": self._selector, "resourceVersion": version},
-            connect_timeout=REQUEST_TIMEOUT,
+            {"fieldSelector": self._selector},
+            stop=self._stop,
+            on_list=lambda items: self._take(items[0] if items else None),
+            on_event=lambda kind, obj: self._take(None if kind == "DELETED" else obj),
+            on_error=self._warn,
             seconds=WATCH_SECONDS,
+            timeout=REQUEST_TIMEOUT,
         )
-        with contextlib.closing(events):
-            for ev in events:
-                if self._stop.is_set():
-                    return
-                kind = ev.get("type")
-                obj = ev.get("object") or {}
-                if kind == "ERROR":  # e.g. 410 Gone: the version is too old; relist
-                    raise RuntimeError(f"watch error: {obj.get('message')}")
-                if kind == "BOOKMARK":
-                    continue
-                self._take(None if kind == "DELETED" else obj)
+
+    def _warn(self, err: Exception) -> None:
+        log.warning(
+            "node config watch restarting; meanwhile "
+            + ("the last copy seen stays in use" if self.read() else "the file is read"),
+            extra={"configmap": f"{self.namespace}/{self.name}", "error": str(err)[:300]},
+        )
 
     def _take(self, obj: dict[str, Any] | None) -> None:
         data = (obj or {}).get("data") or {}

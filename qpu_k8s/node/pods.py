@@ -20,7 +20,6 @@ releases back any longer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -31,11 +30,13 @@ from typing import Any
 from kubernetes import client
 
 from qpu_k8s.core.kubeclient import CoreApi
+from qpu_k8s.node.follow import follow
 
 log = logging.getLogger(__name__)
 
 # Deleted pods are remembered this long (their containers' sessions must still be released).
 FORGET_AFTER = 600.0
+PODS = "/api/v1/pods"
 WATCH_SECONDS = 300
 REQUEST_TIMEOUT = 10.0
 
@@ -140,28 +141,24 @@ class NodePods:
         self._stop.set()
 
     def _loop(self) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
-            try:
-                version = self._relist()
-                backoff = 0.5
-                self._follow(version)
-            except Exception as err:  # apiserver away, 410 Gone, RBAC missing...
-                if self._stop.is_set():
-                    return
-                log.warning("pod watch restarting", extra={"error": str(err)[:300]})
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-
-    def _relist(self) -> str:
-        body = self.core.get(
-            "/api/v1/pods",
-            query={"fieldSelector": f"spec.nodeName={self.node_name}"},
+        follow(
+            self.core,
+            PODS,
+            {"fieldSelector": f"spec.nodeName={self.node_name}"},
+            stop=self._stop,
+            on_list=self._listed,
+            on_event=self._changed,
+            on_error=lambda err: log.warning(
+                "pod watch restarting", extra={"error": str(err)[:300]}
+            ),
+            seconds=WATCH_SECONDS,
             timeout=REQUEST_TIMEOUT,
         )
+
+    def _listed(self, items: list[dict[str, Any]]) -> None:
         now = time.time()
         listed = {}
-        for pod in body.get("items") or []:
+        for pod in items:
             view = pod_view(pod, self.resource)
             listed[(view.namespace, view.name)] = view
         with self._lock:
@@ -175,33 +172,17 @@ class NodePods:
             }
         self._synced.set()
         self.on_change()
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
 
-    def _follow(self, version: str) -> None:
-        events = self.core.watch(
-            "/api/v1/pods",
-            query={"fieldSelector": f"spec.nodeName={self.node_name}", "resourceVersion": version},
-            connect_timeout=REQUEST_TIMEOUT,
-            seconds=WATCH_SECONDS,
-        )
-        with contextlib.closing(events):
-            for ev in events:
-                if self._stop.is_set():
-                    return
-                obj = ev.get("object") or {}
-                if ev.get("type") == "ERROR":  # e.g. 410 Gone: the version is too old
-                    raise RuntimeError(f"watch error: {_get(obj, 'message')}")
-                if ev.get("type") == "BOOKMARK":
-                    continue
-                view = pod_view(obj, self.resource)
-                key = (view.namespace, view.name)
-                with self._lock:
-                    if ev.get("type") == "DELETED":
-                        view = _deleted(view, time.time())
-                    if self._pods.get(key) == view:
-                        continue
-                    self._pods[key] = view
-                self.on_change()
+    def _changed(self, kind: str, obj: dict[str, Any]) -> None:
+        view = pod_view(obj, self.resource)
+        key = (view.namespace, view.name)
+        with self._lock:
+            if kind == "DELETED":
+                view = _deleted(view, time.time())
+            if self._pods.get(key) == view:
+                return
+            self._pods[key] = view
+        self.on_change()
 
 
 def _deleted(view: PodView, now: float) -> PodView:

@@ -231,35 +231,50 @@ USES: dict[tuple[str, str, str, str], Use] = {
     ),
     ("device-plugin", "", "configmaps", "list"): Use(
         "the operator's node config, listed through the apiserver",
-        (("deviceplugin/agent.py", r"ConfigFeed\("), ("node/configfeed.py", r"self\.core\.get\(")),
+        (
+            ("deviceplugin/agent.py", r"ConfigFeed\("),
+            ("node/configfeed.py", r"follow\(\s*self\.core,\s*self\.path"),
+            ("node/follow.py", r"core\.get\(path"),
+        ),
     ),
     ("device-plugin", "", "configmaps", "watch"): Use(
         "the operator's node config, followed for changes",
         (
             ("deviceplugin/agent.py", r"ConfigFeed\("),
-            ("node/configfeed.py", r"self\.core\.watch\("),
+            ("node/configfeed.py", r"follow\(\s*self\.core,\s*self\.path"),
+            ("node/follow.py", r"events = core\.watch\("),
         ),
     ),
     ("dra", "", "configmaps", "list"): Use(
         "the operator's node config, listed through the apiserver",
-        (("dra/agent.py", r"ConfigFeed\("), ("node/configfeed.py", r"self\.core\.get\(")),
+        (
+            ("dra/agent.py", r"ConfigFeed\("),
+            ("node/configfeed.py", r"follow\(\s*self\.core,\s*self\.path"),
+            ("node/follow.py", r"core\.get\(path"),
+        ),
     ),
     ("dra", "", "configmaps", "watch"): Use(
         "the operator's node config, followed for changes",
-        (("dra/agent.py", r"ConfigFeed\("), ("node/configfeed.py", r"self\.core\.watch\(")),
+        (
+            ("dra/agent.py", r"ConfigFeed\("),
+            ("node/configfeed.py", r"follow\(\s*self\.core,\s*self\.path"),
+            ("node/follow.py", r"events = core\.watch\("),
+        ),
     ),
     ("device-plugin", "", "pods", "list"): Use(
         "the node's pods, to release at once what an ended container held",
         (
             ("deviceplugin/agent.py", r"NodePods\("),
-            ("node/pods.py", r"core\.get\(\s*\"/api/v1/pods\""),
+            ("node/pods.py", r"follow\(\s*self\.core,\s*PODS"),
+            ("node/follow.py", r"core\.get\(path"),
         ),
     ),
     ("device-plugin", "", "pods", "watch"): Use(
         "the node's pods, followed for changes",
         (
             ("deviceplugin/agent.py", r"NodePods\("),
-            ("node/pods.py", r"core\.watch\(\s*\"/api/v1/pods\""),
+            ("node/pods.py", r"follow\(\s*self\.core,\s*PODS"),
+            ("node/follow.py", r"events = core\.watch\("),
         ),
     ),
     ("device-plugin", "", "nodes", "get"): Use(
