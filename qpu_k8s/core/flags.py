@@ -44,6 +44,17 @@ def path_or_none(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+def add_config_map_flag(parser: argparse.ArgumentParser) -> None:
+    """``--config-map``: the node agents' way to the operator's ConfigMap (both agents)."""
+    add_flag(
+        parser,
+        "--config-map",
+        "",
+        "the operator's ConfigMap as NAMESPACE/NAME, followed through the apiserver so a "
+        "change is seen at once; --config is read until it is listed ('' reads only --config)",
+    )
+
+
 def namespaced_name(flag: str, value: str | None) -> tuple[str, str] | None:
     """``NAMESPACE/NAME`` as a pair; None when empty. A malformed value names the flag."""
     if not value:

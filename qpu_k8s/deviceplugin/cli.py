@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qpu_k8s.core.flags import add_common, add_flag, namespaced_name
+from qpu_k8s.core.flags import add_common, add_config_map_flag, add_flag, namespaced_name
 from qpu_k8s.core.names import RESOURCE_NAME
 
 
@@ -45,13 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "directory of the acquisitions checkpoint (must survive plugin restarts)",
     )
     add_flag(parser, "--config", "/etc/qpu-k8s/backends.yaml", "backend config file (reloaded)")
-    add_flag(
-        parser,
-        "--config-map",
-        "",
-        "the operator's ConfigMap as NAMESPACE/NAME, followed through the apiserver so a "
-        "change is seen at once; --config is read until it is listed ('' reads only --config)",
-    )
+    add_config_map_flag(parser)
     add_flag(
         parser,
         "--credentials-dir",

@@ -12,7 +12,13 @@ import argparse
 import socket
 from pathlib import Path
 
-from qpu_k8s.core.flags import add_common, add_flag, namespaced_name, path_or_none
+from qpu_k8s.core.flags import (
+    add_common,
+    add_config_map_flag,
+    add_flag,
+    namespaced_name,
+    path_or_none,
+)
 from qpu_k8s.core.names import DRIVER_NAME
 
 
@@ -20,13 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--driver-name", DRIVER_NAME, "DRA driver name (also the device domain)")
     add_flag(parser, "--node-name", socket.gethostname(), "this node's name (the pool name)")
     add_flag(parser, "--config", "/etc/qpu-k8s/backends.yaml", "backend config file (ConfigMap)")
-    add_flag(
-        parser,
-        "--config-map",
-        "",
-        "the operator's ConfigMap as NAMESPACE/NAME, followed through the apiserver so a "
-        "change is seen at once; --config is read until it is listed ('' reads only --config)",
-    )
+    add_config_map_flag(parser)
     add_flag(parser, "--credentials-dir", "/etc/qpu-k8s/credentials", "mounted credential Secrets")
     add_flag(parser, "--plugins-dir", "/var/lib/kubelet/plugins", "kubelet plugins directory")
     add_flag(
