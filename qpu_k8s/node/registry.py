@@ -185,22 +185,23 @@ class BackendRegistry:
 
     def _read_config(self) -> tuple[object, Callable[[], BackendConfig | None]]:
         """A stamp of the config's current version, and how to load that version."""
-        seen = self.feed.read() if self.feed is not None else None
-        CONFIG_FROM_APISERVER.set(1 if seen is not None else 0)
-        if self.feed is not None and seen is not None:
-            version, raw = seen
-            source = self.feed.source
-            return (
-                "api",
-                version,
-            ), lambda: parse_backend_config_bytes(raw, source) if raw is not None else None
+        feed = self.feed
+        seen = feed.read() if feed is not None else None
+        CONFIG_FROM_APISERVER.set(0 if seen is None else 1)
+        if feed is not None and seen is not None:
+            count, raw = seen
+            source = feed.source
+
+            def from_apiserver() -> BackendConfig | None:
+                return None if raw is None else parse_backend_config_bytes(raw, source)
+
+            return ("api", count), from_apiserver
         try:
             st = os.stat(self.config_path)
         except FileNotFoundError:
             return None, lambda: None
-        return (st.st_ino, st.st_mtime_ns, st.st_size), lambda: load_backend_config(
-            self.config_path
-        )
+        path = self.config_path
+        return (st.st_ino, st.st_mtime_ns, st.st_size), lambda: load_backend_config(path)
 
     def _reload(self) -> bool:
         stamp, load = self._read_config()
