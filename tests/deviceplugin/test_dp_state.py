@@ -209,19 +209,23 @@ def test_corrupt_checkpoint_is_moved_aside(tmp_path: Path) -> None:
     assert list(tmp_path.glob("acq.journal.corrupt-*"))
 
 
+# A session held by a pod, as a plugin of an earlier version recorded it.
+HELD_BY_V1 = Acquisition(
+    id="a1",
+    backend="qpu",
+    resource_id="qpu",
+    devices=("qpu-lane-0",),
+    request=("qpu-lane-0",),
+    state=AcqState.BOUND,
+    token="session-from-v1",
+    created_at=T0,
+    holder=POD_A,
+)
+
+
 def test_the_checkpoint_of_an_earlier_version_is_migrated(tmp_path: Path) -> None:
     """An upgrade must not forget the tokens the node holds (their sessions would leak)."""
-    held = Acquisition(
-        id="a1",
-        backend="qpu",
-        resource_id="qpu",
-        devices=("qpu-lane-0",),
-        request=("qpu-lane-0",),
-        state=AcqState.BOUND,
-        token="session-from-v1",
-        created_at=T0,
-        holder=POD_A,
-    )
+    held = HELD_BY_V1
     CheckpointFile(tmp_path / LEGACY_CHECKPOINT, LedgerData, 1).save(
         LedgerData(acquisitions=[held])
     )
@@ -234,17 +238,7 @@ def test_the_checkpoint_of_an_earlier_version_is_migrated(tmp_path: Path) -> Non
 def test_a_version_1_journal_keeps_its_tokens_and_is_rewritten_as_2(tmp_path: Path) -> None:
     """An upgrade from the plugin before the native encoding: its canonical file must be
     read, not quarantined (the tokens it holds would leak), and rewritten natively."""
-    held = Acquisition(
-        id="a1",
-        backend="qpu",
-        resource_id="qpu",
-        devices=("qpu-lane-0",),
-        request=("qpu-lane-0",),
-        state=AcqState.BOUND,
-        token="session-from-v1",
-        created_at=T0,
-        holder=POD_A,
-    )
+    held = HELD_BY_V1
     path = tmp_path / "acq.journal"
     path.write_bytes(
         json.dumps({"journal": "acq", "version": 1}).encode()

@@ -334,9 +334,8 @@ def test_chart_env_and_args_match_agent_flags(renders: dict[str, list[dict[str, 
 # --- NOTES.txt ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["defaults", "emulator", "device-plugin-only"])
-def test_notes_name_files_that_exist(name: str, helm_bin: Path, tmp_path: Path) -> None:
-    values = _values_file(tmp_path, dict(packaging.value_set(name).values))
+def _install_notes(tmp_path: Path, values: dict[str, Any]) -> str:
+    """The NOTES a ``helm install --dry-run=client`` with ``values`` prints."""
     proc = packaging.helm(
         "install",
         "qpu-k8s",
@@ -345,10 +344,15 @@ def test_notes_name_files_that_exist(name: str, helm_bin: Path, tmp_path: Path) 
         packaging.NAMESPACE,
         "--dry-run=client",
         "-f",
-        str(values),
+        str(_values_file(tmp_path, values)),
     )
     assert proc.returncode == 0, proc.stderr
-    notes = proc.stdout.split("NOTES:", 1)[1]
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
+@pytest.mark.parametrize("name", ["defaults", "emulator", "device-plugin-only"])
+def test_notes_name_files_that_exist(name: str, helm_bin: Path, tmp_path: Path) -> None:
+    notes = _install_notes(tmp_path, dict(packaging.value_set(name).values))
     assert "kubectl get quantumbackends" in notes
     paths = set(re.findall(r"manifests/[\w./-]+", notes))
     assert paths
@@ -367,22 +371,11 @@ def test_notes_name_files_that_exist(name: str, helm_bin: Path, tmp_path: Path) 
     ],
 )
 def test_notes_say_how_dra_publishes_and_acquires(
-    values: dict[str, object], says: list[str], helm_bin: Path, tmp_path: Path
+    values: dict[str, Any], says: list[str], helm_bin: Path, tmp_path: Path
 ) -> None:
     """The DRA choices with a trade-off (1.36+ only, ~5 s per claim) are visible at install,
     with the value that changes each."""
-    proc = packaging.helm(
-        "install",
-        "qpu-k8s",
-        str(packaging.CHART),
-        "-n",
-        packaging.NAMESPACE,
-        "--dry-run=client",
-        "-f",
-        str(_values_file(tmp_path, values)),
-    )
-    assert proc.returncode == 0, proc.stderr
-    notes = " ".join(proc.stdout.split("NOTES:", 1)[1].split())
+    notes = " ".join(_install_notes(tmp_path, values).split())
     for text in says:
         assert text in notes, notes
 
