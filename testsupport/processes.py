@@ -32,6 +32,21 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
     return total
 
 
+def terminate_or_kill(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """SIGTERM ``proc`` and return its exit status; a process still running ``timeout``
+    seconds later is killed (so a failing test leaves none behind) and the test fails."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise AssertionError(
+            f"process {proc.pid} did not exit within {timeout} s of SIGTERM; killed it"
+        ) from None
+
+
 class AgentProcess:
     """The part every agent process shares; a subclass says how to start it.
 

@@ -20,6 +20,7 @@ from qpu_k8s.fakekubelet import (
 from testsupport.deviceplugin import Layout, StartPlugin, more_lists
 from testsupport.emulator import ibm_backend, pasqal_backend, release_requests, session_of
 from testsupport.names import RESOURCE
+from testsupport.processes import terminate_or_kill
 from testsupport.waiting import wait_for
 
 
@@ -245,8 +246,7 @@ def test_every_path_flag_falls_back_to_its_env_var(
         )
         wait_for(layout.checkpoint.exists, 5, "the checkpoint in QPU_K8S_STATE_DIR")
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
+        assert terminate_or_kill(proc, 15) == 0
 
 
 def test_help_lists_flags_with_env_names_and_bad_input_names_the_flag() -> None:

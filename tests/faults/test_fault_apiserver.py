@@ -43,6 +43,7 @@ from testsupport.emulator import SECRETS, open_tokens, release_requests, session
 from testsupport.faults import elapsed, ibm, record_result
 from testsupport.names import DRIVER, NODE_LABEL, RESOURCE
 from testsupport.netproxy import TcpProxy
+from testsupport.processes import terminate_or_kill
 from testsupport.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -220,8 +221,7 @@ def test_apiserver_unreachable_dra_driver_keeps_serving_and_catches_up(
         assert proc.poll() is None  # never crashed
     finally:
         kubelet.stop()
-        proc.terminate()
-        proc.wait(20)
+        terminate_or_kill(proc, 20)
     text = log_path.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert not any(s in text for s in SECRETS)

@@ -37,6 +37,7 @@ from testsupport.cluster import LocalCluster
 from testsupport.emulator import IBM_KEY, SECRETS
 from testsupport.faults import elapsed, ibm, record_result
 from testsupport.netproxy import TcpProxy
+from testsupport.processes import terminate_or_kill
 from testsupport.release import NAMESPACE, RELEASE
 from testsupport.waiting import wait_for
 
@@ -278,8 +279,7 @@ def test_apiserver_unreachable_operator_catches_up_without_duplicates(
         for n in [*names, f"flt-{run}-new"]:
             cluster.delete(n)
         wait_for(lambda: not cluster.backends(), 60, "the backends deleted")
-        proc.terminate()
-        proc.wait(30)
+        terminate_or_kill(proc, 30)
     text = log_path.read_text(errors="replace")
     assert proc.returncode == 0, text[-3000:]
     assert not any(s in text for s in SECRETS)
