@@ -50,6 +50,7 @@ class NodeApi:
         # status every such create is refused with (None: accepted; 409 when the name exists).
         self.created: dict[str, list[dict[str, Any]]] = {}
         self.refuse_creates: int | None = None
+        self.connections = 0  # TCP connections accepted (a client that reuses them opens one)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -233,6 +234,11 @@ _DISCOVERY = {
 def _handler(api: NodeApi) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with api._cond:
+                api.connections += 1
 
         def log_message(self, format: str, *args: object) -> None:
             """Quiet: a benchmark's watch would log every poll."""

@@ -57,6 +57,16 @@ def _json(resp: Any) -> Any:
     return json.loads(data) if data else None
 
 
+def settled(out: T) -> T:
+    """``out``, with the body of a raw (``_preload_content=False``) answer read here, in the
+    pool's thread: reading it to the end gives the connection back to the pool. Dropped
+    unread on the event loop, the answer closed its TLS connection there (2.7 ms each,
+    measured) and the next call opened a new one."""
+    if isinstance(out, urllib3.BaseHTTPResponse):
+        out.data  # noqa: B018 (read for its side effect; cached for the caller)
+    return out
+
+
 class Kube:
     """Blocking API calls, each wrapped by :meth:`call` for use from coroutines."""
 
@@ -79,7 +89,7 @@ class Kube:
 
         def run() -> T:
             try:
-                return fn(*args, _request_timeout=self.timeout, **kwargs)
+                return settled(fn(*args, _request_timeout=self.timeout, **kwargs))
             except ApiException as err:
                 raise ApiStatusError(err.status or 0, f"HTTP {err.status} {err.reason}") from None
             except (urllib3.exceptions.HTTPError, OSError) as err:

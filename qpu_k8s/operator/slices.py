@@ -32,7 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from qpu_k8s.core.kubeclient import as_object
 from qpu_k8s.core.model import MAX_LANES, QuantumBackend
 from qpu_k8s.core.names import API_GROUP, API_VERSION, KIND
-from qpu_k8s.operator.kube import ApiStatusError, Kube
+from qpu_k8s.operator.kube import ApiStatusError, Kube, settled
 from qpu_k8s.operator.reconcile import is_ready
 from qpu_k8s.operator.shared_claims import BACKEND_LABEL
 from qpu_k8s.operator.status import BackendStatus
@@ -139,7 +139,7 @@ class BackendSlices:
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         def call() -> T:
             try:
-                return fn(*args, _request_timeout=self.kube.timeout, **kwargs)
+                return settled(fn(*args, _request_timeout=self.kube.timeout, **kwargs))
             except ApiException as err:
                 raise ApiStatusError(err.status or 0, f"HTTP {err.status} {err.reason}") from None
             except OSError as err:
