@@ -204,6 +204,7 @@ class QrmiClient:
         # Releases that missed their deadline and may still reach the vendor, by token.
         self._releasing: dict[str, tuple[float, Future[None]]] = {}
         self._lock = threading.Lock()
+        self._refilling = False
 
     # -- resource objects ---------------------------------------------------------------
     def _new(self, token: str | None = None) -> Any:
@@ -237,6 +238,34 @@ class QrmiClient:
         if res is not None:
             KEPT.discard(res)
         return res
+
+    def _refill(self) -> None:
+        """Keep a warm spare: an acquire that took the last idle object starts one build.
+
+        Without it, the next acquire while every object holds a session builds its own,
+        whose first call fetches a vendor token (tens of ms) on the caller's clock. The spare
+        is built and warmed by a status call under the probe deadline in one daemon thread
+        (at most one per client), kept like any idle object (counted in ``KEPT``), and
+        dropped if that call fails or times out. Acquires that come faster than a build
+        still build their own.
+        """
+        with self._lock:
+            if self._idle or self._refilling:
+                return
+            self._refilling = True
+        threading.Thread(target=self._build_spare, name="qrmi-spare", daemon=True).start()
+
+    def _build_spare(self) -> None:
+        try:
+            spare = self._call(
+                "status", lambda r: (r.status(), r)[1], timeout=self.timeouts.probe, checkin=False
+            )
+            self._checkin(spare)
+        except errors.QpuError:
+            pass  # dropped; the next acquire builds its own, as without a spare
+        finally:
+            with self._lock:
+                self._refilling = False
 
     def _forget(self, res: Any) -> None:
         """Evicted by the process-wide cap: stop keeping ``res`` (idle or held)."""
@@ -372,6 +401,7 @@ class QrmiClient:
             "acquire", acquire, timeout=self.timeouts.acquire, checkin=False, on_late=late
         )
         self._hold(token, holder[0])
+        self._refill()
         # Debug only: the agents log each acquisition at once, with what it is for.
         log.debug("acquired", extra={"backend": name})
         return token

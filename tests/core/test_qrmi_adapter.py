@@ -16,6 +16,7 @@ from qpu_k8s.emulator import Emulator
 from testsupport.emulator import bell_isa
 from testsupport.emulator import ibm_backend as emulator_backend
 from testsupport.emulator import sampler_payload as isa_sampler_payload
+from testsupport.waiting import wait_for
 
 
 def ibm_backend(emu: Emulator, name: str = "fake_manila") -> QuantumBackend:
@@ -161,3 +162,29 @@ def test_two_acquisitions_never_share_a_session(emu: Emulator) -> None:
     again = client.acquire()
     assert again not in tokens
     client.release(again)
+
+
+def test_acquire_that_takes_the_last_object_leaves_a_warm_spare(emu: Emulator) -> None:
+    """With every object holding a session, the next acquire must not fetch a token itself."""
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeouts=CallTimeouts.uniform(10))
+    first = client.acquire()  # builds its object, then a spare in the background
+    spare = wait_for(lambda: list(client._idle), 10, "a warm spare")[0]
+    second = client.acquire()
+    assert client._held[second] is spare  # the spare was used, not a new object
+    assert second != first
+    wait_for(lambda: client._idle, 10, "the next spare")
+    for t in (first, second):
+        client.release(t)
+    assert emu.state.open_sessions("fake_manila") == []
+
+
+def test_a_spare_whose_warm_up_fails_is_dropped(emu: Emulator) -> None:
+    """A spare that could not answer a status call would fail the acquire that takes it."""
+    client = QrmiClient(ibm_backend(emu), emu.ibm_credentials(), timeouts=CallTimeouts.uniform(10))
+    emu.set_fault("error5xx", "fake_manila")
+    client._refill()
+    wait_for(lambda: not client._refilling, 10, "the failed refill to end")
+    assert client._idle == []
+    emu.clear_faults()
+    client._refill()
+    wait_for(lambda: client._idle, 10, "a spare once the vendor answers")
