@@ -54,7 +54,7 @@ BENCHMARKS: dict[str, Bench] = {
     "adapter": Bench(
         "benchmarks.adapter_bench",
         [],
-        ["--rounds", "10"],
+        ["--rounds", "10", "--arrivals", "10"],
         "acquire through the QRMI adapter vs a direct qrmi acquire",
     ),
     "release": Bench(

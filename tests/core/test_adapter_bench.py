@@ -14,7 +14,7 @@ from testsupport import REPO
 def test_benchmark_runs_and_prints_the_table() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.adapter_bench", "--rounds", "2", "--per-round", "3",
-         "--held", "2"],
+         "--held", "2", "--arrivals", "3", "--gap", "0.05"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -22,5 +22,6 @@ def test_benchmark_runs_and_prints_the_table() -> None:
         check=True,
     ).stdout  # fmt: skip
     for row in ("| acquire |", "| acquire, 2 sessions held |", "| status (health probe) |",
-                "acquire through QrmiClient vs direct qrmi"):  # fmt: skip
+                "acquire through QrmiClient vs direct qrmi",
+                "Pods coming to a busy node (3 acquires"):  # fmt: skip
         assert row in out
