@@ -43,17 +43,11 @@ def run_until_signalled(agent: NodeAgent, name: str) -> int:
             agent.start()
         except RuntimeError as err:
             print(f"qpu-k8s {name}: {err}", file=sys.stderr)
-            agent.stop()
             return 1
-        except BaseException:
-            agent.stop()
-            raise
-        try:
-            _wait_for_signal(wake_r)
-        finally:
-            agent.stop()
+        _wait_for_signal(wake_r)
         return 0
     finally:
+        agent.stop()  # once, however it ends: signalled, refused, or a failed start
         for s, handler in previous.items():
             signal.signal(s, handler)
         signal.set_wakeup_fd(previous_fd)
